@@ -1,0 +1,161 @@
+"""What the propagation needs to know about a model, independent of its architecture.
+
+An adapter finds each layer's self-attention (its query, key and value
+projections, head count and scaling) and the token layout (which token
+indices are special, which are image patches, on what grid). Adding an
+architecture is one small subclass of :class:`ModelAdapter` registered with
+:func:`register_adapter`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One self-attention layer of the model.
+
+    Attributes
+    ----------
+    layer_index : int
+        0 for the layer nearest to the input.
+    module : nn.Module
+        The module that owns the projections; its forward hook fires once the
+        layer's query, key and value have all been computed.
+    query, key, value : nn.Module
+        Projections whose outputs have shape `(batch_size, num_tokens, num_heads * head_dim)`.
+    num_heads, head_dim : int
+        Head layout of the projections' outputs.
+    scaling : float
+        Factor applied to ``<q_i, k_j>`` before the softmax (the module's own).
+    rule_modules : tuple of nn.Module
+        Modules on which a user may set ``.rule`` to override this layer's rule.
+    """
+
+    layer_index: int
+    module: nn.Module
+    query: nn.Module
+    key: nn.Module
+    value: nn.Module
+    num_heads: int
+    head_dim: int
+    scaling: float
+    rule_modules: tuple[nn.Module, ...]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the special tokens and the image patches sit in the token sequence.
+
+    Special tokens (CLS, distillation, registers) come first, then the patches
+    in row-major order over ``grid``.
+    """
+
+    special_token_names: tuple[str, ...]
+    grid: tuple[int, int]
+    patch_size: tuple[int, int]
+
+    @property
+    def num_special_tokens(self) -> int:
+        return len(self.special_token_names)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_special_tokens + self.num_patches
+
+    @property
+    def patch_slice(self) -> slice:
+        """Indices of the patch tokens in the sequence."""
+        return slice(self.num_special_tokens, self.num_tokens)
+
+
+class ModelAdapter(ABC):
+    """Architecture-specific knowledge, behind one small interface."""
+
+    #: Names of the supported classes, for error messages.
+    supported_class_names: ClassVar[tuple[str, ...]] = ()
+
+    #: Forward keyword arguments that change the attention probabilities
+    #: (masks); the recomputed attention would not match them, so they are refused.
+    attention_altering_arguments: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def handles(cls, model: nn.Module) -> bool:
+        """Whether this adapter understands ``model``."""
+
+    @abstractmethod
+    def attention_sites(self) -> list[AttentionSite]:
+        """Every self-attention layer, input side first."""
+
+    @abstractmethod
+    def token_layout(self, height: int, width: int) -> TokenLayout:
+        """The token layout for an input image of ``height`` x ``width`` pixels."""
+
+    @property
+    @abstractmethod
+    def num_channels(self) -> int:
+        """Channels the model expects in ``pixel_values``."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> tuple[int, int]:
+        """The size the position embeddings were trained for, `(height, width)`."""
+
+    @property
+    def num_labels(self) -> int | None:
+        """Number of classes for a classifier, ``None`` for a model without a head."""
+        return None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.num_labels is not None
+
+
+_ADAPTERS: list[type[ModelAdapter]] = []
+
+
+def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Register an adapter class (usable as a decorator); later ones take precedence."""
+    if not (isinstance(adapter, type) and issubclass(adapter, ModelAdapter)):
+        raise TypeError(f"register_adapter expects a ModelAdapter subclass, got {adapter!r}.")
+    _ADAPTERS.insert(0, adapter)
+    return adapter
+
+
+def supported_model_classes() -> Sequence[str]:
+    """Names of every model class some registered adapter handles."""
+    return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.supported_class_names)
+
+
+def adapter_for(model: object) -> ModelAdapter:
+    """The adapter for ``model``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module`` or no adapter handles its class.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected a HuggingFace vision Transformer (torch.nn.Module), got {type(model).__name__}.")
+    for adapter in _ADAPTERS:
+        if adapter.handles(model):
+            return adapter(model)
+    raise TypeError(
+        f"Unsupported model class {type(model).__name__}. Supported: "
+        f"{', '.join(supported_model_classes())}. Other architectures need an adapter "
+        "(a ModelAdapter subclass registered with register_adapter)."
+    )

@@ -1,0 +1,349 @@
+"""``TokenRelevanceLRP``: token relevance redistribution as a Captum attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import torch
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .._adapters import AttentionSite, TokenLayout, adapter_for
+from .._utils.pixels import patch_relevance_to_pixels
+from .._utils.validation import (
+    TargetType,
+    bound_forward_arguments,
+    check_forward_arguments,
+    check_pixel_values,
+    format_pixel_inputs,
+    forward_arguments,
+    start_relevance,
+)
+from ..rules import TokenRule, get_rule
+from .capture import record_layers
+from .propagation import FUSED_HEAD_MODES, check_head_fusion, propagate, reduce_layer
+
+HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
+
+
+@contextmanager
+def _evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (no dropout), then restore every module's own ``training`` flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@dataclass(frozen=True)
+class _Relevance:
+    relevance: Tensor
+    start: Tensor
+    layout: TokenLayout
+    pixel_values: Tensor
+    is_tuple: bool
+
+
+class TokenRelevanceLRP(Attribution):
+    r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace ViTs.
+
+    Layer-wise Relevance Propagation between tokens: in every layer the
+    attention is turned into a row-stochastic redistribution matrix
+
+    .. math::
+
+        M_{ij} = \frac{a_j W_{ij}}{\sum_{j'} a_{j'} W_{ij'}},
+        \qquad R^{(l-1)}_j = \sum_i R^{(l)}_i M_{ij},
+
+    with ``i`` the output (query) token and ``j`` the input (key) token, and
+    relevance is moved from the output tokens down to the input tokens. MLPs
+    and LayerNorms act on tokens separately and move no relevance between
+    them. The total is conserved exactly and relevance stays non-negative.
+    The activation ``a_j`` and weight ``W_ij`` come from a :class:`TokenRule`
+    (rules (i)-(iv) of the paper, or your own).
+
+    The cost is one forward pass under ``torch.no_grad()``: forward hooks on
+    each layer's query, key and value projections recompute the attention
+    probabilities in float32 with the module's own scaling, so the result is
+    the same whatever ``attn_implementation`` the model uses; the model is
+    never switched or modified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``transformers.ViTModel`` (e.g. ``facebook/dino-vits16``) or
+        ``ViTForImageClassification``, transformers 4.x or 5.x layout.
+    rule : str or TokenRule, default "iv"
+        Default rule for every layer: ``"i"``, ``"ii"``, ``"iii"``, ``"iv"``, a
+        name registered with :func:`~captum_tokenlrp.register_rule`, or any
+        :class:`TokenRule`.
+
+    Notes
+    -----
+    **Per-layer rules, Captum style.** Setting ``rule`` on a layer's attention
+    module overrides the default for that layer::
+
+        model.layers[3].attention.rule = RULE_II            # transformers 5
+        model.encoder.layer[3].attention.rule = RULE_II     # transformers 4.x
+
+    (for a classifier, on ``model.vit``). Such rules are read on every call and
+    never removed. In transformers 4.x the inner ``attention.attention``
+    module is accepted too.
+
+    **Training mode.** Dropout would make maps random, so the forward runs in
+    eval mode; each module's own ``training`` flag is restored afterwards.
+
+    **Empty rows.** A row of ``z_ij = a_j W_ij`` summing to zero (only possible
+    when ``a_i = 0`` and every other contribution is zero) is replaced by the
+    identity row: the token keeps its relevance.
+
+    Examples
+    --------
+    >>> from transformers import ViTModel
+    >>> model = ViTModel.from_pretrained("facebook/dino-vits16")  # doctest: +SKIP
+    >>> lrp = TokenRelevanceLRP(model, rule="iv")                  # doctest: +SKIP
+    >>> relevance = lrp.token_relevance(pixel_values)  # (batch, 197) # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, rule: str | TokenRule = "iv") -> None:
+        self._adapter = adapter_for(model)
+        super().__init__(model)
+        self.model = model
+        self.rule = get_rule(rule)
+
+    # ------------------------------------------------------------------ rules
+    def layer_rules(self) -> list[TokenRule]:
+        """The rule each layer will use now: its module's ``rule`` if set, else the default.
+
+        Raises
+        ------
+        TypeError
+            If a module's ``rule`` is not a :class:`TokenRule`.
+        ValueError
+            If the two modules of one layer (transformers 4.x) carry different rules.
+        """
+        return [self._rule_for(site) for site in self._adapter.attention_sites()]
+
+    def _rule_for(self, site: AttentionSite) -> TokenRule:
+        found = []
+        for module in site.rule_modules:
+            rule = getattr(module, "rule", None)
+            if rule is None:
+                continue
+            if not isinstance(rule, TokenRule):
+                raise TypeError(
+                    f"Layer {site.layer_index}: {type(module).__name__}.rule must be a TokenRule "
+                    f"(e.g. captum_tokenlrp.RULE_II), got {type(rule).__name__} {rule!r}."
+                )
+            found.append(rule)
+        if len(found) == 2 and found[0] is not found[1]:
+            raise ValueError(
+                f"Layer {site.layer_index} has two different rules set ({found[0]!r} and {found[1]!r}) "
+                "on its attention modules; set it on one of them."
+            )
+        return found[0] if found else self.rule
+
+    # -------------------------------------------------------------- relevance
+    def token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        initial_relevance: Tensor | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> Tensor:
+        """Relevance of every input token, in the model's own token order (CLS at index 0).
+
+        Parameters
+        ----------
+        inputs : Tensor or 1-tuple of Tensor
+            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+        target : int, sequence of int or Tensor, optional
+            For a model without a head (``ViTModel``, DINO): the output token to
+            explain, per sample or for all (default 0, CLS). For a classifier:
+            the class index; it is validated but, since rules (i)-(iv) do not
+            depend on the class, relevance starts at CLS whatever the class (a
+            class-sensitive variant is later work).
+        additional_forward_args : tuple, dict or object, optional
+            Extra arguments for the model's forward: a tuple is passed
+            positionally after ``inputs`` (Captum convention), a dict by keyword,
+            e.g. ``{"interpolate_pos_encoding": True}``.
+        initial_relevance : Tensor, optional
+            Non-negative start vector ``R^(L)`` of shape `(num_tokens,)` or
+            `(batch_size, num_tokens)` instead of a one-hot token.
+        head_fusion : str or None, default "mean"
+            ``"mean"``: average the heads' redistribution matrices in each layer
+            (rule (i) + mean is Attention Rollout); ``"max"`` / ``"min"``:
+            elementwise over heads, rows renormalised; ``None``: one chain per
+            head through all layers (the paper's per-head figure);
+            ``"per_head_mean"``: the mean over heads of the per-head maps (the
+            paper's aggregate at the end); ``"last_layer_per_head"``: per head
+            in the last layer, heads fused by mean below (the DINO last-layer view).
+
+        Returns
+        -------
+        Tensor
+            float32 relevance of shape `(batch_size, num_tokens)` for the fused
+            modes and `(batch_size, num_heads, num_tokens)` for ``None`` and
+            ``"last_layer_per_head"``; each map sums to the initial total.
+        """
+        return self._relevance(inputs, target, additional_forward_args, initial_relevance, head_fusion).relevance
+
+    def _relevance(
+        self,
+        inputs: object,
+        target: TargetType,
+        additional_forward_args: Any,
+        initial_relevance: Tensor | None,
+        head_fusion: object,
+    ) -> _Relevance:
+        head_fusion = check_head_fusion(head_fusion)
+        pixel_values, is_tuple = format_pixel_inputs(inputs)
+        args, kwargs = forward_arguments(additional_forward_args)
+        named = bound_forward_arguments(self.model, pixel_values, args, kwargs)
+        check_forward_arguments(self._adapter, named)
+        layout = check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
+        start = start_relevance(
+            target, initial_relevance, self._adapter, layout, pixel_values.shape[0], pixel_values.device
+        )
+        sites = self._adapter.attention_sites()
+        rules = [self._rule_for(site) for site in sites]
+        last_layer = len(sites) - 1
+
+        def keep(matrices: Tensor, layer_index: int) -> Tensor:
+            return reduce_layer(matrices, head_fusion, layer_index == last_layer)
+
+        with _evaluation_mode(self.model), torch.no_grad(), record_layers(sites, rules, keep) as kept:
+            self.model(pixel_values, *args, **kwargs)
+        unrecorded = [index for index, matrix in enumerate(kept) if matrix is None]
+        if unrecorded:
+            raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")
+        num_tokens = kept[0].shape[-1]
+        if num_tokens != layout.num_tokens:
+            raise RuntimeError(
+                f"The model ran on {num_tokens} tokens, but the adapter expected {layout.num_tokens} "
+                f"({layout.num_special_tokens} special + {layout.grid[0]}x{layout.grid[1]} patches)."
+            )
+        relevance = propagate(start, kept, head_fusion)
+        return _Relevance(relevance, start, layout, pixel_values, is_tuple)
+
+    # ---------------------------------------------------------- attribution
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: Literal[False] = False,
+        *,
+        initial_relevance: Tensor | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> Tensor | tuple[Tensor]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        return_convergence_delta: Literal[True],
+        initial_relevance: Tensor | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> tuple[Tensor | tuple[Tensor], Tensor]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        *,
+        initial_relevance: Tensor | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
+        """Pixel attribution: patch-token relevance spread over each patch's pixels.
+
+        Each patch's relevance is divided uniformly among its pixels and
+        channels, so the pixel sum equals the patch tokens' sum. Special tokens
+        (CLS) are not pixels; the convergence delta accounts for them.
+
+        Parameters
+        ----------
+        inputs, target, additional_forward_args, initial_relevance
+            As in :meth:`token_relevance`.
+        return_convergence_delta : bool, default False
+            Also return ``delta = initial total - (pixel sum + special-token
+            relevance)`` per sample, `(batch_size,)`; ~0 up to float32 rounding.
+        head_fusion : str, default "mean"
+            One of the fused modes (``"mean"``, ``"max"``, ``"min"``,
+            ``"per_head_mean"``); per-head maps are available from
+            :meth:`token_relevance`.
+
+        Returns
+        -------
+        Tensor or 1-tuple of Tensor
+            float32 attributions of the same shape as ``inputs`` `(batch_size, channels, height,
+            width)`, a tuple if ``inputs`` was one; with ``return_convergence_delta``, the pair
+            ``(attributions, delta)``.
+        """
+        if head_fusion not in FUSED_HEAD_MODES:
+            check_head_fusion(head_fusion)
+            raise ValueError(
+                f"attribute returns one map per input (Captum convention), so head_fusion must be one of "
+                f"{list(FUSED_HEAD_MODES)}, got {head_fusion!r}. For one map per head use "
+                "token_relevance(..., head_fusion=None)."
+            )
+        result = self._relevance(inputs, target, additional_forward_args, initial_relevance, head_fusion)
+        layout = result.layout
+        patches = result.relevance[:, layout.patch_slice]
+        attributions = patch_relevance_to_pixels(patches, layout, result.pixel_values.shape)
+        output: Tensor | tuple[Tensor] = (attributions,) if result.is_tuple else attributions
+        if not return_convergence_delta:
+            return output
+        special = result.relevance[:, : layout.num_special_tokens]
+        delta = self.compute_convergence_delta(attributions, special, result.start.sum(dim=-1))
+        return output, delta
+
+    def compute_convergence_delta(
+        self, attributions: Tensor | tuple[Tensor], special_token_relevance: Tensor, initial_total: Tensor
+    ) -> Tensor:
+        """``initial_total - (attributions.sum() + special_token_relevance.sum())`` per sample.
+
+        Parameters
+        ----------
+        attributions : Tensor or 1-tuple of Tensor
+            `(batch_size, channels, height, width)`, as returned by :meth:`attribute`.
+        special_token_relevance : Tensor
+            `(batch_size, num_special_tokens)`: relevance left on CLS (and other special tokens).
+        initial_total : Tensor
+            `(batch_size,)`: total of the start relevance.
+
+        Returns
+        -------
+        Tensor
+            `(batch_size,)`, zero up to float32 rounding since the rules conserve relevance.
+        """
+        pixels, _ = format_pixel_inputs(attributions)
+        explained = pixels.flatten(start_dim=1).sum(dim=1) + special_token_relevance.sum(dim=-1)
+        return initial_total - explained
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Token Relevance LRP"
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False

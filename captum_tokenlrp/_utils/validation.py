@@ -1,0 +1,195 @@
+"""Checks on user input: each failure says what was expected, what arrived and how to fix it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._adapters import ModelAdapter, TokenLayout
+
+TargetType = int | list[int] | tuple[int, ...] | Tensor | None
+
+
+def format_pixel_inputs(inputs: object) -> tuple[Tensor, bool]:
+    """Accept a tensor or a 1-tuple of one (Captum convention); return it and whether it was a tuple."""
+    is_tuple = isinstance(inputs, tuple)
+    if is_tuple:
+        if len(inputs) != 1:
+            raise ValueError(
+                f"Expected pixel_values as a tensor or a 1-tuple of one, got a tuple of {len(inputs)} "
+                "items. Pass extra model arguments through additional_forward_args."
+            )
+        inputs = inputs[0]
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"Expected pixel_values as a torch.Tensor of shape (batch_size, channels, height, width), "
+            f"got {type(inputs).__name__}. Use the model's image processor to build one."
+        )
+    return inputs, is_tuple
+
+
+def forward_arguments(additional_forward_args: object) -> tuple[tuple, dict[str, Any]]:
+    """Split ``additional_forward_args`` into positional and keyword arguments for ``model``.
+
+    Captum passes extra arguments positionally after the inputs (a tuple, or one
+    non-tuple value); a mapping is taken as keyword arguments, which is clearer
+    for HuggingFace models (``{"interpolate_pos_encoding": True}``).
+    """
+    if additional_forward_args is None:
+        return (), {}
+    if isinstance(additional_forward_args, Mapping):
+        return (), dict(additional_forward_args)
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args, {}
+    return (additional_forward_args,), {}
+
+
+def bound_forward_arguments(
+    model: torch.nn.Module, pixel_values: Tensor, args: tuple, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Name every argument of ``model.forward`` the call would receive."""
+    try:
+        bound = inspect.signature(model.forward).bind(pixel_values, *args, **kwargs)
+    except TypeError as error:
+        raise TypeError(
+            f"additional_forward_args do not fit {type(model).__name__}.forward: {error}. "
+            "Pass a dict of keyword arguments, e.g. {'interpolate_pos_encoding': True}."
+        ) from None
+    named = dict(bound.arguments)
+    named.update(named.pop("kwargs", {}) or {})
+    return named
+
+
+def check_forward_arguments(adapter: ModelAdapter, named: Mapping[str, Any]) -> None:
+    """Refuse arguments that would make the model's attention differ from the recomputed one."""
+    for name in adapter.attention_altering_arguments:
+        if named.get(name) is not None:
+            raise ValueError(
+                f"{name} is not supported: token relevance recomputes the attention from the "
+                f"query and key projections, so a {name} would make it differ from the model's "
+                f"own attention. Call without {name}."
+            )
+
+
+def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_pos_encoding: bool) -> TokenLayout:
+    """Validate ``pixel_values`` for the model and return the token layout it gives."""
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            "Expected pixel_values of shape (batch_size, channels, height, width), got shape "
+            f"{tuple(pixel_values.shape)} ({pixel_values.dim()} dimensions). For one image use "
+            "image.unsqueeze(0)."
+        )
+    batch, channels, height, width = pixel_values.shape
+    if batch == 0:
+        raise ValueError("Expected at least one image, got an empty batch (batch_size 0).")
+    if channels != adapter.num_channels:
+        raise ValueError(
+            f"Expected {adapter.num_channels} channels, got {channels} "
+            f"(pixel_values shape {tuple(pixel_values.shape)}). Images must be (batch, channels, H, W)."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"Expected floating-point pixel_values (as the image processor returns), got {pixel_values.dtype}."
+        )
+    layout = adapter.token_layout(height, width)
+    patch_h, patch_w = layout.patch_size
+    if height < patch_h or width < patch_w:
+        raise ValueError(f"Image of {height}x{width} pixels is smaller than one patch ({patch_h}x{patch_w}).")
+    if not interpolate_pos_encoding and (height, width) != adapter.image_size:
+        raise ValueError(
+            f"Image size {height}x{width} does not match the model's {adapter.image_size[0]}x"
+            f"{adapter.image_size[1]}. Resize it, or pass "
+            "additional_forward_args={'interpolate_pos_encoding': True}."
+        )
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("pixel_values contain NaN or infinite entries; relevance would be undefined.")
+    model_device = next(adapter.model.parameters()).device
+    if pixel_values.device != model_device:
+        raise ValueError(
+            f"pixel_values are on {pixel_values.device} but the model is on {model_device}; "
+            f"move them with pixel_values.to({str(model_device)!r})."
+        )
+    return layout
+
+
+def _per_sample_targets(target: TargetType, batch: int) -> Tensor:
+    if isinstance(target, bool):
+        raise TypeError(f"target must be an int, a sequence of ints or a tensor, got bool {target!r}.")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long)
+    if isinstance(target, (list, tuple)):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise TypeError(f"target sequence must hold ints, got {target!r}.")
+        values = torch.tensor(target, dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}.")
+        values = target.detach().to("cpu", torch.long).reshape(-1)
+        if values.numel() == 1:
+            values = values.expand(batch)
+    else:
+        raise TypeError(f"target must be an int, a sequence of ints or a tensor, got {type(target).__name__}.")
+    if values.numel() != batch:
+        raise ValueError(f"Expected one target per sample ({batch}), got {values.numel()}.")
+    return values
+
+
+def start_relevance(
+    target: TargetType,
+    initial_relevance: Tensor | None,
+    adapter: ModelAdapter,
+    layout: TokenLayout,
+    batch: int,
+    device: torch.device,
+) -> Tensor:
+    """The initial relevance ``R^(L)`` of shape `(batch_size, num_tokens)`, float32.
+
+    For a model without a head ``target`` is the output token (default CLS, index 0); for a
+    classifier it is a class index, checked but not used (the rules do not depend on the class),
+    and relevance starts at CLS. ``initial_relevance`` overrides the start for either kind.
+    """
+    num_tokens = layout.num_tokens
+    targets = None if target is None else _per_sample_targets(target, batch)
+    if targets is not None:
+        upper = adapter.num_labels if adapter.is_classifier else num_tokens
+        what = "class index" if adapter.is_classifier else "output token index"
+        bad = targets[(targets < 0) | (targets >= upper)]
+        if bad.numel():
+            raise ValueError(f"target {bad[0].item()} is out of range: expected a {what} in [0, {upper}).")
+    if initial_relevance is not None:
+        if targets is not None and not adapter.is_classifier:
+            raise ValueError("Give either target (one output token) or initial_relevance (any start vector), not both.")
+        return _check_initial_relevance(initial_relevance, batch, num_tokens, device)
+    start = torch.zeros(batch, num_tokens, dtype=torch.float32, device=device)
+    if targets is None or adapter.is_classifier:
+        start[:, 0] = 1.0
+    else:
+        start[torch.arange(batch), targets] = 1.0
+    return start
+
+
+def _check_initial_relevance(relevance: object, batch: int, num_tokens: int, device: torch.device) -> Tensor:
+    if not isinstance(relevance, Tensor):
+        raise TypeError(
+            f"initial_relevance must be a torch.Tensor of shape ({num_tokens},) or ({batch}, {num_tokens}), "
+            f"got {type(relevance).__name__}."
+        )
+    if relevance.shape == (num_tokens,):
+        relevance = relevance.expand(batch, num_tokens)
+    if relevance.shape != (batch, num_tokens):
+        raise ValueError(
+            f"initial_relevance must have shape ({num_tokens},) or ({batch}, {num_tokens}) "
+            f"(num_tokens includes the special tokens), got {tuple(relevance.shape)}."
+        )
+    relevance = relevance.detach().to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(relevance).all()):
+        raise ValueError("initial_relevance contains NaN or infinite entries.")
+    if bool((relevance < 0).any()):
+        raise ValueError("initial_relevance must be non-negative; the rules conserve non-negative relevance.")
+    if bool((relevance.sum(dim=-1) == 0).any()):
+        raise ValueError("initial_relevance is all zero for some sample; there would be nothing to propagate.")
+    return relevance.clone()

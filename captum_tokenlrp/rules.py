@@ -1,0 +1,360 @@
+"""Token redistribution rules: activation x weight.
+
+A rule gives every input token ``j`` an activation ``a_j`` and every pair
+``(i, j)`` a weight ``W_ij``. The contribution of input (key) token ``j`` to
+output (query) token ``i`` is ``z_ij = a_j * W_ij`` and the layer's
+redistribution matrix is
+
+.. math::
+
+    M_{ij} = \\frac{z_{ij}}{\\sum_{j'} z_{ij'}}
+
+(Sawaki & Murata, JSAI 2025). Relevance moves one layer down as
+``R^(l-1)_j = sum_i R^(l)_i M_ij``. Index convention everywhere: ``i`` is the
+output (query) token, ``j`` the input (key) token.
+
+The paper's four rules are instances of :class:`TokenRule`:
+
+======  ======================  ====================================
+rule    activation ``a_j``      weight ``W_ij``
+======  ======================  ====================================
+(i)     1                       ``w_ij + delta_ij``
+(ii)    ``||v_j - v_mean||``    ``w_ij + delta_ij``
+(iii)   1                       ``||v_j - v_i|| w_ij + delta_ij``
+(iv)    ``||v_j - v_mean||``    ``||v_j - v_i|| w_ij + delta_ij``
+======  ======================  ====================================
+
+Write a new rule by composing any activation with any weight; both are plain
+callables of an :class:`AttentionState`, so a user-defined one needs no
+subclassing (see :class:`TokenActivation` and :class:`TokenWeight`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "RULE_I",
+    "RULE_II",
+    "RULE_III",
+    "RULE_IV",
+    "AttentionState",
+    "AttentionWeight",
+    "TokenActivation",
+    "TokenRule",
+    "TokenWeight",
+    "UnitActivation",
+    "ValueDeviationActivation",
+    "ValueDistanceWeight",
+    "available_rules",
+    "get_rule",
+    "register_rule",
+]
+
+
+@dataclass
+class AttentionState:
+    """What one attention layer computed, per head, in float32.
+
+    Parameters
+    ----------
+    attention : Tensor
+        Attention probabilities ``w_ij = softmax_j(<q_i, k_j> * scaling)`` of
+        shape `(batch_size, num_heads, num_tokens, num_tokens)`; rows sum to 1.
+    values : Tensor
+        Per-head value vectors ``v_j`` (value projection output, bias included)
+        of shape `(batch_size, num_heads, num_tokens, head_dim)`.
+    layer_index : int
+        Index of the layer, 0 for the one nearest to the input.
+
+    Derived quantities (centred values, pairwise value distances) are computed
+    once, on first use, and shared by the activation and the weight.
+    """
+
+    attention: Tensor
+    values: Tensor
+    layer_index: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.attention.shape[-1]
+
+    @cached_property
+    def centered_values(self) -> Tensor:
+        """``v_j - v_mean``, the mean over all tokens of the image, layer and head.
+
+        Shape `(batch_size, num_heads, num_tokens, head_dim)`.
+        """
+        return self.values - self.values.mean(dim=-2, keepdim=True)
+
+    @cached_property
+    def value_distances(self) -> Tensor:
+        """``||v_j - v_i||_2`` for every pair, shape `(batch_size, num_heads, N, N)`.
+
+        Computed from the Gram matrix of the *centred* values: distances are
+        translation invariant, and centring keeps the identity
+        ``|a|^2 + |b|^2 - 2<a, b>`` well conditioned in float32. The diagonal
+        is exactly zero.
+        """
+        centered = self.centered_values
+        squared_norms = centered.square().sum(dim=-1)
+        gram = centered @ centered.transpose(-1, -2)
+        squared = squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(-2) - 2.0 * gram
+        distances = squared.clamp_min_(0.0).sqrt_()
+        distances.diagonal(dim1=-2, dim2=-1).zero_()
+        return distances
+
+
+@runtime_checkable
+class TokenActivation(Protocol):
+    """Activation ``a_j`` of every input token.
+
+    Called with an :class:`AttentionState`; returns a non-negative tensor of
+    shape `(batch_size, num_heads, num_tokens)`.
+    """
+
+    def __call__(self, state: AttentionState) -> Tensor: ...
+
+
+@runtime_checkable
+class TokenWeight(Protocol):
+    """Weight ``W_ij`` of every (output ``i``, input ``j``) pair.
+
+    Called with an :class:`AttentionState`; returns a non-negative tensor of
+    shape `(batch_size, num_heads, num_tokens, num_tokens)`. The residual
+    connection's ``delta_ij`` is part of the weight.
+    """
+
+    def __call__(self, state: AttentionState) -> Tensor: ...
+
+
+def _plus_identity(matrix: Tensor) -> Tensor:
+    """``matrix + delta_ij`` over the last two dimensions (in place, returned)."""
+    matrix.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return matrix
+
+
+class UnitActivation:
+    """``a_j = 1`` for every token (rules (i) and (iii))."""
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        return state.attention.new_ones(state.attention.shape[:-1])
+
+    def __repr__(self) -> str:
+        return "UnitActivation()"
+
+
+class ValueDeviationActivation:
+    """``a_j = ||v_j - v_mean||_2`` (rules (ii) and (iv)).
+
+    ``v_mean`` is the mean value vector over all ``N`` tokens (special tokens
+    included) of the same image, layer and head: a token far from the mean
+    carries more specific features and takes more relevance.
+    """
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        return torch.linalg.vector_norm(state.centered_values, dim=-1)
+
+    def __repr__(self) -> str:
+        return "ValueDeviationActivation()"
+
+
+class AttentionWeight:
+    """``W_ij = w_ij + delta_ij`` (rules (i) and (ii))."""
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        return _plus_identity(state.attention.clone())
+
+    def __repr__(self) -> str:
+        return "AttentionWeight()"
+
+
+class ValueDistanceWeight:
+    """``W_ij = ||v_j - v_i||_2 * w_ij + delta_ij`` (rules (iii) and (iv)).
+
+    From ``v_hat_i = v_i + sum_j w_ij (v_j - v_i)``: the update token ``j``
+    causes in token ``i`` grows with their distance in value space.
+    """
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        return _plus_identity(state.value_distances * state.attention)
+
+    def __repr__(self) -> str:
+        return "ValueDistanceWeight()"
+
+
+_BUILTIN_COMPONENTS = (UnitActivation, ValueDeviationActivation, AttentionWeight, ValueDistanceWeight)
+
+
+@dataclass(frozen=True)
+class TokenRule:
+    """A redistribution rule: an activation composed with a weight.
+
+    Parameters
+    ----------
+    activation : TokenActivation
+        Callable ``state -> a`` with ``a`` of shape
+        `(batch_size, num_heads, num_tokens)`, non-negative.
+    weight : TokenWeight
+        Callable ``state -> W`` with ``W`` of shape
+        `(batch_size, num_heads, num_tokens, num_tokens)`, non-negative,
+        ``W[..., i, j]`` for output token ``i`` and input token ``j``.
+    name : str, optional
+        Shown in figures and ``repr``.
+
+    Examples
+    --------
+    A rule whose activation is the value norm itself (not centred):
+
+    >>> import torch
+    >>> from captum_tokenlrp import TokenRule
+    >>> from captum_tokenlrp.rules import AttentionWeight
+    >>> norm_rule = TokenRule(
+    ...     activation=lambda state: state.values.norm(dim=-1),
+    ...     weight=AttentionWeight(),
+    ...     name="value-norm",
+    ... )
+
+    Use it for the whole model with ``TokenRelevanceLRP(model, rule=norm_rule)``
+    or for one layer by setting ``rule`` on that layer's attention module.
+    """
+
+    activation: TokenActivation
+    weight: TokenWeight
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        for role, component in (("activation", self.activation), ("weight", self.weight)):
+            if not callable(component):
+                raise TypeError(
+                    f"TokenRule {role} must be callable as {role}(state) -> Tensor, got {type(component).__name__}."
+                )
+
+    @property
+    def is_builtin(self) -> bool:
+        """Whether both components are the package's own (their output is trusted)."""
+        return isinstance(self.activation, _BUILTIN_COMPONENTS) and isinstance(self.weight, _BUILTIN_COMPONENTS)
+
+    def contributions(self, state: AttentionState) -> Tensor:
+        """``z_ij = a_j * W_ij``, shape `(batch_size, num_heads, N, N)`."""
+        activation = self.activation(state)
+        weight = self.weight(state)
+        if not self.is_builtin:
+            _check_component(self, "activation", activation, state.attention.shape[:-1])
+            _check_component(self, "weight", weight, state.attention.shape)
+        return weight * activation.unsqueeze(-2)
+
+    def redistribution(self, state: AttentionState) -> Tensor:
+        """Row-normalised ``M_ij = z_ij / sum_j' z_ij'``, shape `(batch_size, num_heads, N, N)`.
+
+        A row whose contributions sum to zero (possible only when ``a_i = 0``
+        and every other ``z_ij = 0``) becomes the identity row: the token
+        keeps its own relevance.
+        """
+        return normalize_rows(self.contributions(state))
+
+    def __repr__(self) -> str:
+        if self.name is not None:
+            return f"TokenRule(name={self.name!r})"
+        return f"TokenRule(activation={self.activation!r}, weight={self.weight!r})"
+
+
+def normalize_rows(contributions: Tensor) -> Tensor:
+    """Divide each row by its sum; an all-zero row becomes the identity row.
+
+    Parameters
+    ----------
+    contributions : Tensor
+        Non-negative, shape `(..., num_tokens, num_tokens)`.
+
+    Returns
+    -------
+    Tensor
+        Same shape, every row summing to 1.
+    """
+    row_sums = contributions.sum(dim=-1, keepdim=True)
+    empty = row_sums == 0
+    matrix = contributions / torch.where(empty, torch.ones_like(row_sums), row_sums)
+    if bool(empty.any()):
+        identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+        matrix = torch.where(empty, identity, matrix)
+    return matrix
+
+
+def _check_component(rule: TokenRule, role: str, tensor: object, expected_shape: torch.Size) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{rule!r}: the {role} must return a torch.Tensor, got {type(tensor).__name__}.")
+    if tensor.shape != expected_shape:
+        raise ValueError(f"{rule!r}: the {role} must return shape {tuple(expected_shape)}, got {tuple(tensor.shape)}.")
+    if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
+        raise ValueError(
+            f"{rule!r}: the {role} must be finite and non-negative so that relevance stays "
+            "non-negative and conserved; it returned negative or non-finite entries."
+        )
+
+
+RULE_I = TokenRule(UnitActivation(), AttentionWeight(), name="i")
+"""Rule (i): ``a_j = 1``, ``W_ij = w_ij + delta_ij``. Heads fused by mean: Attention Rollout."""
+
+RULE_II = TokenRule(ValueDeviationActivation(), AttentionWeight(), name="ii")
+"""Rule (ii): ``a_j = ||v_j - v_mean||``, ``W_ij = w_ij + delta_ij``."""
+
+RULE_III = TokenRule(UnitActivation(), ValueDistanceWeight(), name="iii")
+"""Rule (iii): ``a_j = 1``, ``W_ij = ||v_j - v_i|| w_ij + delta_ij``."""
+
+RULE_IV = TokenRule(ValueDeviationActivation(), ValueDistanceWeight(), name="iv")
+"""Rule (iv): ``a_j = ||v_j - v_mean||``, ``W_ij = ||v_j - v_i|| w_ij + delta_ij``."""
+
+_REGISTRY: dict[str, TokenRule] = {"i": RULE_I, "ii": RULE_II, "iii": RULE_III, "iv": RULE_IV}
+
+
+def register_rule(name: str, rule: TokenRule, *, overwrite: bool = False) -> None:
+    """Make ``rule`` available by name, e.g. ``TokenRelevanceLRP(model, rule=name)``.
+
+    Raises
+    ------
+    TypeError
+        If ``rule`` is not a :class:`TokenRule` or ``name`` not a string.
+    ValueError
+        If ``name`` is taken and ``overwrite`` is False.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"Rule name must be a non-empty string, got {name!r}.")
+    if not isinstance(rule, TokenRule):
+        raise TypeError(
+            f"register_rule expects a TokenRule, got {type(rule).__name__}. "
+            "Build one with TokenRule(activation=..., weight=...)."
+        )
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"A rule named {name!r} is already registered; pass overwrite=True to replace it.")
+    _REGISTRY[name] = rule
+
+
+def available_rules() -> tuple[str, ...]:
+    """Names accepted by :func:`get_rule`."""
+    return tuple(_REGISTRY)
+
+
+def get_rule(rule: str | TokenRule) -> TokenRule:
+    """Resolve a rule name (``"i"``, ``"ii"``, ``"iii"``, ``"iv"`` or a registered one) or pass a rule through.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    TypeError
+        For anything that is neither a string nor a :class:`TokenRule`.
+    """
+    if isinstance(rule, TokenRule):
+        return rule
+    if isinstance(rule, str):
+        for key in (rule, rule.strip().lower()):
+            if key in _REGISTRY:
+                return _REGISTRY[key]
+        raise ValueError(f"Unknown rule {rule!r}; expected one of {list(_REGISTRY)} or a TokenRule instance.")
+    raise TypeError(f"rule must be a rule name or a TokenRule, got {type(rule).__name__}.")

@@ -1,0 +1,66 @@
+"""Shared models: seeded random-init ViTs with the DINO ViT-S/16 architecture and small ones.
+
+The small "peaked" models use a large initializer range so that attention is far from uniform
+and the rules give clearly different maps (default-init attention is nearly uniform).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+from captum_tokenlrp.models import random_dino_model
+
+
+def tiny_config(**overrides) -> ViTConfig:
+    fields = dict(
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=96,
+        patch_size=8,
+        image_size=32,
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.3,
+    )
+    fields.update(overrides)
+    return ViTConfig(**fields)
+
+
+def seeded(factory, seed=0):
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return factory().eval()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+@pytest.fixture(scope="session")
+def dino_s16() -> ViTModel:
+    """Random-init ViTModel with the exact DINO ViT-S/16 architecture (12 layers, 6 heads, 197 tokens)."""
+    return random_dino_model("facebook/dino-vits16", seed=0)
+
+
+@pytest.fixture
+def tiny_model() -> ViTModel:
+    """Fresh per test (tests may set rules or hooks on it): 3 layers, 4 heads, 17 tokens."""
+    return seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False))
+
+
+@pytest.fixture
+def tiny_classifier() -> ViTForImageClassification:
+    return seeded(lambda: ViTForImageClassification(tiny_config(num_labels=5)))
+
+
+@pytest.fixture
+def tiny_images() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def dino_images() -> torch.Tensor:
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
