@@ -13,6 +13,13 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from captum_tokenlrp.models import random_dino_model
 
 
+def with_attention(config: ViTConfig, implementation: str) -> ViTConfig:
+    """A copy of ``config`` that builds models with the given attention implementation."""
+    config = ViTConfig.from_dict(config.to_dict())
+    config._attn_implementation = implementation
+    return config
+
+
 def tiny_config(**overrides) -> ViTConfig:
     fields = dict(
         hidden_size=48,

@@ -151,6 +151,21 @@ class TokenRelevanceLRP(Attribution):
         return found[0] if found else self.rule
 
     # -------------------------------------------------------------- relevance
+    def token_layout(self, inputs: Tensor | tuple[Tensor], additional_forward_args: Any = None) -> TokenLayout:
+        """Which tokens are special and which are patches, on what grid, for these inputs.
+
+        Parameters
+        ----------
+        inputs : Tensor or 1-tuple of Tensor
+            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+        additional_forward_args : tuple, dict or object, optional
+            As in :meth:`token_relevance` (``interpolate_pos_encoding`` decides the allowed sizes).
+        """
+        pixel_values, _ = format_pixel_inputs(inputs)
+        args, kwargs = forward_arguments(additional_forward_args)
+        named = bound_forward_arguments(self.model, pixel_values, args, kwargs)
+        return check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
+
     def token_relevance(
         self,
         inputs: Tensor | tuple[Tensor],

@@ -83,6 +83,12 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
             f"{tuple(pixel_values.shape)} ({pixel_values.dim()} dimensions). For one image use "
             "image.unsqueeze(0)."
         )
+    model_device = next(adapter.model.parameters()).device
+    if pixel_values.device != model_device:
+        raise ValueError(
+            f"pixel_values are on {pixel_values.device} but the model is on {model_device}; "
+            f"move them with pixel_values.to({str(model_device)!r})."
+        )
     batch, channels, height, width = pixel_values.shape
     if batch == 0:
         raise ValueError("Expected at least one image, got an empty batch (batch_size 0).")
@@ -107,12 +113,6 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
         )
     if not bool(torch.isfinite(pixel_values).all()):
         raise ValueError("pixel_values contain NaN or infinite entries; relevance would be undefined.")
-    model_device = next(adapter.model.parameters()).device
-    if pixel_values.device != model_device:
-        raise ValueError(
-            f"pixel_values are on {pixel_values.device} but the model is on {model_device}; "
-            f"move them with pixel_values.to({str(model_device)!r})."
-        )
     return layout
 
 

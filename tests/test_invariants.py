@@ -1,0 +1,95 @@
+"""Conservation, non-negativity, batching, start tokens and vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_tokenlrp import TokenRelevanceLRP
+
+MODES = ["mean", "max", "min", None, "per_head_mean", "last_layer_per_head"]
+
+
+@pytest.mark.parametrize("rule", ["i", "ii", "iii", "iv"])
+@pytest.mark.parametrize("mode", MODES)
+def test_conservation_and_non_negativity(rule, mode, tiny_model, tiny_images):
+    relevance = TokenRelevanceLRP(tiny_model, rule=rule).token_relevance(tiny_images, head_fusion=mode)
+    assert relevance.dtype == torch.float32
+    assert (relevance >= 0).all()
+    torch.testing.assert_close(relevance.sum(dim=-1), torch.ones(relevance.shape[:-1]), atol=1e-5, rtol=0)
+
+
+def test_per_head_mean_is_mean_of_per_head_maps(tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    per_head = lrp.token_relevance(tiny_images, head_fusion=None)
+    torch.testing.assert_close(lrp.token_relevance(tiny_images, head_fusion="per_head_mean"), per_head.mean(1))
+
+
+def test_conservation_of_custom_total(tiny_model, tiny_images):
+    start = torch.rand(17, generator=torch.Generator().manual_seed(0)) * 3
+    relevance = TokenRelevanceLRP(tiny_model, rule="ii").token_relevance(tiny_images, initial_relevance=start)
+    torch.testing.assert_close(relevance.sum(-1), start.sum().expand(3), atol=1e-5, rtol=1e-6)
+
+
+def test_batch_equals_single_calls(tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    for mode in ("mean", None):
+        batched = lrp.token_relevance(tiny_images, head_fusion=mode)
+        singles = torch.cat([lrp.token_relevance(image[None], head_fusion=mode) for image in tiny_images])
+        torch.testing.assert_close(batched, singles, atol=1e-6, rtol=1e-5)
+
+
+def test_target_token_equals_one_hot_start(tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="iii")
+    one_hot = torch.zeros(17)
+    one_hot[5] = 1.0
+    by_target = lrp.token_relevance(tiny_images, target=5)
+    by_vector = lrp.token_relevance(tiny_images, initial_relevance=one_hot)
+    torch.testing.assert_close(by_target, by_vector)
+    assert (by_target - lrp.token_relevance(tiny_images)).abs().max() > 1e-3
+
+
+def test_per_sample_targets(tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="i")
+    mixed = lrp.token_relevance(tiny_images, target=torch.tensor([0, 3, 9]))
+    for index, token in enumerate([0, 3, 9]):
+        single = lrp.token_relevance(tiny_images[index : index + 1], target=token)
+        torch.testing.assert_close(mixed[index : index + 1], single, atol=1e-6, rtol=1e-5)
+
+
+def test_all_tokens_start_is_sum_of_one_hot_starts(tiny_model, tiny_images):
+    """Propagation is linear in the start vector."""
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    total = lrp.token_relevance(tiny_images, initial_relevance=torch.ones(17))
+    parts = sum(lrp.token_relevance(tiny_images, target=token) for token in range(17))
+    torch.testing.assert_close(total, parts, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_starts_at_cls_whatever_the_class(tiny_classifier, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_classifier, rule="iv")
+    default = lrp.token_relevance(tiny_images)
+    for label in range(5):
+        torch.testing.assert_close(lrp.token_relevance(tiny_images, target=label), default)
+    # The classifier's backbone gives the same map as the ViTModel inside it.
+    torch.testing.assert_close(TokenRelevanceLRP(tiny_classifier.vit, rule="iv").token_relevance(tiny_images), default)
+    start = torch.zeros(17)
+    start[4] = 2.0
+    moved = lrp.token_relevance(tiny_images, target=1, initial_relevance=start)
+    torch.testing.assert_close(moved.sum(-1), torch.full((3,), 2.0))
+
+
+def test_deterministic(tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    assert torch.equal(lrp.token_relevance(tiny_images), lrp.token_relevance(tiny_images))
+
+
+def test_interpolated_position_encoding_changes_the_grid(tiny_model):
+    images = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    relevance = lrp.token_relevance(images, additional_forward_args={"interpolate_pos_encoding": True})
+    assert relevance.shape == (2, 1 + 6 * 5)
+    attribution, delta = lrp.attribute(
+        images, additional_forward_args={"interpolate_pos_encoding": True}, return_convergence_delta=True
+    )
+    assert attribution.shape == images.shape
+    assert delta.abs().max() < 1e-5

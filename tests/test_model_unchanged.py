@@ -1,0 +1,87 @@
+"""attribute/token_relevance leave the user's model exactly as they found it, also on error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_tokenlrp import RULE_II, TokenRelevanceLRP, TokenRule
+from captum_tokenlrp.rules import AttentionWeight, UnitActivation
+
+
+def snapshot(model, images):
+    with torch.no_grad():
+        output = model(images).last_hidden_state.clone()
+    return {
+        "output": output,
+        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
+        "hooks": {
+            name: (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(getattr(m, "_forward_hooks_with_kwargs", {})),
+            )
+            for name, m in model.named_modules()
+        },
+        "training": {name: m.training for name, m in model.named_modules()},
+        "attn": model.config._attn_implementation,
+        "rules": {name: getattr(m, "rule", None) for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+    }
+
+
+def assert_same(before, after):
+    assert torch.equal(before["output"], after["output"])
+    assert before["params"].keys() == after["params"].keys()
+    for name, tensor in before["params"].items():
+        assert torch.equal(tensor, after["params"][name]), name
+    for key in ("hooks", "training", "attn", "rules", "requires_grad"):
+        assert before[key] == after[key], key
+
+
+def test_model_unchanged_after_calls(tiny_model, tiny_images):
+    tiny_model.layers[2].attention.rule = RULE_II
+    calls = []
+    tiny_model.layers[0].register_forward_hook(lambda *args: calls.append(1))
+    tiny_model.layers[1].mlp.train()  # a user's mixed training state
+    before = snapshot(tiny_model, tiny_images)
+    calls.clear()
+    lrp = TokenRelevanceLRP(tiny_model, rule="iv")
+    for mode in ("mean", None, "last_layer_per_head"):
+        lrp.token_relevance(tiny_images, head_fusion=mode)
+    lrp.attribute(tiny_images, return_convergence_delta=True)
+    assert len(calls) == 4  # the user's hook stayed and fired on every forward
+    assert_same(before, snapshot(tiny_model, tiny_images))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def exploding_weight(state):
+    if state.layer_index == 1:
+        raise Boom("failure inside the forward pass")
+    return AttentionWeight()(state)
+
+
+def test_model_unchanged_after_exception_mid_forward(tiny_model, tiny_images):
+    tiny_model.train()
+    before = snapshot(tiny_model, tiny_images)
+    lrp = TokenRelevanceLRP(tiny_model, rule=TokenRule(UnitActivation(), exploding_weight))
+    with pytest.raises(Boom):
+        lrp.token_relevance(tiny_images)
+    assert_same(before, snapshot(tiny_model, tiny_images))
+    assert tiny_model.training
+
+
+def test_training_mode_gives_eval_maps(tiny_images):
+    from conftest import seeded, tiny_config
+    from transformers import ViTModel
+
+    model = seeded(lambda: ViTModel(tiny_config(hidden_dropout_prob=0.5), add_pooling_layer=False))
+    lrp = TokenRelevanceLRP(model, rule="iv")
+    eval_map = lrp.token_relevance(tiny_images)
+    model.train()
+    torch.testing.assert_close(lrp.token_relevance(tiny_images), eval_map)
+    assert all(m.training for m in model.modules())
