@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._adapters import TokenLayout
 
-__all__ = ["patch_grid", "image_for_display", "plot_rule_grid"]
+__all__ = ["image_for_display", "patch_grid", "plot_rule_grid"]
 
 
 def patch_grid(relevance: Tensor, layout: TokenLayout) -> Tensor:
