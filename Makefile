@@ -6,8 +6,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# The second test environment: the last transformers 4.x release (the 4.x module layout).
+TRANSFORMERS4_VERSION ?= 4.57.6
+VENV4 ?= .venv-tf4
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-transformers4 lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+$(VENV4)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV4)
+	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test]"
+	touch $@
+
+test-transformers4: $(VENV4)/bin/.installed
+	$(VENV4)/bin/python -m pytest -p no:cacheprovider
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) outputs .pytest_cache .ruff_cache

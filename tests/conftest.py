@@ -13,6 +13,12 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from captum_tokenlrp.models import random_dino_model
 
 
+def vit_layers(model):
+    """Encoder blocks in either layout: model.layers (transformers 5) or model.encoder.layer (4.x)."""
+    vit = getattr(model, "vit", model)
+    return vit.layers if hasattr(vit, "layers") else vit.encoder.layer
+
+
 def with_attention(config: ViTConfig, implementation: str) -> ViTConfig:
     """A copy of ``config`` that builds models with the given attention implementation."""
     config = ViTConfig.from_dict(config.to_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import vit_layers
 
 from captum_tokenlrp import RULE_II, TokenRelevanceLRP, TokenRule
 from captum_tokenlrp.rules import AttentionWeight, UnitActivation
@@ -41,10 +42,10 @@ def assert_same(before, after):
 
 
 def test_model_unchanged_after_calls(tiny_model, tiny_images):
-    tiny_model.layers[2].attention.rule = RULE_II
+    vit_layers(tiny_model)[2].attention.rule = RULE_II
     calls = []
-    tiny_model.layers[0].register_forward_hook(lambda *args: calls.append(1))
-    tiny_model.layers[1].mlp.train()  # a user's mixed training state
+    vit_layers(tiny_model)[0].register_forward_hook(lambda *args: calls.append(1))
+    vit_layers(tiny_model)[1].layernorm_after.train()  # a user's mixed training state
     before = snapshot(tiny_model, tiny_images)
     calls.clear()
     lrp = TokenRelevanceLRP(tiny_model, rule="iv")

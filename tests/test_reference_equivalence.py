@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import vit_layers
 from reference import per_layer_qkv_float64, per_layer_qkv_from_model, reference_relevance
 
 from captum_tokenlrp import RULE_II, TokenRelevanceLRP
@@ -61,14 +62,14 @@ def test_rules_differ_on_peaked_model(tiny_model, tiny_images):
 
 def test_per_module_rule_overrides_only_that_layer(tiny_model, tiny_images):
     layers = per_layer_qkv_from_model(tiny_model, tiny_images)
-    tiny_model.layers[1].attention.rule = RULE_II
+    vit_layers(tiny_model)[1].attention.rule = RULE_II
     lrp = TokenRelevanceLRP(tiny_model, rule="iv")
     fast = lrp.token_relevance(tiny_images, head_fusion=None)
     ref = reference_relevance(tiny_model, tiny_images, ["iv", "ii", "iv"], None, layers=layers)
     assert_close(fast, ref)
     plain = reference_relevance(tiny_model, tiny_images, "iv", None, layers=layers)
     assert (fast.double() - plain).abs().max() > 1e-4
-    assert tiny_model.layers[1].attention.rule is RULE_II  # never removed
+    assert vit_layers(tiny_model)[1].attention.rule is RULE_II  # never removed
     assert [r.name for r in lrp.layer_rules()] == ["iv", "ii", "iv"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import vit_layers
 
 from captum_tokenlrp import (
     RULE_I,
@@ -127,7 +128,7 @@ def test_bad_user_components_are_reported(tiny_model, tiny_images):
 
 
 def test_non_rule_on_attention_module_is_a_type_error(tiny_model, tiny_images):
-    tiny_model.layers[0].attention.rule = "ii"
+    vit_layers(tiny_model)[0].attention.rule = "ii"
     with pytest.raises(TypeError, match=r"rule must be a TokenRule.*RULE_II"):
         TokenRelevanceLRP(tiny_model).token_relevance(tiny_images)
     assert all(len(m._forward_hooks) == 0 for m in tiny_model.modules())
