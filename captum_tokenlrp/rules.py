@@ -101,13 +101,30 @@ class AttentionState:
         ``|a|^2 + |b|^2 - 2<a, b>`` well conditioned in float32. The diagonal
         is exactly zero.
         """
-        centered = self.centered_values
-        squared_norms = centered.square().sum(dim=-1)
-        gram = centered @ centered.transpose(-1, -2)
-        squared = squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(-2) - 2.0 * gram
-        distances = squared.clamp_min_(0.0).sqrt_()
-        distances.diagonal(dim1=-2, dim2=-1).zero_()
-        return distances
+        return pairwise_distances(self.centered_values)
+
+
+def pairwise_distances(vectors: Tensor) -> Tensor:
+    """``||x_j - x_i||_2`` for all pairs of rows, as a new tensor.
+
+    Parameters
+    ----------
+    vectors : Tensor
+        `(..., num_tokens, dim)`; centre them first for float32 accuracy.
+
+    Returns
+    -------
+    Tensor
+        `(..., num_tokens, num_tokens)`, symmetric, with an exactly zero diagonal.
+    """
+    leading, (tokens, dim) = vectors.shape[:-2], vectors.shape[-2:]
+    flat = vectors.reshape(-1, tokens, dim)
+    squared_norms = flat.square().sum(dim=-1)
+    # |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, written into one buffer (Gram identity, batched GEMM).
+    squared = torch.baddbmm(squared_norms.unsqueeze(-2), flat, flat.transpose(-1, -2), alpha=-2.0)
+    squared.add_(squared_norms.unsqueeze(-1)).clamp_min_(0.0).sqrt_()
+    squared.diagonal(dim1=-2, dim2=-1).zero_()
+    return squared.reshape(*leading, tokens, tokens)
 
 
 @runtime_checkable
@@ -182,7 +199,9 @@ class ValueDistanceWeight:
     """
 
     def __call__(self, state: AttentionState) -> Tensor:
-        return _plus_identity(state.value_distances * state.attention)
+        # A fresh distance matrix (not the shared cached one) so it can be scaled in place.
+        distances = pairwise_distances(state.centered_values)
+        return _plus_identity(distances.mul_(state.attention))
 
     def __repr__(self) -> str:
         return "ValueDistanceWeight()"
@@ -241,12 +260,17 @@ class TokenRule:
         return isinstance(self.activation, _BUILTIN_COMPONENTS) and isinstance(self.weight, _BUILTIN_COMPONENTS)
 
     def contributions(self, state: AttentionState) -> Tensor:
-        """``z_ij = a_j * W_ij``, shape `(batch_size, num_heads, N, N)`."""
+        """``z_ij = a_j * W_ij``, shape `(batch_size, num_heads, N, N)`, as a new tensor."""
+        if self.is_builtin:
+            # Built-in weights return a fresh tensor: scale it in place, and skip a_j = 1.
+            weight = self.weight(state)
+            if isinstance(self.activation, UnitActivation):
+                return weight
+            return weight.mul_(self.activation(state).unsqueeze(-2))
         activation = self.activation(state)
         weight = self.weight(state)
-        if not self.is_builtin:
-            _check_component(self, "activation", activation, state.attention.shape[:-1])
-            _check_component(self, "weight", weight, state.attention.shape)
+        _check_component(self, "activation", activation, state.attention.shape[:-1])
+        _check_component(self, "weight", weight, state.attention.shape)
         return weight * activation.unsqueeze(-2)
 
     def redistribution(self, state: AttentionState) -> Tensor:
@@ -256,7 +280,7 @@ class TokenRule:
         and every other ``z_ij = 0``) becomes the identity row: the token
         keeps its own relevance.
         """
-        return normalize_rows(self.contributions(state))
+        return normalize_rows_(self.contributions(state))
 
     def __repr__(self) -> str:
         if self.name is not None:
@@ -275,15 +299,21 @@ def normalize_rows(contributions: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        Same shape, every row summing to 1.
+        A new tensor of the same shape, every row summing to 1.
     """
+    return normalize_rows_(contributions.clone())
+
+
+def normalize_rows_(contributions: Tensor) -> Tensor:
+    """In-place :func:`normalize_rows`; returns ``contributions``."""
     row_sums = contributions.sum(dim=-1, keepdim=True)
     empty = row_sums == 0
-    matrix = contributions / torch.where(empty, torch.ones_like(row_sums), row_sums)
     if bool(empty.any()):
-        identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-        matrix = torch.where(empty, identity, matrix)
-    return matrix
+        row_sums.masked_fill_(empty, 1.0)
+        contributions.div_(row_sums)
+        identity = torch.eye(contributions.shape[-1], dtype=contributions.dtype, device=contributions.device)
+        return contributions.copy_(torch.where(empty, identity, contributions))
+    return contributions.div_(row_sums)
 
 
 def _check_component(rule: TokenRule, role: str, tensor: object, expected_shape: torch.Size) -> None:

@@ -28,11 +28,11 @@ def _split_heads(projection: Tensor, site: AttentionSite) -> Tensor:
 
 def attention_state(site: AttentionSite, query: Tensor, key: Tensor, value: Tensor) -> AttentionState:
     """Build the float32 :class:`AttentionState` of one layer from its projections."""
-    query_heads = _split_heads(query, site)
+    # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
+    query_heads = _split_heads(query, site) * site.scaling
     key_heads = _split_heads(key, site)
-    scores = (query_heads @ key_heads.transpose(-1, -2)).mul_(site.scaling)
     return AttentionState(
-        attention=torch.softmax(scores, dim=-1),
+        attention=torch.softmax(query_heads @ key_heads.transpose(-1, -2), dim=-1),
         values=_split_heads(value, site),
         layer_index=site.layer_index,
     )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..rules import normalize_rows
+from ..rules import normalize_rows_
 
 #: Head modes that give one map per sample, `(batch_size, num_tokens)`.
 FUSED_HEAD_MODES = ("mean", "max", "min", "per_head_mean")
@@ -37,7 +37,7 @@ def _fuse(matrices: Tensor, how: str) -> Tensor:
     if how == "mean":
         return matrices.mean(dim=1)
     fused = matrices.amax(dim=1) if how == "max" else matrices.amin(dim=1)
-    return normalize_rows(fused)
+    return normalize_rows_(fused)
 
 
 def reduce_layer(matrices: Tensor, head_fusion: str | None, is_last_layer: bool) -> Tensor:
