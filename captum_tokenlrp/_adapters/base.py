@@ -30,6 +30,9 @@ class AttentionSite:
         layer's query, key and value have all been computed.
     query, key, value : nn.Module
         Projections whose outputs have shape `(batch_size, num_tokens, num_heads * head_dim)`.
+    output : nn.Module
+        The output projection; its input is the attention's result ``sum_j w_ij v_j`` with heads
+        merged, `(batch_size, num_tokens, num_heads * head_dim)` (gradient methods read its gradient).
     num_heads, head_dim : int
         Head layout of the projections' outputs.
     scaling : float
@@ -43,6 +46,7 @@ class AttentionSite:
     query: nn.Module
     key: nn.Module
     value: nn.Module
+    output: nn.Module
     num_heads: int
     head_dim: int
     scaling: float

@@ -50,11 +50,13 @@ class ViTAdapter(ModelAdapter):
             block = layer.attention
             if hasattr(block, "q_proj"):  # transformers >= 5: projections on the block itself
                 module, query, key, value = block, block.q_proj, block.k_proj, block.v_proj
+                output = block.o_proj
                 head_dim = block.head_dim
                 rule_modules: tuple[nn.Module, ...] = (block,)
             else:  # transformers 4.x: ViTAttention -> ViTSelfAttention
                 module = block.attention
                 query, key, value = module.query, module.key, module.value
+                output = block.output.dense
                 head_dim = module.attention_head_size
                 rule_modules = (block, module)
             num_heads = query.out_features // head_dim
@@ -65,6 +67,7 @@ class ViTAdapter(ModelAdapter):
                     query=query,
                     key=key,
                     value=value,
+                    output=output,
                     num_heads=num_heads,
                     head_dim=head_dim,
                     # Older 4.x releases divide by sqrt(head_dim) instead of storing `scaling`.

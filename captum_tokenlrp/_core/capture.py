@@ -4,8 +4,9 @@ Forward hooks on each layer's query, key and value projections keep their
 outputs; a hook on the module that owns them fires when the layer is done,
 recomputes the attention probabilities in float32 from ``q`` and ``k`` with the
 module's own scaling (so the result does not depend on the attention
-implementation: eager, sdpa, flash, ...), applies the layer's rule and keeps
-only what the head mode needs. Hooks are removed on exit, also on error.
+implementation: eager, sdpa, flash, ...) and hands them to the caller, which
+keeps only what it needs (a rule's redistribution matrix, fused or per head;
+the raw attention). Hooks are removed on exit, also on error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
-from ..rules import AttentionState, TokenRule
+from ..rules import AttentionState
 
 
 def _split_heads(projection: Tensor, site: AttentionSite) -> Tensor:
@@ -40,26 +41,23 @@ def attention_state(site: AttentionSite, query: Tensor, key: Tensor, value: Tens
 
 @contextmanager
 def record_layers(
-    sites: Sequence[AttentionSite],
-    rules: Sequence[TokenRule],
-    keep: Callable[[Tensor, int], Tensor],
+    sites: Sequence[AttentionSite], compute: Callable[[AttentionState], Tensor]
 ) -> Iterator[list[Tensor | None]]:
-    """Hook the model so that one forward fills a list with each layer's kept matrix.
+    """Hook the model so that one forward fills a list with ``compute(state)`` for each layer.
 
     Parameters
     ----------
     sites : sequence of AttentionSite
-        The model's attention layers, input side first.
-    rules : sequence of TokenRule
-        The rule for each layer.
-    keep : callable
-        ``keep(per_head_matrices, layer_index)`` reduces the layer's
-        `(batch, heads, N, N)` matrices to what propagation needs.
+        The attention layers to record, input side first.
+    compute : callable
+        Turns a layer's :class:`AttentionState` (``state.layer_index`` says which layer)
+        into what the caller keeps, e.g. its redistribution matrix; called during the
+        forward pass, so only what it returns stays in memory.
 
     Yields
     ------
     list
-        One entry per layer, filled during the forward pass.
+        One entry per site, filled during the forward pass.
     """
     kept: list[Tensor | None] = [None] * len(sites)
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -70,7 +68,7 @@ def record_layers(
 
         return hook
 
-    def finish(site: AttentionSite, rule: TokenRule, slot: dict[str, Tensor]) -> Callable:
+    def finish(position: int, site: AttentionSite, slot: dict[str, Tensor]) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, _output: object) -> None:
             missing = {"query", "key", "value"} - slot.keys()
             if missing:
@@ -79,16 +77,16 @@ def record_layers(
                     f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
                 )
             state = attention_state(site, slot.pop("query"), slot.pop("key"), slot.pop("value"))
-            kept[site.layer_index] = keep(rule.redistribution(state), site.layer_index)
+            kept[position] = compute(state)
 
         return hook
 
     try:
-        for site, rule in zip(sites, rules, strict=True):
+        for position, site in enumerate(sites):
             slot: dict[str, Tensor] = {}
             for name in ("query", "key", "value"):
                 handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
-            handles.append(site.module.register_forward_hook(finish(site, rule, slot)))
+            handles.append(site.module.register_forward_hook(finish(position, site, slot)))
         yield kept
     finally:
         for handle in handles:

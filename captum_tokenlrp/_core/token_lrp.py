@@ -2,56 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-import torch
-from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from .._adapters import AttentionSite, TokenLayout, adapter_for
-from .._utils.pixels import patch_relevance_to_pixels
-from .._utils.validation import (
-    TargetType,
-    bound_forward_arguments,
-    check_forward_arguments,
-    check_pixel_values,
-    format_pixel_inputs,
-    forward_arguments,
-    start_relevance,
-)
-from ..rules import TokenRule, get_rule
-from .capture import record_layers
+from .._adapters import AttentionSite
+from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
+from ..rules import AttentionState, TokenRule, get_rule
+from .base import PreparedInputs, TokenAttribution
 from .propagation import FUSED_HEAD_MODES, check_head_fusion, propagate, reduce_layer
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
-
-
-@contextmanager
-def _evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode (no dropout), then restore every module's own ``training`` flag."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @dataclass(frozen=True)
 class _Relevance:
     relevance: Tensor
     start: Tensor
-    layout: TokenLayout
-    pixel_values: Tensor
-    is_tuple: bool
+    prepared: PreparedInputs
 
 
-class TokenRelevanceLRP(Attribution):
+class TokenRelevanceLRP(TokenAttribution):
     r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace ViTs.
 
     Layer-wise Relevance Propagation between tokens: in every layer the
@@ -113,9 +86,7 @@ class TokenRelevanceLRP(Attribution):
     """
 
     def __init__(self, model: nn.Module, rule: str | TokenRule = "iv") -> None:
-        self._adapter = adapter_for(model)
         super().__init__(model)
-        self.model = model
         self.rule = get_rule(rule)
 
     # ------------------------------------------------------------------ rules
@@ -129,7 +100,7 @@ class TokenRelevanceLRP(Attribution):
         ValueError
             If the two modules of one layer (transformers 4.x) carry different rules.
         """
-        return [self._rule_for(site) for site in self._adapter.attention_sites()]
+        return [self._rule_for(site) for site in self.attention_sites]
 
     def _rule_for(self, site: AttentionSite) -> TokenRule:
         found = []
@@ -151,21 +122,6 @@ class TokenRelevanceLRP(Attribution):
         return found[0] if found else self.rule
 
     # -------------------------------------------------------------- relevance
-    def token_layout(self, inputs: Tensor | tuple[Tensor], additional_forward_args: Any = None) -> TokenLayout:
-        """Which tokens are special and which are patches, on what grid, for these inputs.
-
-        Parameters
-        ----------
-        inputs : Tensor or 1-tuple of Tensor
-            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
-        additional_forward_args : tuple, dict or object, optional
-            As in :meth:`token_relevance` (``interpolate_pos_encoding`` decides the allowed sizes).
-        """
-        pixel_values, _ = format_pixel_inputs(inputs)
-        args, kwargs = forward_arguments(additional_forward_args)
-        named = bound_forward_arguments(self.model, pixel_values, args, kwargs)
-        return check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
-
     def token_relevance(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -221,34 +177,21 @@ class TokenRelevanceLRP(Attribution):
         head_fusion: object,
     ) -> _Relevance:
         head_fusion = check_head_fusion(head_fusion)
-        pixel_values, is_tuple = format_pixel_inputs(inputs)
-        args, kwargs = forward_arguments(additional_forward_args)
-        named = bound_forward_arguments(self.model, pixel_values, args, kwargs)
-        check_forward_arguments(self._adapter, named)
-        layout = check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
+        prepared = self._prepare(inputs, additional_forward_args)
+        pixel_values = prepared.pixel_values
         start = start_relevance(
-            target, initial_relevance, self._adapter, layout, pixel_values.shape[0], pixel_values.device
+            target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
         )
-        sites = self._adapter.attention_sites()
+        sites = self.attention_sites
         rules = [self._rule_for(site) for site in sites]
         last_layer = len(sites) - 1
 
-        def keep(matrices: Tensor, layer_index: int) -> Tensor:
-            return reduce_layer(matrices, head_fusion, layer_index == last_layer)
+        def redistribution(state: AttentionState) -> Tensor:
+            matrices = rules[state.layer_index].redistribution(state)
+            return reduce_layer(matrices, head_fusion, state.layer_index == last_layer)
 
-        with _evaluation_mode(self.model), torch.no_grad(), record_layers(sites, rules, keep) as kept:
-            self.model(pixel_values, *args, **kwargs)
-        unrecorded = [index for index, matrix in enumerate(kept) if matrix is None]
-        if unrecorded:
-            raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")
-        num_tokens = kept[0].shape[-1]
-        if num_tokens != layout.num_tokens:
-            raise RuntimeError(
-                f"The model ran on {num_tokens} tokens, but the adapter expected {layout.num_tokens} "
-                f"({layout.num_special_tokens} special + {layout.grid[0]}x{layout.grid[1]} patches)."
-            )
-        relevance = propagate(start, kept, head_fusion)
-        return _Relevance(relevance, start, layout, pixel_values, is_tuple)
+        kept = self._record(prepared, sites, redistribution)
+        return _Relevance(propagate(start, kept, head_fusion), start, prepared)
 
     # ---------------------------------------------------------- attribution
     @overload
@@ -319,13 +262,11 @@ class TokenRelevanceLRP(Attribution):
                 "token_relevance(..., head_fusion=None)."
             )
         result = self._relevance(inputs, target, additional_forward_args, initial_relevance, head_fusion)
-        layout = result.layout
-        patches = result.relevance[:, layout.patch_slice]
-        attributions = patch_relevance_to_pixels(patches, layout, result.pixel_values.shape)
-        output: Tensor | tuple[Tensor] = (attributions,) if result.is_tuple else attributions
+        attributions = self._pixels(result.relevance, result.prepared)
+        output = self._format(attributions, result.prepared)
         if not return_convergence_delta:
             return output
-        special = result.relevance[:, : layout.num_special_tokens]
+        special = result.relevance[:, : result.prepared.layout.num_special_tokens]
         delta = self.compute_convergence_delta(attributions, special, result.start.sum(dim=-1))
         return output, delta
 
@@ -358,7 +299,3 @@ class TokenRelevanceLRP(Attribution):
     @classmethod
     def get_name(cls) -> str:
         return "Token Relevance LRP"
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
