@@ -43,11 +43,23 @@ def tiny_config(**overrides) -> ViTConfig:
     return ViTConfig(**fields)
 
 
-def seeded(factory, seed=0):
+def seeded(factory, seed=0, trained_norms=False):
+    """Build a model under a fixed seed (restoring the global RNG).
+
+    trained_norms gives every LayerNorm a random scale and shift, as trained models have
+    (at init they are 1 and 0, which makes the norm of a LayerNorm output constant).
+    """
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return factory().eval()
+        model = factory().eval()
+        if trained_norms:
+            with torch.no_grad():
+                for module in model.modules():
+                    if isinstance(module, torch.nn.LayerNorm):
+                        module.weight.copy_(1 + 0.5 * torch.randn_like(module.weight))
+                        module.bias.copy_(0.2 * torch.randn_like(module.bias))
+        return model
     finally:
         torch.random.set_rng_state(state)
 
@@ -61,12 +73,12 @@ def dino_s16() -> ViTModel:
 @pytest.fixture
 def tiny_model() -> ViTModel:
     """Fresh per test (tests may set rules or hooks on it): 3 layers, 4 heads, 17 tokens."""
-    return seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False))
+    return seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False), trained_norms=True)
 
 
 @pytest.fixture
 def tiny_classifier() -> ViTForImageClassification:
-    return seeded(lambda: ViTForImageClassification(tiny_config(num_labels=5)))
+    return seeded(lambda: ViTForImageClassification(tiny_config(num_labels=5)), trained_norms=True)
 
 
 @pytest.fixture

@@ -106,6 +106,11 @@ class ModelAdapter(ABC):
         """Every self-attention layer, input side first."""
 
     @abstractmethod
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The Transformer blocks (attention + MLP), input side first; each outputs the tokens
+        `(batch_size, num_tokens, hidden_size)` (possibly as the first item of a tuple)."""
+
+    @abstractmethod
     def token_layout(self, height: int, width: int) -> TokenLayout:
         """The token layout for an input image of ``height`` x ``width`` pixels."""
 

@@ -44,6 +44,9 @@ class ViTAdapter(ModelAdapter):
             return self.backbone.layers
         return self.backbone.encoder.layer  # transformers 4.x
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self._layers())
+
     def attention_sites(self) -> list[AttentionSite]:
         sites = []
         for index, layer in enumerate(self._layers()):

@@ -1,0 +1,28 @@
+"""Baselines in the same interface as TokenRelevanceLRP: ``token_relevance`` and ``attribute``.
+
+- :class:`RawAttention`: the last layer's attention row (DINO's map), per head or fused.
+- :class:`AttentionRollout`: Abnar & Zuidema 2020 (rule (i) with mean fusion).
+- :class:`GenericAttentionExplainability`: Chefer et al. 2021.
+- :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
+  explained scalar of :class:`ExplainedForward`.
+"""
+
+from .attention import AttentionRollout, RawAttention, mass_threshold_mask
+from .gradient import (
+    ExplainedForward,
+    GenericAttentionExplainability,
+    TokenGradCAM,
+    TokenIntegratedGradients,
+    patch_sums,
+)
+
+__all__ = [
+    "AttentionRollout",
+    "ExplainedForward",
+    "GenericAttentionExplainability",
+    "RawAttention",
+    "TokenGradCAM",
+    "TokenIntegratedGradients",
+    "mass_threshold_mask",
+    "patch_sums",
+]

@@ -1,0 +1,363 @@
+"""Gradient baselines: Generic Attention Explainability, Integrated Gradients and GradCAM.
+
+Gradient methods need one scalar per image to explain:
+
+- a classifier (``ViTForImageClassification``): the logit of the target class
+  (default: the predicted class);
+- a model without labels (``ViTModel``, DINO): the projection of the output CLS
+  embedding ``e(x)`` (``last_hidden_state[:, 0]``) onto a fixed reference
+  direction ``r``, ``s(x) = <e(x), r> / ||r||``. By default ``r`` is the image's
+  own CLS embedding, detached: ``s`` measures how strongly the image expresses
+  its own representation, and its gradient at the image is ``J^T r / ||r||``
+  (a cosine similarity to the image's own embedding would sit at its maximum,
+  with zero gradient). Pass another image's embedding as ``reference`` to ask
+  what makes two images alike. Caveat: when the final LayerNorm has unit scale
+  and zero shift (an untrained model), ``||e||`` is constant, so the default
+  score is too and its gradient vanishes; use another reference there.
+
+:class:`ExplainedForward` is that scalar as a Captum ``forward_func``, ready for
+``IntegratedGradients``, ``LayerGradCam`` (on :attr:`ExplainedForward.patch_grid`:
+the patch tokens entering the last block as a `(batch, hidden, rows, cols)`
+grid; the last block's *output* patch tokens never reach CLS, so their
+gradient is zero), ``Saliency``, ``NoiseTunnel`` and the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from captum.attr import IntegratedGradients, LayerGradCam
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .._adapters import TokenLayout, adapter_for
+from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
+from .._core.capture import record_layers
+from .._utils.validation import TargetType, start_relevance
+
+__all__ = [
+    "ExplainedForward",
+    "GenericAttentionExplainability",
+    "TokenGradCAM",
+    "TokenIntegratedGradients",
+    "patch_sums",
+]
+
+
+class PatchGridView(nn.Module):
+    """Identity on `(batch, hidden, rows, cols)`: a module Captum's layer methods can hook."""
+
+    def forward(self, grid: Tensor) -> Tensor:
+        return grid
+
+
+class ExplainedForward:
+    """The scalar a gradient method explains, as a Captum ``forward_func``.
+
+    ``forward(pixel_values, reference=None)`` returns class logits `(batch, num_labels)` for a
+    classifier (Captum's ``target`` picks the class) and the embedding score
+    ``<e(x), r> / ||r||`` of shape `(batch,)` for a model without labels.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A supported HuggingFace ViT. It is not modified; a hook that routes the patch tokens
+        entering the last block through :attr:`patch_grid` lives only for the duration of each call.
+    **forward_kwargs
+        Fixed keyword arguments for the model, e.g. ``interpolate_pos_encoding=True``.
+
+    Notes
+    -----
+    For path methods (Integrated Gradients) pass ``reference`` from the *original* image,
+    e.g. ``additional_forward_args=(fwd.reference(x),)``: the explained function must not
+    change along the path. With ``reference=None`` each call uses its own input's embedding.
+    """
+
+    def __init__(self, model: nn.Module, **forward_kwargs: Any) -> None:
+        self.model = model
+        self._adapter = adapter_for(model)
+        self.forward_kwargs = forward_kwargs
+        #: Hook target for ``LayerGradCam``: the last block's patch tokens as a grid.
+        self.patch_grid = PatchGridView()
+
+    @property
+    def is_classifier(self) -> bool:
+        return self._adapter.is_classifier
+
+    def _tokens(self, output: Any) -> Tensor:
+        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def reference(self, pixel_values: Tensor) -> Tensor:
+        """CLS embeddings `(batch, hidden_size)` of ``pixel_values`` (no grad), for label-free models."""
+        backbone = getattr(self.model, "vit", self.model)
+        with torch.no_grad(), evaluation_mode(self.model):
+            return self._tokens(backbone(pixel_values, **self.forward_kwargs))[:, 0].detach()
+
+    @contextmanager
+    def _route_patches(self, layout: TokenLayout) -> Iterator[None]:
+        specials, (rows, cols) = layout.num_special_tokens, layout.grid
+
+        def route(_module: nn.Module, args: tuple) -> tuple:
+            hidden = args[0]
+            batch, _, width = hidden.shape
+            grid = hidden[:, specials:].transpose(1, 2).reshape(batch, width, rows, cols)
+            patches = self.patch_grid(grid).reshape(batch, width, rows * cols).transpose(1, 2)
+            return (torch.cat([hidden[:, :specials], patches], dim=1), *args[1:])
+
+        handle = self._adapter.transformer_blocks()[-1].register_forward_pre_hook(route)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def __call__(self, pixel_values: Tensor, reference: Tensor | None = None) -> Tensor:
+        height, width = pixel_values.shape[-2:]
+        with self._route_patches(self._adapter.token_layout(height, width)):
+            output = self.model(pixel_values, **self.forward_kwargs)
+        if self.is_classifier:
+            return output.logits
+        embedding = self._tokens(output)[:, 0]
+        direction = embedding.detach() if reference is None else reference.to(embedding.dtype)
+        if direction.shape != embedding.shape:
+            raise ValueError(
+                f"reference must have shape {tuple(embedding.shape)} (one embedding per sample), "
+                f"got {tuple(direction.shape)}."
+            )
+        return (embedding * direction).sum(dim=-1) / direction.norm(dim=-1).clamp_min(1e-12)
+
+
+def patch_sums(pixel_attributions: Tensor, layout: TokenLayout) -> Tensor:
+    """Sum pixel attributions over each patch (and channels) into token relevance.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size, num_tokens)`; special tokens get 0 (they are not pixels).
+    """
+    (rows, cols), (patch_h, patch_w) = layout.grid, layout.patch_size
+    covered = pixel_attributions[:, :, : rows * patch_h, : cols * patch_w].sum(dim=1)
+    per_patch = covered.reshape(len(covered), rows, patch_h, cols, patch_w).sum(dim=(2, 4)).flatten(1)
+    special = per_patch.new_zeros(len(per_patch), layout.num_special_tokens)
+    return torch.cat([special, per_patch], dim=1)
+
+
+class _GradientAttribution(TokenAttribution):
+    """Shared target handling: class for a classifier (default predicted), none for label-free models."""
+
+    def _explained(self, prepared: PreparedInputs) -> ExplainedForward:
+        if prepared.args:
+            raise ValueError(
+                "Gradient baselines take extra model arguments by keyword: pass additional_forward_args "
+                "as a dict, e.g. {'interpolate_pos_encoding': True}."
+            )
+        return ExplainedForward(self.model, **prepared.kwargs)
+
+    def _targets(self, explained: ExplainedForward, prepared: PreparedInputs, target: TargetType) -> Tensor | None:
+        pixel_values = prepared.pixel_values
+        if not explained.is_classifier:
+            if target is not None:
+                raise ValueError(
+                    "A model without labels explains the CLS embedding score (see ExplainedForward); "
+                    f"target must be None, got {target!r}."
+                )
+            return None
+        if target is None:
+            with torch.no_grad(), evaluation_mode(self.model):
+                return explained(pixel_values).argmax(dim=-1)
+        start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
+        if isinstance(target, int):
+            return torch.full((len(pixel_values),), target, dtype=torch.long, device=pixel_values.device)
+        return torch.as_tensor(target, dtype=torch.long, device=pixel_values.device).reshape(-1)
+
+    @staticmethod
+    def _scalar(output: Tensor, targets: Tensor | None) -> Tensor:
+        if targets is None:
+            return output
+        return output.gather(1, targets[:, None])[:, 0]
+
+
+class GenericAttentionExplainability(_GradientAttribution):
+    """Generic Attention Explainability (Chefer, Gur & Wolf, ICCV 2021) for self-attention.
+
+    Per layer ``A_bar = mean_h (grad_A ⊙ A)^+``; starting from ``R = I``,
+    ``R <- R + A_bar R`` from the first layer to the last; the map is the explained
+    token's row of ``R`` (CLS). One forward and one backward pass for the whole batch.
+
+    ``grad_A`` is obtained without switching the model's attention implementation:
+    since the attention output is ``sum_j A_ij v_j`` (per head), ``dS/dA_ij = <dS/dctx_i, v_j>``,
+    with ``dS/dctx`` the gradient at the output projection's input. ``A`` is recomputed in
+    float32 from the query and key projections, as everywhere in this package. No
+    parameter's ``.grad`` is touched.
+    """
+
+    def token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """GAE relevance of every input token, `(batch_size, num_tokens)`.
+
+        ``target``: the class for a classifier (default: predicted); must be None for a
+        model without labels (the CLS embedding score is explained).
+        """
+        return self._relevance(self._prepare(inputs, additional_forward_args), target)
+
+    def _relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
+        explained = self._explained(prepared)
+        targets = self._targets(explained, prepared, target)
+        sites = self.attention_sites
+        contexts: list[Tensor] = []
+
+        def keep_context(_module: nn.Module, args: tuple) -> None:
+            contexts.append(args[0])
+
+        def keep_attention(state) -> tuple[Tensor, Tensor]:
+            return state.attention.detach(), state.values.detach()
+
+        handles = [site.output.register_forward_pre_hook(keep_context) for site in sites]
+        pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
+        try:
+            with evaluation_mode(self.model), torch.enable_grad(), record_layers(sites, keep_attention) as layers:
+                scalar = self._scalar(explained(pixel_values), targets)
+                gradients = torch.autograd.grad(scalar.sum(), contexts)
+        finally:
+            for handle in handles:
+                handle.remove()
+        batch, tokens = pixel_values.shape[0], prepared.layout.num_tokens
+        joint = torch.eye(tokens, device=pixel_values.device).expand(batch, tokens, tokens).clone()
+        for site, (attention, values), gradient in zip(sites, layers, gradients, strict=True):
+            context_gradient = gradient.reshape(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2).float()
+            attention_gradient = context_gradient @ values.transpose(-1, -2)
+            fused = (attention_gradient * attention).clamp_min(0).mean(dim=1)
+            joint = joint + fused @ joint
+        start = torch.zeros(batch, tokens, device=pixel_values.device)
+        start[:, 0] = 1.0
+        return torch.bmm(start[:, None], joint)[:, 0]
+
+    @log_usage()
+    def attribute(
+        self, inputs: Tensor | tuple[Tensor], target: TargetType = None, additional_forward_args: Any = None
+    ) -> Tensor | tuple[Tensor]:
+        """Pixel map of the GAE relevance of the patch tokens, same shape as ``inputs``."""
+        prepared = self._prepare(inputs, additional_forward_args)
+        return self._format(self._pixels(self._relevance(prepared, target), prepared), prepared)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Generic Attention Explainability"
+
+
+class TokenIntegratedGradients(_GradientAttribution):
+    """Captum's Integrated Gradients on the explained scalar, with token maps by patch sums.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A supported HuggingFace ViT.
+    n_steps : int, default 50
+        Riemann steps of the path integral.
+    internal_batch_size : int, optional
+        Passed to Captum to bound memory.
+    """
+
+    def __init__(self, model: nn.Module, n_steps: int = 50, internal_batch_size: int | None = None) -> None:
+        super().__init__(model)
+        self.n_steps = n_steps
+        self.internal_batch_size = internal_batch_size
+
+    def _integrated_gradients(
+        self, prepared: PreparedInputs, target: TargetType, baselines: Tensor | float | None
+    ) -> Tensor:
+        explained = self._explained(prepared)
+        targets = self._targets(explained, prepared, target)
+        extra = None if explained.is_classifier else (explained.reference(prepared.pixel_values),)
+        with evaluation_mode(self.model):
+            return IntegratedGradients(explained).attribute(
+                prepared.pixel_values,
+                baselines=baselines,
+                target=targets,
+                additional_forward_args=extra,
+                n_steps=self.n_steps,
+                internal_batch_size=self.internal_batch_size,
+            )
+
+    def token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        baselines: Tensor | float | None = None,
+    ) -> Tensor:
+        """IG attributions summed over each patch, `(batch_size, num_tokens)` (signed; special tokens 0)."""
+        prepared = self._prepare(inputs, additional_forward_args)
+        return patch_sums(self._integrated_gradients(prepared, target, baselines), prepared.layout)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        baselines: Tensor | float | None = None,
+    ) -> Tensor | tuple[Tensor]:
+        """Captum's pixel attributions (not patch-uniform), same shape as ``inputs``."""
+        prepared = self._prepare(inputs, additional_forward_args)
+        return self._format(self._integrated_gradients(prepared, target, baselines), prepared)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Integrated Gradients"
+
+
+class TokenGradCAM(_GradientAttribution):
+    """Captum's ``LayerGradCam`` on the patch tokens entering the last block, as a patch grid.
+
+    Channels are the hidden dimensions: ``cam = ReLU(sum_d alpha_d * h_d)`` with
+    ``alpha_d`` the mean over patches of ``dS/dh_d``. The last block's input is used
+    (as pytorch-grad-cam does for ViTs) because its output patch tokens do not reach CLS.
+    """
+
+    def _cam(self, prepared: PreparedInputs, target: TargetType, relu: bool) -> Tensor:
+        explained = self._explained(prepared)
+        targets = self._targets(explained, prepared, target)
+        with evaluation_mode(self.model):
+            cam = LayerGradCam(explained, explained.patch_grid).attribute(
+                prepared.pixel_values, target=targets, relu_attributions=relu
+            )
+        tokens = cam.flatten(1).detach()
+        special = tokens.new_zeros(len(tokens), prepared.layout.num_special_tokens)
+        return torch.cat([special, tokens], dim=1)
+
+    def token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        relu: bool = True,
+    ) -> Tensor:
+        """GradCAM per patch token, `(batch_size, num_tokens)` (special tokens 0)."""
+        return self._cam(self._prepare(inputs, additional_forward_args), target, relu)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        relu: bool = True,
+    ) -> Tensor | tuple[Tensor]:
+        """GradCAM spread uniformly over each patch's pixels, same shape as ``inputs``."""
+        prepared = self._prepare(inputs, additional_forward_args)
+        return self._format(self._pixels(self._cam(prepared, target, relu), prepared), prepared)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "GradCAM"
