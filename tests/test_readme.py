@@ -38,13 +38,16 @@ def test_readme_has_snippets():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_snippet_runs(index, offline_hub):
-    namespace: dict = {}
+def test_readme_snippet_runs(index, offline_hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code = BLOCKS[index]
-    if "model." in code and "from_pretrained" not in code:
-        namespace["model"] = random_dino_model(num_hidden_layers=4)
-        if not hasattr(namespace["model"], "layers"):  # transformers 4.x: the README's commented line
-            code = code.replace("model.layers[", "model.encoder.layer[")
+    # Later snippets use `model` and `pixel_values` "as above"; the quickstart defines its own.
+    namespace: dict = {
+        "model": random_dino_model(num_hidden_layers=4),
+        "pixel_values": torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+    }
+    if not hasattr(namespace["model"], "layers"):  # transformers 4.x: the README's commented line
+        code = code.replace("model.layers[", "model.encoder.layer[")
     exec(compile(code, f"README.md block {index}", "exec"), namespace)
     if "fused" in namespace:
         assert namespace["fused"].shape == (1, 197)
@@ -52,3 +55,8 @@ def test_readme_snippet_runs(index, offline_hub):
         assert namespace["pixels"].shape == (1, 3, 224, 224)
         assert namespace["patch_map"].shape == (14, 14)
         assert abs(float(namespace["delta"])) < 1e-5
+    if "methods" in namespace:
+        assert set(namespace["maps"]) == {"rule (iv)", "raw attention", "rollout", "GAE", "IG", "GradCAM"}
+        assert all(grid.shape == (14, 14) for grid in namespace["maps"].values())
+        assert (tmp_path / "methods.png").stat().st_size > 10_000
+        assert namespace["ig"].shape == namespace["smooth"].shape == (1, 3, 224, 224)
