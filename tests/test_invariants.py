@@ -93,3 +93,28 @@ def test_interpolated_position_encoding_changes_the_grid(tiny_model):
     )
     assert attribution.shape == images.shape
     assert delta.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_head_chunking_does_not_change_the_result(mode, tiny_model, tiny_images):
+    whole = TokenRelevanceLRP(tiny_model, rule="iv").token_relevance(tiny_images, head_fusion=mode)
+    for budget in (1, 3 * 17 * 17 * 3):  # one head per group; groups of 3 heads then 1
+        chunked = TokenRelevanceLRP(tiny_model, rule="iv", max_chunk_elements=budget)
+        torch.testing.assert_close(chunked.token_relevance(tiny_images, head_fusion=mode), whole, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", None, "per_head_mean", "last_layer_per_head"])
+def test_all_token_relevance_rows_are_single_token_maps(mode, tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule="iii")
+    matrix = lrp.all_token_relevance(tiny_images, head_fusion=mode)
+    per_head = mode in (None, "last_layer_per_head")
+    assert matrix.shape == ((3, 4, 17, 17) if per_head else (3, 17, 17))
+    torch.testing.assert_close(matrix.sum(-1), torch.ones(matrix.shape[:-1]), atol=1e-5, rtol=0)
+    for token in (0, 6, 16):
+        single = lrp.token_relevance(tiny_images, target=token, head_fusion=mode)
+        torch.testing.assert_close(matrix[..., token, :], single, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_chunk_budget(tiny_model):
+    with pytest.raises(ValueError, match="max_chunk_elements must be a positive int"):
+        TokenRelevanceLRP(tiny_model, max_chunk_elements=0)

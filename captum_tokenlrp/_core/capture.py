@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,38 +22,61 @@ from .._adapters import AttentionSite
 from ..rules import AttentionState
 
 
-def _split_heads(projection: Tensor, site: AttentionSite) -> Tensor:
-    """`(batch, N, heads * head_dim)` -> `(batch, heads, N, head_dim)` in float32."""
-    batch, tokens, _ = projection.shape
-    return projection.reshape(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2).float()
+@dataclass(frozen=True)
+class LayerProjections:
+    """One layer's query, key and value projections, `(batch, N, num_heads * head_dim)` each."""
 
+    site: AttentionSite
+    query: Tensor
+    key: Tensor
+    value: Tensor
 
-def attention_state(site: AttentionSite, query: Tensor, key: Tensor, value: Tensor) -> AttentionState:
-    """Build the float32 :class:`AttentionState` of one layer from its projections."""
-    # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
-    query_heads = _split_heads(query, site) * site.scaling
-    key_heads = _split_heads(key, site)
-    return AttentionState(
-        attention=torch.softmax(query_heads @ key_heads.transpose(-1, -2), dim=-1),
-        values=_split_heads(value, site),
-        layer_index=site.layer_index,
-    )
+    @property
+    def layer_index(self) -> int:
+        return self.site.layer_index
+
+    def _heads(self, projection: Tensor, heads: slice) -> Tensor:
+        """`(batch, N, heads * head_dim)` -> `(batch, heads, N, head_dim)` in float32, for ``heads``."""
+        batch, tokens, _ = projection.shape
+        split = projection.reshape(batch, tokens, self.site.num_heads, self.site.head_dim)
+        return split[:, :, heads].transpose(1, 2).float()
+
+    def state(self, heads: slice = slice(None)) -> AttentionState:
+        """The float32 :class:`AttentionState` of the selected heads (all by default)."""
+        # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
+        query = self._heads(self.query, heads) * self.site.scaling
+        key = self._heads(self.key, heads)
+        return AttentionState(
+            attention=torch.softmax(query @ key.transpose(-1, -2), dim=-1),
+            values=self._heads(self.value, heads),
+            layer_index=self.site.layer_index,
+        )
+
+    def head_chunks(self, max_elements: int) -> Iterator[AttentionState]:
+        """States of consecutive groups of heads whose `(batch, heads, N, N)` stays under ``max_elements``.
+
+        Long sequences then never hold every head's N x N matrices at once.
+        """
+        batch, tokens, _ = self.query.shape
+        per_head = batch * tokens * tokens
+        step = max(1, min(self.site.num_heads, max_elements // per_head))
+        for first in range(0, self.site.num_heads, step):
+            yield self.state(slice(first, first + step))
 
 
 @contextmanager
-def record_layers(
-    sites: Sequence[AttentionSite], compute: Callable[[AttentionState], Tensor]
-) -> Iterator[list[Tensor | None]]:
-    """Hook the model so that one forward fills a list with ``compute(state)`` for each layer.
+def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjections], object]) -> Iterator[list]:
+    """Hook the model so that one forward fills a list with ``compute(projections)`` for each layer.
 
     Parameters
     ----------
     sites : sequence of AttentionSite
         The attention layers to record, input side first.
     compute : callable
-        Turns a layer's :class:`AttentionState` (``state.layer_index`` says which layer)
-        into what the caller keeps, e.g. its redistribution matrix; called during the
-        forward pass, so only what it returns stays in memory.
+        Turns a layer's :class:`LayerProjections` into what the caller keeps (its
+        redistribution matrix, its attention, ...); called during the forward pass, so
+        only what it returns stays in memory. ``projections.state()`` gives the float32
+        attention probabilities and values of every head.
 
     Yields
     ------
@@ -76,8 +100,7 @@ def record_layers(
                     f"Layer {site.layer_index}: the attention module ran without its "
                     f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
                 )
-            state = attention_state(site, slot.pop("query"), slot.pop("key"), slot.pop("value"))
-            kept[position] = compute(state)
+            kept[position] = compute(LayerProjections(site, slot.pop("query"), slot.pop("key"), slot.pop("value")))
 
         return hook
 

@@ -1,14 +1,15 @@
 """Head fusion and layer-by-layer propagation of token relevance.
 
-Data flow: the recorder (``capture.py``) turns each layer's attention into
-per-head redistribution matrices ``M^h`` of shape `(batch_size, num_heads, N, N)`;
-:func:`reduce_layer` keeps only what the chosen head mode needs for that layer;
+Data flow: the recorder (``capture.py``) hands each layer's projections to a
+rule, which turns them into per-head redistribution matrices ``M^h``, a group
+of heads at a time; :func:`reduce_layer` keeps only what the chosen head mode
+needs for that layer (one `(batch, N, N)` matrix when heads are fused);
 :func:`propagate` moves the start relevance down through the kept matrices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,47 +33,63 @@ def check_head_fusion(head_fusion: object) -> str | None:
     )
 
 
-def _fuse(matrices: Tensor, how: str) -> Tensor:
-    """Fuse per-head matrices `(batch, heads, N, N)` into `(batch, N, N)` with rows summing to 1."""
-    if how == "mean":
-        return matrices.mean(dim=1)
-    fused = matrices.amax(dim=1) if how == "max" else matrices.amin(dim=1)
-    return normalize_rows_(fused)
+def _layer_mode(head_fusion: str | None, is_last_layer: bool) -> str | None:
+    """How one layer's heads are reduced: "mean", "max", "min", or None (kept per head)."""
+    if head_fusion in ("mean", "max", "min"):
+        return head_fusion
+    if head_fusion == "last_layer_per_head" and not is_last_layer:
+        return "mean"
+    return None
 
 
-def reduce_layer(matrices: Tensor, head_fusion: str | None, is_last_layer: bool) -> Tensor:
-    """Keep what ``head_fusion`` needs of one layer's per-head matrices.
+def reduce_layer(head_chunks: Iterable[Tensor], head_fusion: str | None, is_last_layer: bool, num_heads: int) -> Tensor:
+    """Keep what ``head_fusion`` needs of one layer's per-head redistribution matrices.
 
     Parameters
     ----------
-    matrices : Tensor
-        `(batch_size, num_heads, N, N)`, rows summing to 1.
+    head_chunks : iterable of Tensor
+        The layer's matrices, `(batch_size, heads_in_chunk, N, N)` each, rows summing to 1,
+        consecutive groups of heads covering all ``num_heads``. Fused modes consume them one
+        at a time, so only one chunk and the running result are alive.
     head_fusion : str or None
         See :data:`HEAD_MODES`.
     is_last_layer : bool
         Whether this is the layer nearest to the output.
+    num_heads : int
+        Total number of heads.
 
     Returns
     -------
     Tensor
         `(batch_size, N, N)` for a fused layer, `(batch_size, num_heads, N, N)` for a per-head one.
     """
-    if head_fusion in ("mean", "max", "min"):
-        return _fuse(matrices, head_fusion)
-    if head_fusion == "last_layer_per_head" and not is_last_layer:
-        return _fuse(matrices, "mean")
-    return matrices
+    how = _layer_mode(head_fusion, is_last_layer)
+    if how is None:
+        return torch.cat(list(head_chunks), dim=1)
+    fused: Tensor | None = None
+    for chunk in head_chunks:
+        if how == "mean":
+            part = chunk.sum(dim=1)
+            fused = part if fused is None else fused.add_(part)
+        else:
+            part = chunk.amax(dim=1) if how == "max" else chunk.amin(dim=1)
+            combine = torch.maximum if how == "max" else torch.minimum
+            fused = part if fused is None else combine(fused, part, out=fused)
+    if fused is None:
+        raise ValueError("reduce_layer needs at least one chunk of heads.")
+    return fused.div_(num_heads) if how == "mean" else normalize_rows_(fused)
 
 
-def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
-    """Propagate relevance from the output tokens down to the input tokens.
+def propagate_chains(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
+    """Propagate several start vectors at once from the output tokens down to the input tokens.
 
-    Implements ``R^(l-1)_j = sum_i R^(l)_i M_ij`` from the last layer to the first.
+    Implements ``R^(l-1)_j = sum_i R^(l)_i M_ij`` from the last layer to the first for every
+    row of ``start``.
 
     Parameters
     ----------
     start : Tensor
-        Initial relevance ``R^(L)``, `(batch_size, num_tokens)`.
+        Initial relevance, `(batch_size, num_starts, num_tokens)`.
     layer_matrices : sequence of Tensor
         Output of :func:`reduce_layer` per layer, input side first.
     head_fusion : str or None
@@ -81,19 +98,36 @@ def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str 
     Returns
     -------
     Tensor
+        `(batch_size, num_starts, num_tokens)` for fused modes, `(batch_size, num_heads,
+        num_starts, num_tokens)` for per-head modes.
+    """
+    relevance = start
+    for matrix in reversed(layer_matrices):
+        if matrix.dim() == 4:  # per head: split (or keep) one chain per head
+            relevance = (relevance if relevance.dim() == 4 else relevance.unsqueeze(1)) @ matrix
+        elif relevance.dim() == 3:
+            relevance = torch.bmm(relevance, matrix)
+        else:  # chains already split per head, fused layer: one batched product for all heads
+            batch, heads, starts, tokens = relevance.shape
+            relevance = torch.bmm(relevance.reshape(batch, heads * starts, tokens), matrix)
+            relevance = relevance.reshape(batch, heads, starts, tokens)
+    if head_fusion == "per_head_mean":
+        return relevance.mean(dim=1)
+    return relevance
+
+
+def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
+    """Propagate one start vector per sample; see :func:`propagate_chains`.
+
+    Parameters
+    ----------
+    start : Tensor
+        Initial relevance ``R^(L)``, `(batch_size, num_tokens)`.
+
+    Returns
+    -------
+    Tensor
         `(batch_size, num_tokens)` for fused modes, `(batch_size, num_heads, num_tokens)` for
         per-head modes.
     """
-    # Relevance is kept as row vectors `(batch, chains, N)`; a fused layer `(batch, N, N)`
-    # serves every chain at once, a per-head layer `(batch, heads, N, N)` one chain per head.
-    relevance = start.unsqueeze(1)
-    for matrix in reversed(layer_matrices):
-        if matrix.dim() == 3:
-            relevance = torch.bmm(relevance, matrix)
-        else:
-            relevance = (relevance.unsqueeze(-2) @ matrix).squeeze(-2)
-    if head_fusion == "per_head_mean":
-        return relevance.mean(dim=1)
-    if head_fusion in PER_HEAD_MODES:
-        return relevance
-    return relevance.squeeze(1)
+    return propagate_chains(start.unsqueeze(1), layer_matrices, head_fusion).squeeze(-2)

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
-from ..rules import AttentionState, TokenRule, get_rule
+from ..rules import TokenRule, get_rule
 from .base import PreparedInputs, TokenAttribution
-from .propagation import FUSED_HEAD_MODES, check_head_fusion, propagate, reduce_layer
+from .capture import LayerProjections
+from .propagation import FUSED_HEAD_MODES, check_head_fusion, propagate, propagate_chains, reduce_layer
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
@@ -57,6 +59,11 @@ class TokenRelevanceLRP(TokenAttribution):
         Default rule for every layer: ``"i"``, ``"ii"``, ``"iii"``, ``"iv"``, a
         name registered with :func:`~captum_tokenlrp.register_rule`, or any
         :class:`TokenRule`.
+    max_chunk_elements : int, default 2**25
+        Bound on the `(batch, heads, N, N)` work tensors of one layer: heads are
+        processed in groups small enough to stay under it (the result does not
+        change), so long sequences fit in memory. Rules therefore see a state
+        whose head axis may be a group of heads.
 
     Notes
     -----
@@ -85,9 +92,12 @@ class TokenRelevanceLRP(TokenAttribution):
     >>> relevance = lrp.token_relevance(pixel_values)  # (batch, 197) # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, rule: str | TokenRule = "iv") -> None:
+    def __init__(self, model: nn.Module, rule: str | TokenRule = "iv", *, max_chunk_elements: int = 2**25) -> None:
         super().__init__(model)
         self.rule = get_rule(rule)
+        if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
+            raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")
+        self.max_chunk_elements = max_chunk_elements
 
     # ------------------------------------------------------------------ rules
     def layer_rules(self) -> list[TokenRule]:
@@ -182,16 +192,51 @@ class TokenRelevanceLRP(TokenAttribution):
         start = start_relevance(
             target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
         )
+        kept = self._layer_matrices(prepared, head_fusion)
+        return _Relevance(propagate(start, kept, head_fusion), start, prepared)
+
+    def _layer_matrices(self, prepared: PreparedInputs, head_fusion: str | None) -> list[Tensor]:
+        """One forward pass; per layer the redistribution matrix the head mode needs."""
         sites = self.attention_sites
         rules = [self._rule_for(site) for site in sites]
         last_layer = len(sites) - 1
 
-        def redistribution(state: AttentionState) -> Tensor:
-            matrices = rules[state.layer_index].redistribution(state)
-            return reduce_layer(matrices, head_fusion, state.layer_index == last_layer)
+        def redistribution(layer: LayerProjections) -> Tensor:
+            rule = rules[layer.layer_index]
+            chunks = (rule.redistribution(state) for state in layer.head_chunks(self.max_chunk_elements))
+            return reduce_layer(chunks, head_fusion, layer.layer_index == last_layer, layer.site.num_heads)
 
-        kept = self._record(prepared, sites, redistribution)
-        return _Relevance(propagate(start, kept, head_fusion), start, prepared)
+        return self._record(prepared, sites, redistribution)
+
+    def all_token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        additional_forward_args: Any = None,
+        *,
+        head_fusion: HeadFusion = "mean",
+    ) -> Tensor:
+        """Relevance of every input token for every output token, from one forward pass.
+
+        Row ``i`` is what :meth:`token_relevance` gives with ``target=i``: the product
+        ``M^(L) ... M^(1)`` of the layers' redistribution matrices.
+
+        Parameters
+        ----------
+        inputs, additional_forward_args, head_fusion
+            As in :meth:`token_relevance`.
+
+        Returns
+        -------
+        Tensor
+            float32, `(batch_size, num_tokens, num_tokens)` (output token, input token) for the
+            fused modes, `(batch_size, num_heads, num_tokens, num_tokens)` per head; rows sum to 1.
+        """
+        head_fusion = check_head_fusion(head_fusion)
+        prepared = self._prepare(inputs, additional_forward_args)
+        kept = self._layer_matrices(prepared, head_fusion)
+        batch, tokens = len(prepared.pixel_values), prepared.layout.num_tokens
+        identity = torch.eye(tokens, device=prepared.pixel_values.device).expand(batch, tokens, tokens)
+        return propagate_chains(identity, kept, head_fusion)
 
     # ---------------------------------------------------------- attribution
     @overload

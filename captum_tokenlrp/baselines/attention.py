@@ -14,9 +14,9 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._core.base import PreparedInputs, TokenAttribution
+from .._core.capture import LayerProjections
 from .._core.propagation import propagate
 from .._utils.validation import TargetType, start_relevance
-from ..rules import AttentionState
 
 __all__ = ["AttentionRollout", "RawAttention", "mass_threshold_mask"]
 
@@ -111,7 +111,7 @@ class RawAttention(TokenAttribution):
         _check_reduction(head_fusion, allow_none=True)
         pixel_values = prepared.pixel_values
         start = start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
-        (attention,) = self._record(prepared, self.attention_sites[-1:], lambda state: state.attention)
+        (attention,) = self._record(prepared, self.attention_sites[-1:], lambda layer: layer.state().attention)
         rows = torch.einsum("bn,bhnm->bhm", start, attention)
         if head_fusion is not None:
             rows = _reduce_heads(rows, head_fusion)
@@ -184,8 +184,8 @@ class AttentionRollout(TokenAttribution):
         pixel_values = prepared.pixel_values
         start = start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
 
-        def rollout_step(state: AttentionState) -> Tensor:
-            fused = _reduce_heads(state.attention, head_fusion)
+        def rollout_step(layer: LayerProjections) -> Tensor:
+            fused = _reduce_heads(layer.state().attention, head_fusion)
             if discard_ratio > 0:
                 fused = _discard_lowest(fused, discard_ratio)
             fused.diagonal(dim1=-2, dim2=-1).add_(1.0)

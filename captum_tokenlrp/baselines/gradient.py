@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .._adapters import TokenLayout, adapter_for
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
-from .._core.capture import record_layers
+from .._core.capture import LayerProjections, record_layers
 from .._utils.validation import TargetType, start_relevance
 
 __all__ = [
@@ -215,8 +215,10 @@ class GenericAttentionExplainability(_GradientAttribution):
         def keep_context(_module: nn.Module, args: tuple) -> None:
             contexts.append(args[0])
 
-        def keep_attention(state) -> tuple[Tensor, Tensor]:
-            return state.attention.detach(), state.values.detach()
+        def keep_attention(layer: LayerProjections) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                state = layer.state()
+            return state.attention, state.values
 
         handles = [site.output.register_forward_pre_hook(keep_context) for site in sites]
         pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
