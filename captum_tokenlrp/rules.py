@@ -31,12 +31,14 @@ subclassing (see :class:`TokenActivation` and :class:`TokenWeight`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from ._core.workspace import Workspace
 
 __all__ = [
     "RULE_I",
@@ -71,6 +73,10 @@ class AttentionState:
         of shape `(batch_size, num_heads, num_tokens, head_dim)`.
     layer_index : int
         Index of the layer, 0 for the one nearest to the input.
+    workspace : Workspace, optional
+        Set only inside the package's own pipeline, for built-in rules: the N x N
+        tensors live in reusable buffers and the built-in weights overwrite
+        ``attention`` in place. User-defined components never receive it.
 
     Derived quantities (centred values, pairwise value distances) are computed
     once, on first use, and shared by the activation and the weight.
@@ -79,6 +85,7 @@ class AttentionState:
     attention: Tensor
     values: Tensor
     layer_index: int = 0
+    workspace: Workspace | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -93,6 +100,11 @@ class AttentionState:
         return self.values - self.values.mean(dim=-2, keepdim=True)
 
     @cached_property
+    def centered_norms(self) -> Tensor:
+        """``||v_j - v_mean||_2``, shape `(batch_size, num_heads, num_tokens)`."""
+        return torch.linalg.vector_norm(self.centered_values, dim=-1)
+
+    @cached_property
     def value_distances(self) -> Tensor:
         """``||v_j - v_i||_2`` for every pair, shape `(batch_size, num_heads, N, N)`.
 
@@ -101,16 +113,20 @@ class AttentionState:
         ``|a|^2 + |b|^2 - 2<a, b>`` well conditioned in float32. The diagonal
         is exactly zero.
         """
-        return pairwise_distances(self.centered_values)
+        return pairwise_distances(self.centered_values, norms=self.centered_norms)
 
 
-def pairwise_distances(vectors: Tensor) -> Tensor:
-    """``||x_j - x_i||_2`` for all pairs of rows, as a new tensor.
+def pairwise_distances(vectors: Tensor, out: Tensor | None = None, norms: Tensor | None = None) -> Tensor:
+    """``||x_j - x_i||_2`` for all pairs of rows, as a new tensor (or written into ``out``).
 
     Parameters
     ----------
     vectors : Tensor
         `(..., num_tokens, dim)`; centre them first for float32 accuracy.
+    out : Tensor, optional
+        Contiguous float32 buffer of shape `(..., num_tokens, num_tokens)`.
+    norms : Tensor, optional
+        ``||x_i||``, `(..., num_tokens)`, if already known.
 
     Returns
     -------
@@ -119,9 +135,11 @@ def pairwise_distances(vectors: Tensor) -> Tensor:
     """
     leading, (tokens, dim) = vectors.shape[:-2], vectors.shape[-2:]
     flat = vectors.reshape(-1, tokens, dim)
-    squared_norms = flat.square().sum(dim=-1)
+    norms = torch.linalg.vector_norm(flat, dim=-1) if norms is None else norms.reshape(-1, tokens)
+    squared_norms = norms.square()
     # |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, written into one buffer (Gram identity, batched GEMM).
-    squared = torch.baddbmm(squared_norms.unsqueeze(-2), flat, flat.transpose(-1, -2), alpha=-2.0)
+    target = None if out is None else out.view(-1, tokens, tokens)
+    squared = torch.baddbmm(squared_norms.unsqueeze(-2), flat, flat.transpose(-1, -2), alpha=-2.0, out=target)
     squared.add_(squared_norms.unsqueeze(-1)).clamp_min_(0.0).sqrt_()
     squared.diagonal(dim1=-2, dim2=-1).zero_()
     return squared.reshape(*leading, tokens, tokens)
@@ -175,7 +193,7 @@ class ValueDeviationActivation:
     """
 
     def __call__(self, state: AttentionState) -> Tensor:
-        return torch.linalg.vector_norm(state.centered_values, dim=-1)
+        return state.centered_norms
 
     def __repr__(self) -> str:
         return "ValueDeviationActivation()"
@@ -185,7 +203,8 @@ class AttentionWeight:
     """``W_ij = w_ij + delta_ij`` (rules (i) and (ii))."""
 
     def __call__(self, state: AttentionState) -> Tensor:
-        return _plus_identity(state.attention.clone())
+        # Inside the pipeline (workspace set) the attention buffer is ours to overwrite.
+        return _plus_identity(state.attention if state.workspace is not None else state.attention.clone())
 
     def __repr__(self) -> str:
         return "AttentionWeight()"
@@ -199,8 +218,12 @@ class ValueDistanceWeight:
     """
 
     def __call__(self, state: AttentionState) -> Tensor:
-        # A fresh distance matrix (not the shared cached one) so it can be scaled in place.
-        distances = pairwise_distances(state.centered_values)
+        # A fresh distance matrix (not the shared cached one) so it can be scaled in place;
+        # inside the pipeline it goes into the scores buffer, free once the softmax is done.
+        out = None
+        if state.workspace is not None:
+            out = state.workspace.get("scores", tuple(state.attention.shape), state.attention)
+        distances = pairwise_distances(state.centered_values, out=out, norms=state.centered_norms)
         return _plus_identity(distances.mul_(state.attention))
 
     def __repr__(self) -> str:

@@ -86,3 +86,20 @@ def test_training_mode_gives_eval_maps(tiny_images):
     model.train()
     torch.testing.assert_close(lrp.token_relevance(tiny_images), eval_map)
     assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("rule", ["i", "iv"])
+@pytest.mark.parametrize("mode", ["mean", None])
+def test_forward_inside_the_call_is_the_plain_forward(rule, mode, tiny_model, tiny_images):
+    """Nothing the hooks do (in-place work on reused buffers) leaks into the model's own computation."""
+    with torch.no_grad():
+        expected = tiny_model(tiny_images).last_hidden_state.clone()
+    seen = []
+    handle = tiny_model.register_forward_hook(lambda module, args, output: seen.append(output.last_hidden_state))
+    try:
+        TokenRelevanceLRP(tiny_model, rule=rule, max_chunk_elements=2 * 17 * 17 * 3).token_relevance(
+            tiny_images, head_fusion=mode
+        )
+    finally:
+        handle.remove()
+    assert torch.equal(seen[0], expected)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .._adapters import AttentionSite
 from ..rules import AttentionState
+from .workspace import Workspace, softmax_into
 
 
 @dataclass(frozen=True)
@@ -35,33 +36,51 @@ class LayerProjections:
     def layer_index(self) -> int:
         return self.site.layer_index
 
-    def _heads(self, projection: Tensor, heads: slice) -> Tensor:
-        """`(batch, N, heads * head_dim)` -> `(batch, heads, N, head_dim)` in float32, for ``heads``."""
-        batch, tokens, _ = projection.shape
-        split = projection.reshape(batch, tokens, self.site.num_heads, self.site.head_dim)
-        return split[:, :, heads].transpose(1, 2).float()
+    def _heads(self, projection: Tensor, heads: slice, scale: float = 1.0) -> Tensor:
+        """`(batch, N, heads * head_dim)` -> a new, contiguous float32 `(batch, heads, N, head_dim)`.
 
-    def state(self, heads: slice = slice(None)) -> AttentionState:
-        """The float32 :class:`AttentionState` of the selected heads (all by default)."""
+        One pass that also applies ``scale``; contiguous per-head blocks let the batched
+        matrix products below run without hidden copies, and the model's own tensor is
+        never written to.
+        """
+        batch, tokens, _ = projection.shape
+        split = projection.reshape(batch, tokens, self.site.num_heads, self.site.head_dim)[:, :, heads]
+        out = torch.empty(split.shape[0], split.shape[2], tokens, split.shape[3], device=projection.device)
+        return torch.mul(split.transpose(1, 2), scale, out=out)
+
+    def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
+        """The float32 :class:`AttentionState` of the selected heads (all by default).
+
+        With a ``workspace`` the N x N tensors live in its reusable buffers and the state is
+        handed over to the built-in rule components, which may overwrite them in place.
+        """
         # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
-        query = self._heads(self.query, heads) * self.site.scaling
-        key = self._heads(self.key, heads)
+        query = self._heads(self.query, heads, self.site.scaling)
+        key = self._heads(self.key, heads).transpose(-1, -2)
+        if workspace is None:
+            attention = torch.softmax(query @ key, dim=-1)
+        else:
+            shape = (*query.shape[:-1], key.shape[-1])
+            scores = torch.matmul(query, key, out=workspace.get("scores", shape, query))
+            attention = softmax_into(scores, workspace.get("attention", shape, query))
         return AttentionState(
-            attention=torch.softmax(query @ key.transpose(-1, -2), dim=-1),
+            attention=attention,
             values=self._heads(self.value, heads),
             layer_index=self.site.layer_index,
+            workspace=workspace,
         )
 
-    def head_chunks(self, max_elements: int) -> Iterator[AttentionState]:
+    def head_chunks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[AttentionState]:
         """States of consecutive groups of heads whose `(batch, heads, N, N)` stays under ``max_elements``.
 
-        Long sequences then never hold every head's N x N matrices at once.
+        Long sequences then never hold every head's N x N matrices at once. With a ``workspace``,
+        each state reuses the previous one's buffers: consume it before taking the next.
         """
         batch, tokens, _ = self.query.shape
         per_head = batch * tokens * tokens
         step = max(1, min(self.site.num_heads, max_elements // per_head))
         for first in range(0, self.site.num_heads, step):
-            yield self.state(slice(first, first + step))
+            yield self.state(slice(first, first + step), workspace)
 
 
 @contextmanager

@@ -33,6 +33,11 @@ def check_head_fusion(head_fusion: object) -> str | None:
     )
 
 
+def fuses_heads(head_fusion: str | None, is_last_layer: bool) -> bool:
+    """Whether this layer's heads are fused into one new matrix (rather than kept per head)."""
+    return _layer_mode(head_fusion, is_last_layer) is not None
+
+
 def _layer_mode(head_fusion: str | None, is_last_layer: bool) -> str | None:
     """How one layer's heads are reduced: "mean", "max", "min", or None (kept per head)."""
     if head_fusion in ("mean", "max", "min"):

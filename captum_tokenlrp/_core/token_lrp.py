@@ -14,7 +14,15 @@ from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
 from ..rules import TokenRule, get_rule
 from .base import PreparedInputs, TokenAttribution
 from .capture import LayerProjections
-from .propagation import FUSED_HEAD_MODES, check_head_fusion, propagate, propagate_chains, reduce_layer
+from .propagation import (
+    FUSED_HEAD_MODES,
+    check_head_fusion,
+    fuses_heads,
+    propagate,
+    propagate_chains,
+    reduce_layer,
+)
+from .workspace import Workspace
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
@@ -201,10 +209,16 @@ class TokenRelevanceLRP(TokenAttribution):
         rules = [self._rule_for(site) for site in sites]
         last_layer = len(sites) - 1
 
+        workspace = Workspace()
+
         def redistribution(layer: LayerProjections) -> Tensor:
             rule = rules[layer.layer_index]
-            chunks = (rule.redistribution(state) for state in layer.head_chunks(self.max_chunk_elements))
-            return reduce_layer(chunks, head_fusion, layer.layer_index == last_layer, layer.site.num_heads)
+            is_last = layer.layer_index == last_layer
+            # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
+            # own) and the rule is built in (user code never sees buffers that change under it).
+            reuse = workspace if rule.is_builtin and fuses_heads(head_fusion, is_last) else None
+            chunks = (rule.redistribution(state) for state in layer.head_chunks(self.max_chunk_elements, reuse))
+            return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 
         return self._record(prepared, sites, redistribution)
 
