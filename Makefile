@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TRANSFORMERS4_VERSION ?= 4.57.6
 VENV4 ?= .venv-tf4
 
-.PHONY: install demo test test-transformers4 lint clean
+.PHONY: install demo test test-transformers4 lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ $(VENV4)/bin/.installed: pyproject.toml
 
 test-transformers4: $(VENV4)/bin/.installed
 	$(VENV4)/bin/python -m pytest -p no:cacheprovider
+
+bench: install
+	$(BIN)/python benchmarks/bench_speed.py
+
+bench-quick: install
+	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
 
 lint: install
 	$(BIN)/ruff check .

@@ -132,17 +132,44 @@ def pairwise_distances(vectors: Tensor, out: Tensor | None = None, norms: Tensor
     -------
     Tensor
         `(..., num_tokens, num_tokens)`, symmetric, with an exactly zero diagonal.
+
+    Notes
+    -----
+    The Gram identity ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` runs as one batched GEMM but
+    cancels catastrophically for nearly equal rows (identical tokens would get a distance of
+    ~1e-3 |x| instead of 0). Pairs whose squared distance falls below
+    ``NEAR_PAIR_SHARE * (|x_i|^2 + max_j |x_j|^2)`` are therefore recomputed exactly from the
+    differences; they are few in practice, so the cost stays that of the GEMM.
     """
     leading, (tokens, dim) = vectors.shape[:-2], vectors.shape[-2:]
     flat = vectors.reshape(-1, tokens, dim)
     norms = torch.linalg.vector_norm(flat, dim=-1) if norms is None else norms.reshape(-1, tokens)
     squared_norms = norms.square()
-    # |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, written into one buffer (Gram identity, batched GEMM).
     target = None if out is None else out.view(-1, tokens, tokens)
     squared = torch.baddbmm(squared_norms.unsqueeze(-2), flat, flat.transpose(-1, -2), alpha=-2.0, out=target)
-    squared.add_(squared_norms.unsqueeze(-1)).clamp_min_(0.0).sqrt_()
+    squared.add_(squared_norms.unsqueeze(-1))
+    _refine_near_pairs(squared, flat, squared_norms)
+    squared.clamp_min_(0.0).sqrt_()
     squared.diagonal(dim1=-2, dim2=-1).zero_()
     return squared.reshape(*leading, tokens, tokens)
+
+
+#: Relative size under which a squared distance from the Gram identity is recomputed exactly.
+NEAR_PAIR_SHARE = 1e-3
+_PAIRS_PER_PASS = 1 << 18
+
+
+def _refine_near_pairs(squared: Tensor, flat: Tensor, squared_norms: Tensor) -> None:
+    """Recompute, in place, the squared distances the Gram identity cannot resolve."""
+    cutoff = NEAR_PAIR_SHARE * (squared_norms + squared_norms.amax(dim=-1, keepdim=True))
+    near = squared < cutoff.unsqueeze(-1)
+    near.diagonal(dim1=-2, dim2=-1).fill_(False)
+    if not bool(near.any()):
+        return
+    pairs = near.nonzero()
+    for start in range(0, len(pairs), _PAIRS_PER_PASS):
+        group, row, column = pairs[start : start + _PAIRS_PER_PASS].unbind(dim=1)
+        squared[group, row, column] = (flat[group, row] - flat[group, column]).square().sum(dim=-1)
 
 
 @runtime_checkable

@@ -33,9 +33,34 @@ def _split(projection, heads):
     return projection.reshape(b, n, heads, d // heads).transpose(1, 2)
 
 
+BACKBONES = ("vit", "deit", "dinov2", "dinov2_with_registers")
+
+
+def _backbone(model):
+    for name in BACKBONES:
+        if hasattr(model, name):
+            return getattr(model, name)
+    return model
+
+
+def attention_projections(model):
+    """Per layer (q, k, v) projection modules, for ViT, DeiT and DINOv2 in either layout."""
+    backbone = _backbone(model)
+    layers = backbone.layers if hasattr(backbone, "layers") else backbone.encoder.layer
+    out = []
+    for layer in layers:
+        att = layer.attention
+        out.append(
+            (att.q_proj, att.k_proj, att.v_proj)
+            if hasattr(att, "q_proj")
+            else (att.attention.query, att.attention.key, att.attention.value)
+        )
+    return out
+
+
 def _vit_parts(model):
     """(embeddings, layers, per-layer (q, k, v, o, ln_before, ln_after, fc1, fc2)) for both layouts."""
-    vit = getattr(model, "vit", model)
+    vit = _backbone(model)
     if hasattr(vit, "layers"):
         blocks = []
         for layer in vit.layers:
@@ -96,17 +121,22 @@ def per_layer_qkv_float64(model, pixel_values):
 
 
 def per_layer_qkv_from_model(model, pixel_values):
-    """Per layer (q, k, v) in float64 from the float32 input the model's own attention receives.
+    """Per layer (q, k, v) in float64, taken from the model's own float32 projection outputs.
 
-    Isolates the rules from float32 rounding in the model's forward, which grows over 12 layers
-    when weights are large.
+    Isolates the rules from float32 rounding in the model's forward, which a peaked softmax
+    amplifies over the layers; everything after the projections is redone in float64.
     """
-    _, blocks = _vit_parts(model)
+    blocks = attention_projections(model)
     heads = model.config.num_attention_heads
-    inputs = []
-    handles = [
-        blocks[i][0].register_forward_hook(lambda m, args, out: inputs.append(args[0])) for i in range(len(blocks))
-    ]
+    outputs = {}
+    handles = []
+    for index, modules in enumerate(blocks):
+        for slot, module in enumerate(modules):
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, args, out, key=(index, slot): outputs.__setitem__(key, out.detach())
+                )
+            )
     try:
         with torch.no_grad():
             model.eval()
@@ -114,11 +144,9 @@ def per_layer_qkv_from_model(model, pixel_values):
     finally:
         for handle in handles:
             handle.remove()
-    out = []
-    for normed, (q_m, k_m, v_m, *_rest) in zip(inputs, blocks, strict=True):
-        normed = normed.to(DOUBLE)
-        out.append(tuple(_split(_linear(normed, m), heads) for m in (q_m, k_m, v_m)))
-    return out
+    return [
+        tuple(_split(outputs[(index, slot)].to(DOUBLE), heads) for slot in range(3)) for index in range(len(blocks))
+    ]
 
 
 def reference_redistribution(q, k, v, rule):

@@ -77,7 +77,9 @@ def test_attribute_refuses_per_head_modes(tiny_model, tiny_images):
 def test_unknown_rule_and_unsupported_model(tiny_model):
     with pytest.raises(ValueError, match="Unknown rule"):
         TokenRelevanceLRP(tiny_model, rule="v")
-    with pytest.raises(TypeError, match=r"Unsupported model class Linear. Supported: ViTModel"):
+    with pytest.raises(
+        TypeError, match=r"Unsupported model class Linear. Supported: .*ViTModel, ViTForImageClassification"
+    ):
         TokenRelevanceLRP(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="got str"):
         TokenRelevanceLRP("facebook/dino-vits16")
@@ -87,3 +89,9 @@ def test_model_and_input_on_different_devices(tiny_model, tiny_images):
     tiny_images = tiny_images.to("meta")
     with pytest.raises(ValueError, match=r"on meta but the model is on cpu"):
         TokenRelevanceLRP(tiny_model).token_relevance(tiny_images)
+
+
+def test_input_dtype_must_match_the_model(tiny_model, tiny_images):
+    with pytest.raises(TypeError, match=r"pixel_values are torch.float64 but the model is torch.float32"):
+        TokenRelevanceLRP(tiny_model).token_relevance(tiny_images.double())
+    assert no_hooks(tiny_model)

@@ -132,3 +132,15 @@ def test_non_rule_on_attention_module_is_a_type_error(tiny_model, tiny_images):
     with pytest.raises(TypeError, match=r"rule must be a TokenRule.*RULE_II"):
         TokenRelevanceLRP(tiny_model).token_relevance(tiny_images)
     assert all(len(m._forward_hooks) == 0 for m in tiny_model.modules())
+
+
+def test_distances_are_exact_for_identical_and_nearly_identical_tokens():
+    values = torch.randn(2, 3, 9, 16, generator=torch.Generator().manual_seed(5)) * 4 + 20
+    values[:, :, 1] = values[:, :, 0]  # an exact duplicate (e.g. DeiT's zero-initialised special tokens)
+    values[:, :, 2] = values[:, :, 0] + 1e-3  # a near duplicate, where the Gram identity cancels
+    state = AttentionState(attention=torch.softmax(torch.randn(2, 3, 9, 9), -1), values=values)
+    distances = state.value_distances
+    assert torch.equal(distances[:, :, 0, 1], torch.zeros(2, 3))
+    exact = (values.double().unsqueeze(-2) - values.double().unsqueeze(-3)).norm(dim=-1)
+    torch.testing.assert_close(distances.double(), exact, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(distances[:, :, 0, 2].double(), exact[:, :, 0, 2], atol=0, rtol=1e-4)

@@ -1,6 +1,8 @@
 """Model adapters: where each architecture keeps its attention and its tokens."""
 
-from . import vit as _vit  # noqa: F401  (registers the ViT adapter)
+from . import deit as _deit  # noqa: F401  (each module registers its adapter)
+from . import dinov2 as _dinov2  # noqa: F401
+from . import vit as _vit  # noqa: F401
 from .base import (
     AttentionSite,
     ModelAdapter,

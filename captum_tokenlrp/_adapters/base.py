@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,13 @@ class ModelAdapter(ABC):
     #: (masks); the recomputed attention would not match them, so they are refused.
     attention_altering_arguments: ClassVar[tuple[str, ...]] = ()
 
+    #: Whether the model accepts any image size (it always interpolates its position embeddings).
+    any_image_size: ClassVar[bool] = False
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        #: The headless model (``model`` itself unless it is a task model around one).
+        self.backbone: nn.Module = model
 
     @classmethod
     @abstractmethod
@@ -123,6 +129,12 @@ class ModelAdapter(ABC):
     @abstractmethod
     def image_size(self) -> tuple[int, int]:
         """The size the position embeddings were trained for, `(height, width)`."""
+
+    def classifier_start(self, layout: TokenLayout) -> Tensor:
+        """The start relevance `(num_tokens,)` of a classifier: the tokens its head reads (CLS by default)."""
+        start = torch.zeros(layout.num_tokens)
+        start[0] = 1.0
+        return start
 
     @property
     def num_labels(self) -> int | None:

@@ -46,7 +46,7 @@ class LayerProjections:
         batch, tokens, _ = projection.shape
         split = projection.reshape(batch, tokens, self.site.num_heads, self.site.head_dim)[:, :, heads]
         out = torch.empty(split.shape[0], split.shape[2], tokens, split.shape[3], device=projection.device)
-        return torch.mul(split.transpose(1, 2), scale, out=out)
+        return torch.mul(split.transpose(1, 2).float(), scale, out=out)
 
     def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
         """The float32 :class:`AttentionState` of the selected heads (all by default).

@@ -101,11 +101,17 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
         raise TypeError(
             f"Expected floating-point pixel_values (as the image processor returns), got {pixel_values.dtype}."
         )
+    model_dtype = next(adapter.model.parameters()).dtype
+    if pixel_values.dtype != model_dtype:
+        raise TypeError(
+            f"pixel_values are {pixel_values.dtype} but the model is {model_dtype}; "
+            f"cast them with pixel_values.to({model_dtype})."
+        )
     layout = adapter.token_layout(height, width)
     patch_h, patch_w = layout.patch_size
     if height < patch_h or width < patch_w:
         raise ValueError(f"Image of {height}x{width} pixels is smaller than one patch ({patch_h}x{patch_w}).")
-    if not interpolate_pos_encoding and (height, width) != adapter.image_size:
+    if not interpolate_pos_encoding and not adapter.any_image_size and (height, width) != adapter.image_size:
         raise ValueError(
             f"Image size {height}x{width} does not match the model's {adapter.image_size[0]}x"
             f"{adapter.image_size[1]}. Resize it, or pass "
@@ -165,11 +171,10 @@ def start_relevance(
         if targets is not None and not adapter.is_classifier:
             raise ValueError("Give either target (one output token) or initial_relevance (any start vector), not both.")
         return _check_initial_relevance(initial_relevance, batch, num_tokens, device)
+    if adapter.is_classifier:
+        return adapter.classifier_start(layout).to(device).expand(batch, num_tokens).clone()
     start = torch.zeros(batch, num_tokens, dtype=torch.float32, device=device)
-    if targets is None or adapter.is_classifier:
-        start[:, 0] = 1.0
-    else:
-        start[torch.arange(batch), targets] = 1.0
+    start[torch.arange(batch), 0 if targets is None else targets] = 1.0
     return start
 
 

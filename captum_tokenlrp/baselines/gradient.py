@@ -92,9 +92,8 @@ class ExplainedForward:
 
     def reference(self, pixel_values: Tensor) -> Tensor:
         """CLS embeddings `(batch, hidden_size)` of ``pixel_values`` (no grad), for label-free models."""
-        backbone = getattr(self.model, "vit", self.model)
         with torch.no_grad(), evaluation_mode(self.model):
-            return self._tokens(backbone(pixel_values, **self.forward_kwargs))[:, 0].detach()
+            return self._tokens(self._adapter.backbone(pixel_values, **self.forward_kwargs))[:, 0].detach()
 
     @contextmanager
     def _route_patches(self, layout: TokenLayout) -> Iterator[None]:
@@ -236,8 +235,8 @@ class GenericAttentionExplainability(_GradientAttribution):
             attention_gradient = context_gradient @ values.transpose(-1, -2)
             fused = (attention_gradient * attention).clamp_min(0).mean(dim=1)
             joint = joint + fused @ joint
-        start = torch.zeros(batch, tokens, device=pixel_values.device)
-        start[:, 0] = 1.0
+        # The explained token(s): CLS, or where the classifier reads (e.g. DeiT's two tokens).
+        start = start_relevance(None, None, self._adapter, prepared.layout, batch, pixel_values.device)
         return torch.bmm(start[:, None], joint)[:, 0]
 
     @log_usage()
