@@ -118,3 +118,20 @@ def test_all_token_relevance_rows_are_single_token_maps(mode, tiny_model, tiny_i
 def test_bad_chunk_budget(tiny_model):
     with pytest.raises(ValueError, match="max_chunk_elements must be a positive int"):
         TokenRelevanceLRP(tiny_model, max_chunk_elements=0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(160, 160), (384, 384), (480, 480), (224, 320)])
+def test_any_image_size_on_the_dino_architecture(height, width, dino_s16):
+    images = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(height + width))
+    lrp = TokenRelevanceLRP(dino_s16, rule="iv")
+    extra = {"interpolate_pos_encoding": True}
+    layout = lrp.token_layout(images, extra)
+    assert layout.grid == (height // 16, width // 16)
+    relevance = lrp.token_relevance(images, additional_forward_args=extra)
+    assert relevance.shape == (1, 1 + layout.num_patches)
+    torch.testing.assert_close(relevance.sum(-1), torch.ones(1), atol=1e-5, rtol=0)
+    pixels, delta = lrp.attribute(images, additional_forward_args=extra, return_convergence_delta=True)
+    assert pixels.shape == images.shape and delta.abs().max() < 1e-5
+    # The last patch row and column map onto the bottom-right pixels.
+    last_patch = relevance[0, -1] / (16 * 16 * 3)
+    torch.testing.assert_close(pixels[0, :, -16:, -16:], last_patch.expand(3, 16, 16))
