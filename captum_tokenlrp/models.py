@@ -8,9 +8,23 @@ architecture of a DINO checkpoint.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-__all__ = ["DINO_ARCHITECTURES", "dino_config", "load_vit", "random_dino_model"]
+__all__ = [
+    "BUNDLED_MODEL_DIR",
+    "DINO_ARCHITECTURES",
+    "bundled_sample_image",
+    "dino_config",
+    "load_bundled_model",
+    "load_vit",
+    "random_dino_model",
+]
+
+#: The small ViT trained on the synthetic shapes data that ships with the package.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
+BUNDLED_SAMPLE = Path(__file__).resolve().parent / "bundled" / "sample.png"
 
 #: Architecture of the public DINO ViT checkpoints (Caron et al. 2021).
 _SMALL = {"hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536}
@@ -81,3 +95,27 @@ def load_vit(name_or_path: str, **kwargs: object):
     architectures = getattr(config, "architectures", None) or []
     model_class = ViTForImageClassification if "ViTForImageClassification" in architectures else ViTModel
     return model_class.from_pretrained(name_or_path, **kwargs).eval()
+
+
+def load_bundled_model(**kwargs: object):
+    """The bundled ``ViTForImageClassification`` (6 shape classes, 64 px, patch 8, 6 heads), offline.
+
+    Trained by ``scripts/train_bundled.py``; its record (command, seeds, held-out accuracy,
+    time) is ``training.json`` beside the weights. ``kwargs`` go to ``from_pretrained``.
+    """
+    from transformers import ViTForImageClassification
+
+    if not (BUNDLED_MODEL_DIR / "config.json").exists():
+        raise FileNotFoundError(
+            f"The bundled model is missing from {BUNDLED_MODEL_DIR}; reinstall the package or "
+            "retrain it with scripts/train_bundled.py."
+        )
+    return ViTForImageClassification.from_pretrained(BUNDLED_MODEL_DIR, **kwargs).eval()
+
+
+def bundled_sample_image():
+    """A sample image of the bundled shapes data (PIL image, 64 x 64, RGB)."""
+    from PIL import Image
+
+    with Image.open(BUNDLED_SAMPLE) as image:
+        return image.convert("RGB")

@@ -1,0 +1,122 @@
+"""Synthetic shapes on cluttered backgrounds, with per-pixel masks of the object.
+
+Each RGB image holds one foreground object from :data:`SHAPE_CLASSES` with random size,
+position, rotation and colour, on a background made of a colour gradient, an oriented
+texture, pixel noise and elongated distractor blobs. The class cannot be read from global
+colour statistics (colours are drawn independently of the class); it is in the object's
+outline. Every image is a pure function of ``(seed, index)``, so any subset can be
+regenerated exactly, and held-out sets use seeds disjoint from training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SHAPE_CLASSES = ("disc", "square", "triangle", "ring", "cross", "star")
+
+#: ImageNet statistics (the bundled model's image processor uses them too).
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _object_mask(label: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """Inside test of shape ``label`` in rotated, centred coordinates (``v`` pointing up)."""
+    rho = np.hypot(u, v)
+    if label == 0:
+        return rho <= radius
+    if label == 1:
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8 * radius
+    if label == 2:
+        r = 1.1 * radius
+        return (v >= -0.5 * r) & (np.sqrt(3) * u + v <= r) & (-np.sqrt(3) * u + v <= r)
+    if label == 3:
+        return (rho <= radius) & (rho >= 0.55 * radius)
+    if label == 4:
+        arm = 0.32 * radius
+        return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
+    theta = np.arctan2(v, u)
+    return rho <= radius * (0.55 + 0.45 * np.cos(5 * theta))
+
+
+def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    # Background: a gradient between two random colours in a random direction ...
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = ((xs * np.cos(angle) + ys * np.sin(angle)) / size + 1) / 2
+    low, high = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    image = low + (high - low) * ramp[..., None]
+    # ... an oriented texture ...
+    frequency, orientation = rng.uniform(0.15, 0.6), rng.uniform(0, np.pi)
+    stripes = np.sin(frequency * (xs * np.cos(orientation) + ys * np.sin(orientation)) + rng.uniform(0, 6.3))
+    image = image + rng.uniform(0.05, 0.15) * stripes[..., None] * rng.uniform(-1, 1, 3)
+    # ... and elongated distractor blobs (never one of the classes' outlines).
+    for _ in range(rng.integers(2, 6)):
+        cx, cy = rng.uniform(0, size, 2)
+        a, b = rng.uniform(2, 7), rng.uniform(0.2, 0.5)
+        phi = rng.uniform(0, np.pi)
+        du, dv = xs - cx, ys - cy
+        pu, pv = du * np.cos(phi) + dv * np.sin(phi), -du * np.sin(phi) + dv * np.cos(phi)
+        blob = (pu / a) ** 2 + (pv / (a * b)) ** 2 <= 1
+        image[blob] = rng.uniform(0, 1, 3)
+    # The object, in a colour that stands out from the background under it.
+    radius = rng.uniform(0.16, 0.3) * size
+    cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+    rotation = rng.uniform(0, 2 * np.pi)
+    du, dv = xs - cx, cy - ys
+    u = du * np.cos(rotation) + dv * np.sin(rotation)
+    v = -du * np.sin(rotation) + dv * np.cos(rotation)
+    mask = _object_mask(label, u, v, radius)
+    under = image[mask].mean(axis=0) if mask.any() else image.mean(axis=(0, 1))
+    direction = rng.normal(size=3)
+    colour = np.clip(under + rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction), 0, 1)
+    image[mask] = colour
+    image = image + rng.normal(0, 0.03, image.shape)
+    return np.clip(image, 0, 1).astype(np.float32), mask
+
+
+def generate_shapes(count: int, seed: int, size: int = 64, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, masks and labels of samples ``start .. start + count - 1`` of the stream ``seed``.
+
+    Returns
+    -------
+    images : ndarray
+        float32 in [0, 1], `(count, size, size, 3)`.
+    masks : ndarray
+        bool, `(count, size, size)`: the object's pixels.
+    labels : ndarray
+        int64, `(count,)`: index into :data:`SHAPE_CLASSES`; classes cycle, so every
+        block of 6 consecutive samples holds each class once.
+    """
+    images = np.empty((count, size, size, 3), dtype=np.float32)
+    masks = np.empty((count, size, size), dtype=bool)
+    labels = (np.arange(start, start + count) % len(SHAPE_CLASSES)).astype(np.int64)
+    for offset, index in enumerate(range(start, start + count)):
+        rng = np.random.default_rng([seed, index])
+        images[offset], masks[offset] = _render(rng, int(labels[offset]), size)
+    return images, masks, labels
+
+
+def normalize(images: np.ndarray) -> torch.Tensor:
+    """`(count, H, W, 3)` images in [0, 1] -> normalised `(count, 3, H, W)` pixel values."""
+    return torch.from_numpy((images - MEAN) / STD).permute(0, 3, 1, 2).contiguous()
+
+
+class ShapesDataset(Dataset):
+    """The shapes stream ``seed`` as a map-style dataset of ``(pixel_values, label, mask)``.
+
+    ``pixel_values`` are normalised like the bundled model expects, `(3, size, size)`.
+    """
+
+    def __init__(self, count: int, seed: int, size: int = 64) -> None:
+        self.count, self.seed, self.size = count, seed, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {index} out of range for {self.count} samples")
+        images, masks, labels = generate_shapes(1, self.seed, self.size, start=index)
+        return normalize(images)[0], int(labels[0]), torch.from_numpy(masks[0])
