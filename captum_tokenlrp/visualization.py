@@ -96,6 +96,14 @@ def _upsample(grid: Tensor, size: tuple[int, int], interpolation: str = "nearest
     return upsampled[0, 0].numpy()
 
 
+def _colour_limits(grids, shared: bool) -> tuple[float | None, float | None]:
+    """One colour scale over all ``grids`` when ``shared``, else None (one scale per panel)."""
+    if not shared:
+        return None, None
+    values = torch.cat([grid.detach().flatten().float().cpu() for grid in grids])
+    return float(values.min()), float(values.max())
+
+
 def _draw(axis, background: np.ndarray, grid: Tensor, interpolation: str, cmap: str, alpha: float, vmin, vmax):
     axis.imshow(background, cmap="gray" if background.shape[-1] == 1 else None)
     overlay = _upsample(grid, background.shape[:2], interpolation)
@@ -165,10 +173,7 @@ def plot_method_comparison(
     from matplotlib.figure import Figure
 
     background = image_for_display(image)
-    vmin = vmax = None
-    if shared_scale:
-        values = torch.cat([grid.detach().flatten().float().cpu() for grid in maps.values()])
-        vmin, vmax = float(values.min()), float(values.max())
+    vmin, vmax = _colour_limits(maps.values(), shared_scale)
     figure = Figure(figsize=(panel_size * (len(maps) + 1), panel_size + 0.4))
     axes = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
     axes[0].imshow(background)
@@ -225,10 +230,7 @@ def plot_rule_grid(
     num_heads = max((maps.shape[0] for maps in per_head.values()), default=0)
     background = image_for_display(image)
     panels = {label: [fused[label]] + (list(per_head[label]) if label in per_head else []) for label in rows}
-    vmin = vmax = None
-    if shared_scale:
-        values = torch.cat([p.flatten().float().cpu() for maps in panels.values() for p in maps])
-        vmin, vmax = float(values.min()), float(values.max())
+    vmin, vmax = _colour_limits([p for maps in panels.values() for p in maps], shared_scale)
     columns = 1 + num_heads
     figure = Figure(figsize=(panel_size * columns, panel_size * len(rows)))
     axes = figure.subplots(len(rows), columns, squeeze=False)

@@ -26,21 +26,23 @@ def with_attention(config: ViTConfig, implementation: str) -> ViTConfig:
     return config
 
 
+#: A small peaked architecture: 3 layers, 4 heads, 32 px images of 4 x 4 patches.
+TINY = dict(
+    hidden_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=96,
+    patch_size=8,
+    image_size=32,
+    qkv_bias=True,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    initializer_range=0.3,
+)
+
+
 def tiny_config(**overrides) -> ViTConfig:
-    fields = dict(
-        hidden_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=96,
-        patch_size=8,
-        image_size=32,
-        qkv_bias=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.3,
-    )
-    fields.update(overrides)
-    return ViTConfig(**fields)
+    return ViTConfig(**{**TINY, **overrides})
 
 
 def seeded(factory, seed=0, trained_norms=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import seeded
+from conftest import TINY, seeded
 from reference import per_layer_qkv_from_model, reference_relevance
 from transformers import (
     DeiTConfig,
@@ -22,18 +22,7 @@ from transformers import (
 from captum_tokenlrp import TokenRelevanceLRP, supported_model_classes
 from captum_tokenlrp.baselines import AttentionRollout, GenericAttentionExplainability, RawAttention
 
-SMALL = dict(
-    hidden_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=96,
-    patch_size=8,
-    image_size=32,
-    qkv_bias=True,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    initializer_range=0.3,
-)
+SMALL = TINY
 
 # name -> (factory, special tokens)
 FAMILIES = {

@@ -69,10 +69,9 @@ def test_unreachable_hub_gives_one_clear_message(tmp_path, capsys, monkeypatch):
     assert "--model bundled" in err and "local directory" in err and "Traceback" not in err
 
 
-def run_dir(images: Path, out: Path, checkpoint: Path, *extra: str) -> str:
+def run_dir(images: Path, out: Path, checkpoint: Path, *extra: str) -> None:
     args = ["explain-dir", str(images), "--model", str(checkpoint), "--out", str(out), "--quiet", *extra]
     assert main(args) == 0
-    return ""
 
 
 def test_explain_dir_skips_corrupt_files_and_resumes(tmp_path, tiny_checkpoint, capsys):
