@@ -32,6 +32,7 @@ from captum_tokenlrp.baselines import (
     AttentionRollout,
     GenericAttentionExplainability,
     RawAttention,
+    TokenGradCAM,
     TokenIntegratedGradients,
 )
 from captum_tokenlrp.models import random_dino_model
@@ -122,6 +123,7 @@ def build_cases(name: str, batch: int, size: int, layers: int | None, with_ig: b
     cases["raw attention"] = lambda: RawAttention(model).token_relevance(pixels, additional_forward_args=extra)
     cases["rollout"] = lambda: AttentionRollout(model).token_relevance(pixels, additional_forward_args=extra)
     cases["GAE"] = lambda: GenericAttentionExplainability(model).token_relevance(pixels, additional_forward_args=extra)
+    cases["GradCAM"] = lambda: TokenGradCAM(model).token_relevance(pixels, additional_forward_args=extra)
     slow: set[str] = set()
     if with_ig:
         ig = TokenIntegratedGradients(model, n_steps=50, internal_batch_size=50)
