@@ -58,7 +58,9 @@ def test_batch_independence_and_determinism(case, rule):
     # Sample 0 does not depend on the others: pair it with fresh images.
     others = torch.randn_like(images)
     mixed = torch.cat([images[:1], others])
-    torch.testing.assert_close(lrp.token_relevance(mixed, head_fusion=None)[:1], batched[:1], atol=1e-6, rtol=1e-5)
+    # Float32 products differ in the last bits with the batch's make-up; a peaked softmax
+    # (initializer_range 1.0) amplifies that to ~2e-6, hence the float32-level tolerance.
+    torch.testing.assert_close(lrp.token_relevance(mixed, head_fusion=None)[:1], batched[:1], atol=1e-5, rtol=1e-4)
 
 
 @SETTINGS
