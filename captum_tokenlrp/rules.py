@@ -160,16 +160,23 @@ _PAIRS_PER_PASS = 1 << 18
 
 
 def _refine_near_pairs(squared: Tensor, flat: Tensor, squared_norms: Tensor) -> None:
-    """Recompute, in place, the squared distances the Gram identity cannot resolve."""
+    """Recompute, in place, the squared distances the Gram identity cannot resolve.
+
+    One reduction finds the rows that have a near pair at all (usually none); only those
+    rows are searched. The diagonal is left at +inf; the caller zeroes it.
+    """
+    squared.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
     cutoff = NEAR_PAIR_SHARE * (squared_norms + squared_norms.amax(dim=-1, keepdim=True))
-    near = squared < cutoff.unsqueeze(-1)
-    near.diagonal(dim1=-2, dim2=-1).fill_(False)
-    if not bool(near.any()):
+    rows = (squared.amin(dim=-1) < cutoff).nonzero()
+    if len(rows) == 0:
         return
+    group, row = rows.unbind(dim=1)
+    near = squared[group, row] < cutoff[group, row].unsqueeze(-1)
     pairs = near.nonzero()
     for start in range(0, len(pairs), _PAIRS_PER_PASS):
-        group, row, column = pairs[start : start + _PAIRS_PER_PASS].unbind(dim=1)
-        squared[group, row, column] = (flat[group, row] - flat[group, column]).square().sum(dim=-1)
+        index, column = pairs[start : start + _PAIRS_PER_PASS].unbind(dim=1)
+        g, r = group[index], row[index]
+        squared[g, r, column] = (flat[g, r] - flat[g, column]).square().sum(dim=-1)
 
 
 @runtime_checkable
