@@ -9,8 +9,8 @@ import torch
 
 from captum_tokenlrp import TokenRelevanceLRP
 
-# Largest absolute error measured on the tiny peaked model (seeded), rules (i) and (iv):
-# bf16 3.9e-3, fp16 2.7e-4 (maps peak near 0.19); the bounds are ~3x that.
+# About 3x the largest absolute error seen on this seeded model, rules (i) and (iv)
+# (bf16 3.9e-3, fp16 2.7e-4 when this was written; maps peak near 0.19).
 TOLERANCE = {torch.bfloat16: 1.2e-2, torch.float16: 1e-3}
 
 
