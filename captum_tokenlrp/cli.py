@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import TokenRelevanceLRP
+from ._adapters import TokenLayout
 from ._core.propagation import HEAD_MODES
 from .models import BUNDLED_MODEL_DIR, bundled_sample_image, load_bundled_model, load_vit
 from .visualization import patch_grid, plot_rule_grid
@@ -96,10 +97,19 @@ def atomic_save_figure(path: Path, figure) -> None:
         raise
 
 
+def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
+    """The token layout as arrays stored beside the relevance."""
+    return {
+        "grid": np.array(layout.grid),
+        "special_tokens": np.array(layout.special_token_names),
+        "patch_size": np.array(layout.patch_size),
+    }
+
+
 def relevance_arrays(
     lrp: TokenRelevanceLRP, pixel_values: torch.Tensor, head_fusion: str | None, target_token: int | None
-) -> tuple[np.ndarray, dict]:
-    """Token relevance `(batch, [heads,] num_tokens)` as numpy, plus the layout to store beside it."""
+) -> tuple[np.ndarray, TokenLayout]:
+    """Token relevance `(batch, [heads,] num_tokens)` as numpy, and the token layout of the inputs."""
     layout = lrp.token_layout(pixel_values)
     options = {}
     if target_token is not None:
@@ -109,12 +119,7 @@ def relevance_arrays(
         start[target_token] = 1.0
         options["initial_relevance"] = start
     relevance = lrp.token_relevance(pixel_values, head_fusion=head_fusion, **options)
-    meta = {
-        "grid": np.array(layout.grid),
-        "special_tokens": np.array(layout.special_token_names),
-        "patch_size": np.array(layout.patch_size),
-    }
-    return relevance.cpu().numpy(), meta
+    return relevance.cpu().numpy(), layout
 
 
 # ------------------------------------------------------------------ explain
@@ -138,8 +143,7 @@ def explain(args: argparse.Namespace) -> int:
         fused, per_head, arrays = {}, {}, {}
         for rule in args.rules:
             lrp = TokenRelevanceLRP(loaded.model, rule=rule)
-            layout = lrp.token_layout(pixel_values)
-            fused_rel, meta = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
+            fused_rel, layout = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
             head_rel, _ = relevance_arrays(lrp, pixel_values, None, args.target_token)
             if fused_rel.ndim == 3:  # a per-head --head-fusion: show its mean as the fused column
                 fused_rel = fused_rel.mean(axis=1)
@@ -150,7 +154,7 @@ def explain(args: argparse.Namespace) -> int:
         display = pixel_values[0].float().cpu()
         figure = plot_rule_grid(display, fused, per_head, title=f"{stem} - {loaded.name}")
         atomic_save_figure(out / f"{stem}.png", figure)
-        atomic_save_npz(out / f"{stem}.npz", **arrays, **meta)
+        atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout))
         print(f"Wrote {out / f'{stem}.png'} and {out / f'{stem}.npz'}")
     return 0
 
@@ -227,9 +231,9 @@ def explain_dir(args: argparse.Namespace) -> int:
         failed += [(pending[index], error) for index, _, error in items if error is not None]
         if good:
             pixel_values = torch.stack([pixels for _, pixels in good]).to(args.device, DTYPES[args.dtype])
-            relevance, meta = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
+            relevance, layout = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
             for (index, _), row in zip(good, relevance, strict=True):
-                atomic_save_npz(output_path(out, root, pending[index]), relevance=row, **meta)
+                atomic_save_npz(output_path(out, root, pending[index]), relevance=row, **layout_arrays(layout))
             done += len(good)
         progress.update(len(items))
     progress.close()

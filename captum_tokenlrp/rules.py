@@ -38,7 +38,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._core.workspace import Workspace
+from ._utils.workspace import Workspace
 
 __all__ = [
     "RULE_I",

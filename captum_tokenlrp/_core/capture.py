@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
+from .._utils.workspace import Workspace, softmax_into
 from ..rules import AttentionState
-from .workspace import Workspace, softmax_into
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
+from .._utils.workspace import Workspace
 from ..rules import TokenRule, get_rule
 from .base import PreparedInputs, TokenAttribution
 from .capture import LayerProjections
@@ -22,7 +23,6 @@ from .propagation import (
     propagate_chains,
     reduce_layer,
 )
-from .workspace import Workspace
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
