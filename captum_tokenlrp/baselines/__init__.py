@@ -5,9 +5,11 @@
 - :class:`GenericAttentionExplainability`: Chefer et al. 2021.
 - :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
   explained scalar of :class:`ExplainedForward`.
+- :class:`RandomRelevance`: a random map, the control for evaluations.
 """
 
 from .attention import AttentionRollout, RawAttention, mass_threshold_mask
+from .control import RandomRelevance
 from .gradient import (
     ExplainedForward,
     GenericAttentionExplainability,
@@ -20,6 +22,7 @@ __all__ = [
     "AttentionRollout",
     "ExplainedForward",
     "GenericAttentionExplainability",
+    "RandomRelevance",
     "RawAttention",
     "TokenGradCAM",
     "TokenIntegratedGradients",

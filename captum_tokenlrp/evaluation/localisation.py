@@ -1,0 +1,125 @@
+"""Localisation: does an attribution map put its relevance on the object?
+
+Every function takes any Captum attribution of image inputs — `(batch_size, channels, height,
+width)` at pixel resolution (channels are summed) or a `(batch_size, height, width)` map, which
+may be a patch grid coarser than the mask — and a ground-truth mask `(batch_size, height, width)`,
+and returns one score per image, `(batch_size,)`.
+
+Resolution: with ``patch_size`` the map is summed over the model's patches and a patch counts as
+object when at least ``object_share`` of its pixels are (default one half); without it the
+scores are computed at the map's own resolution. A map given as a patch grid is always scored
+on that grid.
+
+Sign: relevance is a quantity of evidence *for* the output, so by default negative values count
+as zero (``sign="positive"``); ``"absolute"`` scores magnitudes (the usual choice to display
+Integrated Gradients), ``"signed"`` the values as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._maps import Sign, aligned
+
+
+def relevance_mass(
+    attributions: Tensor | tuple[Tensor],
+    masks: Tensor,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    sign: Sign = "positive",
+    object_share: float = 0.5,
+) -> Tensor:
+    r"""Share of the relevance that falls on the object (energy-based pointing game).
+
+    .. math:: \mathrm{mass} = \frac{\sum_{p \in \mathrm{mask}} R_p}{\sum_p R_p}
+
+    (Wang et al. 2020, Score-CAM; Arras et al. 2022, relevance mass accuracy). 1 when all
+    relevance is on the object; the object's area share for a uniform map. A map with no
+    relevance at all prefers no location and scores like a uniform map.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size,)` in [0, 1] for non-negative maps.
+    """
+    maps, inside = aligned(attributions, masks, patch_size, sign, object_share)
+    total = maps.sum(dim=(1, 2))
+    on_object = (maps * inside).sum(dim=(1, 2))
+    area = inside.float().mean(dim=(1, 2))
+    return torch.where(total != 0, on_object / torch.where(total != 0, total, 1.0), area)
+
+
+def pointing_game(
+    attributions: Tensor | tuple[Tensor],
+    masks: Tensor,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    sign: Sign = "positive",
+    object_share: float = 0.5,
+) -> Tensor:
+    """Whether the most relevant location lies on the object (Zhang et al. 2018).
+
+    1 for a hit, 0 for a miss. When several locations share the maximum (a map that is
+    constant over each patch, viewed at pixel resolution, or a flat map), the score is the
+    share of those tied locations on the object: the expected hit rate of picking one of them
+    at random, so ties neither help nor hurt a method.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size,)` in [0, 1].
+    """
+    maps, inside = aligned(attributions, masks, patch_size, sign, object_share)
+    flat, inside = maps.flatten(1), inside.flatten(1).float()
+    top = flat == flat.max(dim=1, keepdim=True).values
+    return (top * inside).sum(dim=1) / top.sum(dim=1)
+
+
+def mean_threshold_iou(
+    attributions: Tensor | tuple[Tensor],
+    masks: Tensor,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    sign: Sign = "positive",
+    object_share: float = 0.5,
+) -> Tensor:
+    """IoU of the object mask with the map binarised at its own mean.
+
+    The protocol of Chefer et al. (2021) for ImageNet-segmentation: a location is foreground
+    when its relevance is strictly above the map's mean. Chefer et al. report the mean of the
+    foreground and background IoU accumulated over a dataset; this returns the foreground IoU
+    per image, so means and confidence intervals can be taken over images. A flat map has no
+    location above its mean and scores 0.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size,)` in [0, 1].
+    """
+    maps, inside = aligned(attributions, masks, patch_size, sign, object_share)
+    predicted = maps > maps.mean(dim=(1, 2), keepdim=True)
+    intersection = (predicted & inside).sum(dim=(1, 2)).float()
+    union = (predicted | inside).sum(dim=(1, 2)).float()
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+
+
+def localisation_scores(
+    attributions: Tensor | tuple[Tensor],
+    masks: Tensor,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    sign: Sign = "positive",
+    object_share: float = 0.5,
+) -> dict[str, Tensor]:
+    """All three localisation scores, `(batch_size,)` each, at the patch resolution given by
+    ``patch_size`` (keys ``"mass"``, ``"pointing"``, ``"iou"``) and, when ``patch_size`` is
+    given, also at the map's own resolution (the same keys with the suffix ``"_pixel"``)."""
+    metrics = {"mass": relevance_mass, "pointing": pointing_game, "iou": mean_threshold_iou}
+    options = {"sign": sign, "object_share": object_share}
+    scores = {name: metric(attributions, masks, patch_size=patch_size, **options) for name, metric in metrics.items()}
+    if patch_size is not None:
+        for name, metric in metrics.items():
+            scores[f"{name}_pixel"] = metric(attributions, masks, **options)
+    return scores
