@@ -40,26 +40,31 @@ def _object_mask(label: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.
     return rho <= radius * (0.55 + 0.45 * np.cos(5 * theta))
 
 
-def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> tuple[np.ndarray, np.ndarray]:
+    # Every random draw happens whatever ``clutter`` is, so the object (shape, size,
+    # place, colour offset) of sample ``index`` does not depend on it.
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     # Background: a gradient between two random colours in a random direction ...
     angle = rng.uniform(0, 2 * np.pi)
     ramp = ((xs * np.cos(angle) + ys * np.sin(angle)) / size + 1) / 2
     low, high = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    image = low + (high - low) * ramp[..., None]
+    image = low + clutter * (high - low) * ramp[..., None]
     # ... an oriented texture ...
     frequency, orientation = rng.uniform(0.15, 0.6), rng.uniform(0, np.pi)
     stripes = np.sin(frequency * (xs * np.cos(orientation) + ys * np.sin(orientation)) + rng.uniform(0, 6.3))
-    image = image + rng.uniform(0.05, 0.15) * stripes[..., None] * rng.uniform(-1, 1, 3)
+    image = image + clutter * rng.uniform(0.05, 0.15) * stripes[..., None] * rng.uniform(-1, 1, 3)
     # ... and elongated distractor blobs (never one of the classes' outlines).
-    for _ in range(rng.integers(2, 6)):
+    blobs = rng.integers(2, 6)
+    for blob_index in range(blobs):
         cx, cy = rng.uniform(0, size, 2)
         a, b = rng.uniform(2, 7), rng.uniform(0.2, 0.5)
         phi = rng.uniform(0, np.pi)
         du, dv = xs - cx, ys - cy
         pu, pv = du * np.cos(phi) + dv * np.sin(phi), -du * np.sin(phi) + dv * np.cos(phi)
         blob = (pu / a) ** 2 + (pv / (a * b)) ** 2 <= 1
-        image[blob] = rng.uniform(0, 1, 3)
+        blob_colour = rng.uniform(0, 1, 3)
+        if blob_index < round(blobs * clutter):
+            image[blob] = blob_colour
     # The object, in a colour that stands out from the background under it.
     radius = rng.uniform(0.16, 0.3) * size
     cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
@@ -72,12 +77,23 @@ def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray
     direction = rng.normal(size=3)
     colour = np.clip(under + rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction), 0, 1)
     image[mask] = colour
-    image = image + rng.normal(0, 0.03, image.shape)
+    image = image + clutter * rng.normal(0, 0.03, image.shape)
     return np.clip(image, 0, 1).astype(np.float32), mask
 
 
-def generate_shapes(count: int, seed: int, size: int = 64, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_shapes(
+    count: int, seed: int, size: int = 64, start: int = 0, clutter: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images, masks and labels of samples ``start .. start + count - 1`` of the stream ``seed``.
+
+    Parameters
+    ----------
+    count, seed, size, start
+        How many samples, which stream, the side in pixels, the first sample's index.
+    clutter
+        In ``[0, 1]``: scales the background's gradient, texture, noise and the share of
+        distractor blobs drawn. ``1`` (the default) is the dataset; lower values give the
+        same objects on plainer backgrounds (a training curriculum uses them).
 
     Returns
     -------
@@ -89,12 +105,14 @@ def generate_shapes(count: int, seed: int, size: int = 64, start: int = 0) -> tu
         int64, `(count,)`: index into :data:`SHAPE_CLASSES`; classes cycle, so every
         block of 6 consecutive samples holds each class once.
     """
+    if not 0.0 <= clutter <= 1.0:
+        raise ValueError(f"clutter must be in [0, 1], got {clutter}")
     images = np.empty((count, size, size, 3), dtype=np.float32)
     masks = np.empty((count, size, size), dtype=bool)
     labels = (np.arange(start, start + count) % len(SHAPE_CLASSES)).astype(np.int64)
     for offset, index in enumerate(range(start, start + count)):
         rng = np.random.default_rng([seed, index])
-        images[offset], masks[offset] = _render(rng, int(labels[offset]), size)
+        images[offset], masks[offset] = _render(rng, int(labels[offset]), size, clutter)
     return images, masks, labels
 
 
