@@ -148,3 +148,22 @@ def test_torchrun_two_processes_cover_every_image_once(tmp_path, tiny_checkpoint
     assert "9 explained, 0 already done (skipped), 0 unreadable, 9 images" in done.stdout.decode()
     assert "(2 processes)" in done.stdout.decode()
     assert len(outputs(tmp_path / "out")) == 9
+
+
+def test_shapes_writes_images_masks_and_labels_that_regenerate(tmp_path, capsys):
+    from captum_tokenlrp.data.shapes import SHAPE_CLASSES, generate_shapes
+
+    assert main(["shapes", str(tmp_path / "shapes"), "--count", "7", "--seed", "9", "--size", "48"]) == 0
+    images, masks, labels = generate_shapes(7, 9, 48)
+    written = sorted((tmp_path / "shapes" / "images").iterdir())
+    assert [path.name for path in written] == [f"shape_{index:06d}.png" for index in range(7)]
+    for index, path in enumerate(written):
+        pixels = np.asarray(Image.open(path), dtype=np.float32) / 255
+        assert np.abs(pixels - images[index]).max() <= 0.5 / 255 + 1e-6
+        mask = np.asarray(Image.open(tmp_path / "shapes" / "masks" / path.name)) > 127
+        assert np.array_equal(mask, masks[index])
+    rows = (tmp_path / "shapes" / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,label,class" and len(rows) == 8
+    assert rows[3] == f"shape_000002.png,{labels[2]},{SHAPE_CLASSES[labels[2]]}"
+    assert main(["shapes", str(tmp_path / "none"), "--count", "0"]) == 2
+    assert "--count" in capsys.readouterr().err
