@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TRANSFORMERS4_VERSION ?= 4.57.6
 VENV4 ?= .venv-tf4
 
-.PHONY: install demo test test-transformers4 lint bench bench-quick clean
+.PHONY: install demo test test-transformers4 lint bench bench-quick quality quality-quick tutorials docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python -m captum_tokenlrp.demo --out outputs/demo
+	$(BIN)/tokenlrp explain --model bundled --out outputs/demo
 
 test: install
 	$(BIN)/python -m pytest
@@ -43,8 +43,28 @@ bench: install
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
 
+# Explanation quality of every method on the bundled model: writes benchmarks/RESULTS.md (~15 min).
+quality: install
+	$(BIN)/python benchmarks/bench_quality.py
+
+quality-quick: install
+	$(BIN)/python benchmarks/bench_quality.py --quick > /dev/null
+
+# Tutorials and documentation site (extra tools: nbclient, ipykernel, mkdocs).
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	touch $@
+
+tutorials: $(BIN)/.docs-installed
+	$(BIN)/python scripts/run_tutorials.py
+
+docs: tutorials
+	mkdir -p docs/benchmarks
+	cp benchmarks/RESULTS.md benchmarks/SPEED.md benchmarks/*.png docs/benchmarks/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(VENV4) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) outputs .pytest_cache .ruff_cache site docs/tutorials docs/benchmarks

@@ -78,6 +78,8 @@ class AttentionState:
         tensors live in reusable buffers and the built-in weights overwrite
         ``attention`` in place. User-defined components never receive it.
 
+    Notes
+    -----
     Derived quantities (centred values, pairwise value distances) are computed
     once, on first use, and shared by the activation and the weight.
     """
@@ -89,6 +91,7 @@ class AttentionState:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens per image, ``N`` (special tokens and patches)."""
         return self.attention.shape[-1]
 
     @cached_property

@@ -68,14 +68,17 @@ class TokenLayout:
 
     @property
     def num_special_tokens(self) -> int:
+        """Special tokens (CLS, distillation, registers) at the start of the sequence."""
         return len(self.special_token_names)
 
     @property
     def num_patches(self) -> int:
+        """Image patches, ``rows * cols``."""
         return self.grid[0] * self.grid[1]
 
     @property
     def num_tokens(self) -> int:
+        """All tokens, special and patches."""
         return self.num_special_tokens + self.num_patches
 
     @property
@@ -143,6 +146,7 @@ class ModelAdapter(ABC):
 
     @property
     def is_classifier(self) -> bool:
+        """Whether the model has a classification head."""
         return self.num_labels is not None
 
 

@@ -353,6 +353,7 @@ class TokenRelevanceLRP(TokenAttribution):
         return initial_total - explained
 
     def has_convergence_delta(self) -> bool:
+        """True: ``attribute`` can return the relevance left on special tokens (Captum's API)."""
         return True
 
     @classmethod

@@ -85,6 +85,7 @@ class ExplainedForward:
 
     @property
     def is_classifier(self) -> bool:
+        """Whether the explained model is a classifier (logits) or label-free (embedding score)."""
         return self._adapter.is_classifier
 
     def _tokens(self, output: Any) -> Tensor:
