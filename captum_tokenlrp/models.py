@@ -25,6 +25,9 @@ __all__ = [
 #: The small ViT trained on the synthetic shapes data that ships with the package.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "bundled" / "sample.png"
+#: ``(stream seed, index)`` of the bundled sample in :func:`captum_tokenlrp.data.generate_shapes`
+#: (a star; stream 2 is never used for training), so its object mask can be regenerated.
+BUNDLED_SAMPLE_SOURCE = (2, 5)
 
 #: Architecture of the public DINO ViT checkpoints (Caron et al. 2021).
 _SMALL = {"hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536}

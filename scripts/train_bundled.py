@@ -83,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("captum_tokenlrp/bundled/shapes-vit"))
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3400)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    parser.add_argument("--steps", type=int, default=5600)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--warmup", type=int, default=300, help="linear learning-rate warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument(
         "--curriculum",
         type=int,
-        default=1200,
+        default=1000,
         help="steps over which background clutter ramps from 0 to the full dataset's (then stays at 1)",
     )
     parser.add_argument("--held-out", type=int, default=2000)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"lr {rate:.2e}  clutter {clutter:.2f}  {elapsed:6.0f}s",
                 flush=True,
             )
-        if step % 500 == 499:
+        if step % 1000 == 999:
             held_out = accuracy(model, 500, HELD_OUT_SEED, args.size)
             log.append((step + 1, round(elapsed), held_out))
             print(f"  held-out accuracy (500 images) {held_out:.3f}", flush=True)

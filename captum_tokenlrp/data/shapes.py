@@ -66,7 +66,7 @@ def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> 
         if blob_index < round(blobs * clutter):
             image[blob] = blob_colour
     # The object, in a colour that stands out from the background under it.
-    radius = rng.uniform(0.16, 0.3) * size
+    radius = rng.uniform(0.2, 0.32) * size
     cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
     rotation = rng.uniform(0, 2 * np.pi)
     du, dv = xs - cx, cy - ys
