@@ -1,13 +1,11 @@
-"""The real loading path (save_pretrained / from_pretrained) and the README's main job."""
+"""The real loading path (save_pretrained / from_pretrained) and the paper-style figures."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import ViTForImageClassification, ViTModel
 
 from captum_tokenlrp import TokenRelevanceLRP
-from captum_tokenlrp.demo import main as demo_main
 from captum_tokenlrp.models import dino_config, load_vit, random_dino_model
 from captum_tokenlrp.visualization import patch_grid, plot_rule_grid
 
@@ -66,20 +64,3 @@ def test_paper_figure_has_one_row_per_rule_and_one_column_per_head(tmp_path, tin
     figure.savefig(tmp_path / "grid.png", dpi=100)
     pixels = figure_is_not_blank(tmp_path / "grid.png")
     assert pixels.shape[:2] == (200, 500)
-
-
-def test_demo_writes_figure_and_relevance(tmp_path, capsys):
-    assert demo_main(["--out", str(tmp_path), "--rules", "i", "iv"]) == 0
-    assert "token_relevance.png" in capsys.readouterr().out
-    figure_is_not_blank(tmp_path / "token_relevance.png")
-    saved = np.load(tmp_path / "token_relevance.npz")
-    assert saved["rule_iv_fused"].shape == (197,)
-    assert saved["rule_i_per_head"].shape == (6, 197)
-    np.testing.assert_allclose(saved["rule_iv_fused"].sum(), 1.0, atol=1e-5)
-
-
-def test_demo_reports_unreachable_model_without_traceback(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    missing = tmp_path / "no-such-checkpoint"
-    assert demo_main(["--model", str(missing), "--out", str(tmp_path)]) == 2
-    assert "--model random" in capsys.readouterr().err

@@ -60,3 +60,10 @@ def test_readme_snippet_runs(index, offline_hub, tmp_path, monkeypatch):
         assert all(grid.shape == (14, 14) for grid in namespace["maps"].values())
         assert (tmp_path / "methods.png").stat().st_size > 10_000
         assert namespace["ig"].shape == namespace["smooth"].shape == (1, 3, 224, 224)
+    if "labels" in namespace and "curves" not in namespace:  # the bundled model
+        assert namespace["relevance"].shape == (8, 65)
+        torch.testing.assert_close(namespace["relevance"].sum(1), torch.ones(8))
+    if "curves" in namespace:  # evaluation on the bundled model
+        assert namespace["grid"].shape == (8, 8, 8)
+        assert all(values.shape == (8,) for values in namespace["scores"].values())
+        assert namespace["curves"].morf.shape == (8, 11)
