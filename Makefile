@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TRANSFORMERS4_VERSION ?= 4.57.6
 VENV4 ?= .venv-tf4
 
-.PHONY: install demo test test-transformers4 lint bench bench-quick quality quality-quick tutorials docs clean
+.PHONY: install demo test test-transformers4 lint bench bench-quick quality quality-quick docs-install tutorials docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,8 @@ quality-quick: install
 $(BIN)/.docs-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
+
+docs-install: $(BIN)/.docs-installed
 
 tutorials: $(BIN)/.docs-installed
 	$(BIN)/python scripts/run_tutorials.py
