@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from captum_tokenlrp.data import SHAPE_CLASSES, ShapesDataset, generate_shapes
@@ -62,3 +63,16 @@ def test_dataset_items_are_normalised_tensors():
     torch.testing.assert_close(pixels, normalize(images)[0])
     assert label == labels[0] and torch.equal(mask, torch.from_numpy(masks[0]))
     assert len(dataset) == 10
+
+
+def test_clutter_curriculum_keeps_the_objects_and_plains_the_background():
+    full, masks, labels = generate_shapes(12, seed=2)
+    plain, plain_masks, plain_labels = generate_shapes(12, seed=2, clutter=0.0)
+    assert np.array_equal(masks, plain_masks) and np.array_equal(labels, plain_labels)
+    background_spread = [image[~mask].std(axis=0).mean() for image, mask in zip(plain, plain_masks, strict=True)]
+    assert (
+        max(background_spread) < 1e-4
+    )  # one flat colour (up to float32 rounding): no gradient, texture, blobs or noise
+    assert min(image[~mask].std(axis=0).mean() for image, mask in zip(full, masks, strict=True)) > 0.02
+    with pytest.raises(ValueError, match="clutter"):
+        generate_shapes(1, seed=2, clutter=1.5)
