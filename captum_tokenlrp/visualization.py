@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._adapters import TokenLayout
+from ._utils.pixels import patch_grid
 
 __all__ = [
     "image_for_display",
@@ -21,28 +21,6 @@ __all__ = [
 ]
 
 Interpolation = Literal["nearest", "bilinear"]
-
-
-def patch_grid(relevance: Tensor, layout: TokenLayout) -> Tensor:
-    """Patch-token relevance reshaped to the patch grid.
-
-    Parameters
-    ----------
-    relevance : Tensor
-        `(..., num_tokens)`, in the model's token order (special tokens first).
-    layout : TokenLayout
-        From :meth:`TokenRelevanceLRP.token_layout`.
-
-    Returns
-    -------
-    Tensor
-        `(..., grid_rows, grid_cols)`.
-    """
-    if relevance.shape[-1] != layout.num_tokens:
-        raise ValueError(
-            f"Expected relevance over {layout.num_tokens} tokens (last dimension), got {relevance.shape[-1]}."
-        )
-    return relevance[..., layout.patch_slice].reshape(*relevance.shape[:-1], *layout.grid)
 
 
 def image_for_display(image: Tensor | np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Map patch-token relevance onto pixels."""
+"""Between tokens, patch grids and pixels: the reshapes every module shares."""
 
 from __future__ import annotations
 
@@ -33,3 +33,35 @@ def patch_relevance_to_pixels(patch_relevance: Tensor, layout: TokenLayout, imag
     pixels = covered.new_zeros(batch, channels, height, width)
     pixels[:, :, : rows * patch_h, : cols * patch_w] = covered
     return pixels
+
+
+def block_sums(maps: Tensor, block: tuple[int, int]) -> Tensor:
+    """Sum `(batch, H, W)` over non-overlapping ``block`` tiles -> `(batch, H / bh, W / bw)`.
+
+    ``H`` and ``W`` must be multiples of the block (crop a border the grid does not cover first).
+    """
+    batch, height, width = maps.shape
+    block_h, block_w = block
+    return maps.reshape(batch, height // block_h, block_h, width // block_w, block_w).sum(dim=(2, 4))
+
+
+def patch_grid(relevance: Tensor, layout: TokenLayout) -> Tensor:
+    """Patch-token relevance reshaped to the patch grid.
+
+    Parameters
+    ----------
+    relevance : Tensor
+        `(..., num_tokens)`, in the model's token order (special tokens first).
+    layout : TokenLayout
+        From :meth:`TokenRelevanceLRP.token_layout`.
+
+    Returns
+    -------
+    Tensor
+        `(..., grid_rows, grid_cols)`.
+    """
+    if relevance.shape[-1] != layout.num_tokens:
+        raise ValueError(
+            f"Expected relevance over {layout.num_tokens} tokens (last dimension), got {relevance.shape[-1]}."
+        )
+    return relevance[..., layout.patch_slice].reshape(*relevance.shape[:-1], *layout.grid)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .._adapters import TokenLayout, adapter_for
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
 from .._core.capture import LayerProjections, record_layers
+from .._utils.pixels import block_sums
 from .._utils.validation import TargetType, start_relevance
 
 __all__ = [
@@ -139,7 +140,7 @@ def patch_sums(pixel_attributions: Tensor, layout: TokenLayout) -> Tensor:
     """
     (rows, cols), (patch_h, patch_w) = layout.grid, layout.patch_size
     covered = pixel_attributions[:, :, : rows * patch_h, : cols * patch_w].sum(dim=1)
-    per_patch = covered.reshape(len(covered), rows, patch_h, cols, patch_w).sum(dim=(2, 4)).flatten(1)
+    per_patch = block_sums(covered, layout.patch_size).flatten(1)
     special = per_patch.new_zeros(len(per_patch), layout.num_special_tokens)
     return torch.cat([special, per_patch], dim=1)
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._adapters import TokenLayout
+from .._utils.pixels import patch_grid
 from .localisation import localisation_scores, mean_threshold_iou, pointing_game, relevance_mass
 from .perturbation import PerturbationCurves, gaussian_blur, perturbation_curves
 from .randomization import RandomizationResult, cascade_stages, parameter_randomization_test, spearman
@@ -44,7 +45,7 @@ def patch_relevance_grid(relevance: Tensor, layout: TokenLayout) -> Tensor:
             f"relevance must have shape (batch_size, {layout.num_tokens}) for this layout, got {shape}. "
             "Per-head relevance: pick or fuse the heads first."
         )
-    return relevance[:, layout.patch_slice].reshape(relevance.shape[0], *layout.grid)
+    return patch_grid(relevance, layout)
 
 
 def _t_quantile_975(dof: int) -> float:

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .._utils.pixels import block_sums
+
 Sign = Literal["positive", "absolute", "signed"]
 SIGNS = ("positive", "absolute", "signed")
 
@@ -77,13 +79,6 @@ def _check_masks(masks: object, batch_size: int) -> Tensor:
     return masks
 
 
-def pool_sum(maps: Tensor, factor: tuple[int, int]) -> Tensor:
-    """Sum `(batch, H, W)` over non-overlapping `factor` blocks -> `(batch, H / fh, W / fw)`."""
-    batch, height, width = maps.shape
-    fh, fw = factor
-    return maps.reshape(batch, height // fh, fh, width // fw, fw).sum(dim=(2, 4))
-
-
 def _factor(fine: tuple[int, int], coarse: tuple[int, int], what: str) -> tuple[int, int]:
     if fine[0] % coarse[0] or fine[1] % coarse[1]:
         raise ValueError(
@@ -120,9 +115,9 @@ def aligned(
                 f"patch_size {patch} does not tile the {maps.shape[-2]}x{maps.shape[-1]} map; "
                 "pass the model's patch size for an image the patch grid covers exactly."
             )
-        maps = pool_sum(maps, patch)
+        maps = block_sums(maps, patch)
     if maps.shape[-2:] != masks.shape[-2:]:
         factor = _factor(tuple(masks.shape[-2:]), tuple(maps.shape[-2:]), "map vs mask")
-        share = pool_sum(masks.float(), factor) / (factor[0] * factor[1])
+        share = block_sums(masks.float(), factor) / (factor[0] * factor[1])
         return maps, share >= object_share
     return maps, masks.bool() if masks.dtype == torch.bool else masks >= object_share

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from .._adapters import adapter_for
 from .._core.base import evaluation_mode
-from ._maps import Sign, apply_sign, attribution_map, pool_sum
+from .._utils.pixels import block_sums
+from ._maps import Sign, apply_sign, attribution_map
 
 Baseline = Literal["mean", "blur"]
 Score = Literal["probability", "cosine"]
@@ -225,7 +226,7 @@ def perturbation_curves(
     rows, cols = height // patch[0], width // patch[1]
     maps = apply_sign(attribution_map(attributions, batch), sign)
     if maps.shape[-2:] == (height, width):
-        maps = pool_sum(maps[:, : rows * patch[0], : cols * patch[1]], patch)
+        maps = block_sums(maps[:, : rows * patch[0], : cols * patch[1]], patch)
     elif maps.shape[-2:] != (rows, cols):
         raise ValueError(
             f"attributions must be at pixel resolution {height}x{width} or on the {rows}x{cols} patch grid, "
@@ -242,6 +243,10 @@ def perturbation_curves(
         reference = scorer.outputs(inputs)
         targets = _targets(target, reference, scorer.score)
         both = torch.cat([ranking, ranking.flip(1)])  # MoRF rows, then LeRF rows
+        # Both orders run as one batch: inputs, fillers, references and targets doubled once.
+        doubled, fill = inputs.repeat(2, 1, 1, 1), filler.repeat(2, 1, 1, 1)
+        paired_reference = reference.repeat(2, 1)
+        paired_targets = None if targets is None else targets.repeat(2)
         curves = []
         for fraction in fractions.tolist():
             removed = round(fraction * num_patches)
@@ -250,10 +255,7 @@ def perturbation_curves(
             keep = keep.reshape(2 * batch, 1, rows, cols)
             keep = keep.repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
             keep = F.pad(keep, (0, width - cols * patch[1], 0, height - rows * patch[0]), value=1.0)
-            doubled, fill = inputs.repeat(2, 1, 1, 1), filler.repeat(2, 1, 1, 1)
             perturbed = doubled * keep + fill * (1 - keep)
-            outputs = scorer.outputs(perturbed)
-            paired_targets = None if targets is None else targets.repeat(2)
-            curves.append(scorer.against(outputs, reference.repeat(2, 1), paired_targets).cpu())
+            curves.append(scorer.against(scorer.outputs(perturbed), paired_reference, paired_targets).cpu())
     curves = torch.stack(curves, dim=1)
     return PerturbationCurves(fractions, curves[:batch], curves[batch:])
