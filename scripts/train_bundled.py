@@ -35,8 +35,8 @@ from captum_tokenlrp.data.shapes import MEAN, SHAPE_CLASSES, STD, generate_shape
 TRAIN_SEED, HELD_OUT_SEED = 0, 1
 
 
-def model_config(size: int, hidden_size: int = 96, layers: int = 6) -> ViTConfig:
-    """6 heads as DINO ViT-S, patch 8, MLP ratio 4."""
+def model_config(size: int, hidden_size: int = 96, layers: int = 6, mlp_ratio: int = 4) -> ViTConfig:
+    """6 heads as DINO ViT-S, patch 8, MLP width ``mlp_ratio`` times the model's."""
     return ViTConfig(
         image_size=size,
         patch_size=8,
@@ -44,7 +44,7 @@ def model_config(size: int, hidden_size: int = 96, layers: int = 6) -> ViTConfig
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=6,
-        intermediate_size=4 * hidden_size,
+        intermediate_size=mlp_ratio * hidden_size,
         qkv_bias=True,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("captum_tokenlrp/bundled/shapes-vit"))
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--hidden-size", type=int, default=96, help="a multiple of the 6 heads")
+    parser.add_argument("--hidden-size", type=int, default=72, help="a multiple of the 6 heads")
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=10500)
+    parser.add_argument("--mlp-ratio", type=int, default=2, help="MLP width over the model's width")
+    parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=300, help="linear learning-rate warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument(
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         help="steps over which background clutter ramps from 0 to the full dataset's (then stays at 1)",
     )
     parser.add_argument("--held-out", type=int, default=2000)
+    parser.add_argument(
+        "--held-out-seed",
+        type=int,
+        default=HELD_OUT_SEED,
+        help="stream the held-out accuracy is measured on (pilot runs that choose settings use another)",
+    )
     parser.add_argument("--time-limit", type=float, default=38 * 60, help="stop early after this many seconds")
     parser.add_argument(
         "--token-label-weight",
@@ -123,11 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the auxiliary token-labelling loss (0 turns it off); its head is not saved",
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and augmentation seed")
+    parser.add_argument(
+        "--echo",
+        type=int,
+        default=2,
+        help="steps each generated batch is used for, each time under a new flip/quarter turn "
+        "(data echoing, Choi et al. 2019: generating images costs about a quarter of a step)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.echo < 1:
+        parser.error(f"--echo must be at least 1, got {args.echo}")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = ViTForImageClassification(model_config(args.size, args.hidden_size, args.layers))
+    model = ViTForImageClassification(model_config(args.size, args.hidden_size, args.layers, args.mlp_ratio))
     # Token labelling (Jiang et al. 2021, "All Tokens Matter"): every patch token of the last
     # layer also predicts its own label from the mask. Dense supervision gets a ViT trained from
     # scratch off the chance plateau far sooner than the CLS loss alone; the head is dropped after
@@ -149,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     for step in range(args.steps):
         clutter = min(1.0, step / args.curriculum) if args.curriculum > 0 else 1.0
-        images, masks, labels = generate_shapes(
-            args.batch, TRAIN_SEED, args.size, start=step * args.batch, clutter=clutter
-        )
+        if step % args.echo == 0:
+            fresh = generate_shapes(
+                args.batch, TRAIN_SEED, args.size, start=step // args.echo * args.batch, clutter=clutter
+            )
+        images, masks, labels = fresh
         images, masks = augment(images, masks, rng)
         tokens = model.vit(normalize(images)).last_hidden_state
         loss = class_loss = loss_function(model.classifier(tokens[:, 0]), torch.from_numpy(labels))
@@ -174,15 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if step % 1000 == 999:
-            held_out = accuracy(model, 500, HELD_OUT_SEED, args.size)
+            held_out = accuracy(model, 500, args.held_out_seed, args.size)
             log.append((step + 1, round(elapsed), held_out))
             print(f"  held-out accuracy (500 images) {held_out:.3f}", flush=True)
         if elapsed > args.time_limit:
             print(f"time limit reached after {step + 1} steps", flush=True)
             break
     train_seconds = time.perf_counter() - started
-    final = accuracy(model, args.held_out, HELD_OUT_SEED, args.size)
-    print(f"held-out accuracy on {args.held_out} images (seed {HELD_OUT_SEED}): {final:.4f}")
+    final = accuracy(model, args.held_out, args.held_out_seed, args.size)
+    print(f"held-out accuracy on {args.held_out} images (seed {args.held_out_seed}): {final:.4f}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(args.out, safe_serialization=True)
@@ -198,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "init_seed": args.seed,
         "train_stream_seed": TRAIN_SEED,
-        "held_out_stream_seed": HELD_OUT_SEED,
+        "held_out_stream_seed": args.held_out_seed,
         "steps": step + 1,
         "batch": args.batch,
-        "train_images_seen": (step + 1) * args.batch,
+        "echo": args.echo,
+        "train_images_seen": (step // args.echo + 1) * args.batch,
+        "train_views": (step + 1) * args.batch,
         "train_seconds": round(train_seconds),
         "held_out_images": args.held_out,
         "held_out_accuracy": final,
