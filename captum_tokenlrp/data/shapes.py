@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SHAPE_CLASSES = ("disc", "square", "triangle", "ring", "cross", "star")
+SHAPE_CLASSES = ("disc", "crescent", "triangle", "ring", "cross", "star")
 
 #: ImageNet statistics (the bundled model's image processor uses them too).
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -27,7 +27,8 @@ def _object_mask(label: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.
     if label == 0:
         return rho <= radius
     if label == 1:
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8 * radius
+        # A disc less an offset disc: open on one side, unlike the ring.
+        return (rho <= radius) & (np.hypot(u - 0.4 * radius, v) > 0.85 * radius)
     if label == 2:
         r = 1.1 * radius
         return (v >= -0.5 * r) & (np.sqrt(3) * u + v <= r) & (-np.sqrt(3) * u + v <= r)
@@ -75,7 +76,11 @@ def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> 
     mask = _object_mask(label, u, v, radius)
     under = image[mask].mean(axis=0) if mask.any() else image.mean(axis=(0, 1))
     direction = rng.normal(size=3)
-    colour = np.clip(under + rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction), 0, 1)
+    step = rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction)
+    # Clipping to [0, 1] can eat the step (a light object on a light background); of the
+    # two opposite steps, take the one that keeps more of it.
+    candidates = np.clip(under + step, 0, 1), np.clip(under - step, 0, 1)
+    colour = max(candidates, key=lambda candidate: float(np.linalg.norm(candidate - under)))
     image[mask] = colour
     image = image + clutter * rng.normal(0, 0.03, image.shape)
     return np.clip(image, 0, 1).astype(np.float32), mask
