@@ -26,7 +26,8 @@ __all__ = [
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "bundled" / "sample.png"
 #: ``(stream seed, index)`` of the bundled sample in :func:`captum_tokenlrp.data.generate_shapes`
-#: (a star; stream 2 is never used for training), so its object mask can be regenerated.
+#: (a star; stream 2 is never used for training), so its object mask can be regenerated. It is
+#: ``images/shape_000005.png`` of ``tokenlrp shapes DIR --count 6 --seed 2``.
 BUNDLED_SAMPLE_SOURCE = (2, 5)
 
 #: Architecture of the public DINO ViT checkpoints (Caron et al. 2021).

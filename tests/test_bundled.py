@@ -45,10 +45,9 @@ def test_loads_offline_with_the_required_architecture(monkeypatch):
     assert not model.training
 
 
-def test_held_out_accuracy_on_fresh_images_matches_the_training_record(bundled):
-    # The target is 95 %; the shipped model reaches about 93 % (see training.json), so
-    # this test holds the model to its own record: 500 images from a stream neither training nor
-    # the record used agree with the recorded accuracy within 3 binomial standard errors.
+def test_held_out_accuracy_on_fresh_images_reaches_the_target_and_the_record(bundled):
+    # 500 images from a stream neither training nor the record used: at least the 95 %,
+    # and within 3 binomial standard errors of the accuracy the training record reports.
     record = json.loads((BUNDLED_MODEL_DIR / "training.json").read_text())
     images, _, labels = generate_shapes(500, TEST_SEED, bundled.config.image_size)
     with torch.no_grad():
@@ -56,14 +55,14 @@ def test_held_out_accuracy_on_fresh_images_matches_the_training_record(bundled):
     accuracy = (predicted.numpy() == labels).mean()
     recorded = record["held_out_accuracy"]
     standard_error = (recorded * (1 - recorded) / 500) ** 0.5
-    assert accuracy >= 0.9, f"held-out accuracy {accuracy:.3f}"
+    assert accuracy >= 0.95, f"held-out accuracy {accuracy:.3f} on 500 images of stream {TEST_SEED}"
     assert abs(accuracy - recorded) <= 3 * standard_error, f"{accuracy:.3f} vs recorded {recorded:.3f}"
 
 
 def test_training_record_is_complete():
     record = json.loads((BUNDLED_MODEL_DIR / "training.json").read_text())
     assert record["command"].startswith("python scripts/train_bundled.py")
-    assert record["held_out_accuracy"] >= 0.9 and record["held_out_images"] >= 500
+    assert record["held_out_accuracy"] >= 0.95 and record["held_out_images"] >= 500
     assert record["train_seconds"] <= 40 * 60
     assert record["train_stream_seed"] != record["held_out_stream_seed"]
 
