@@ -41,7 +41,7 @@ from captum_tokenlrp.data.shapes import MEAN, SHAPE_CLASSES, STD, generate_shape
 TRAIN_SEED, HELD_OUT_SEED = 0, 1
 
 
-def model_config(size: int, hidden_size: int = 96, layers: int = 6, mlp_ratio: int = 4) -> ViTConfig:
+def model_config(size: int, hidden_size: int = 72, layers: int = 6, mlp_ratio: int = 2) -> ViTConfig:
     """6 heads as DINO ViT-S, patch 8, MLP width ``mlp_ratio`` times the model's."""
     return ViTConfig(
         image_size=size,
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.echo < 1:
         parser.error(f"--echo must be at least 1, got {args.echo}")
+    if args.held_out_seed == TRAIN_SEED:
+        parser.error(f"--held-out-seed must differ from the training stream {TRAIN_SEED}")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

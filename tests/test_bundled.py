@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import ViTForImageClassification
 
 from captum_tokenlrp import TokenRelevanceLRP
 from captum_tokenlrp.baselines import AttentionRollout, RandomRelevance, TokenGradCAM
@@ -65,6 +68,41 @@ def test_training_record_is_complete():
     assert record["held_out_accuracy"] >= 0.95 and record["held_out_images"] >= 500
     assert record["train_seconds"] <= 40 * 60
     assert record["train_stream_seed"] != record["held_out_stream_seed"]
+
+
+def _training_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_bundled.py"
+    spec = importlib.util.spec_from_file_location("train_bundled", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_script_writes_a_loadable_model_and_an_honest_record(tmp_path, monkeypatch):
+    # A few steps of the real script, small: the record counts each generated batch once
+    # although it serves ``echo`` steps, and the output loads as a plain HF classifier.
+    train = _training_script()
+    generated_starts = []
+
+    def counting_generate_shapes(count, seed, size, start=0, clutter=1.0):
+        generated_starts.append((seed, start))
+        return generate_shapes(count, seed, size, start=start, clutter=clutter)
+
+    monkeypatch.setattr(train, "generate_shapes", counting_generate_shapes)
+    out = tmp_path / "model"
+    argv = ["--steps", "5", "--batch", "6", "--echo", "2", "--hidden-size", "24", "--held-out", "12", "--out", str(out)]
+    assert train.main(argv) == 0
+    training_starts = [start for seed, start in generated_starts if seed == 0]
+    assert training_starts == [0, 6, 12]  # 5 steps, each batch of 6 serving 2 steps, never repeated after
+    record = json.loads((out / "training.json").read_text())
+    assert (record["steps"], record["echo"]) == (5, 2)
+    assert (record["train_images_seen"], record["train_views"]) == (3 * 6, 5 * 6)
+    assert (record["train_stream_seed"], record["held_out_stream_seed"]) == (0, 1)
+    assert 0.0 <= record["held_out_accuracy"] <= 1.0 and record["held_out_images"] == 12
+    model = ViTForImageClassification.from_pretrained(out)
+    assert (model.config.num_attention_heads, model.config.patch_size, model.config.intermediate_size) == (6, 8, 48)
+    with pytest.raises(SystemExit):
+        train.main(["--held-out-seed", "0", "--out", str(out)])
 
 
 def test_sample_is_a_regenerable_image_the_model_classifies_and_explains_on_the_object(bundled):
