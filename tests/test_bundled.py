@@ -122,7 +122,7 @@ def test_sample_is_a_regenerable_image_the_model_classifies_and_explains_on_the_
     assert relevance_mass(grid, torch.from_numpy(mask)).item() > object_area
 
 
-def test_cli_explain_defaults_to_the_bundled_sample(tmp_path, capsys):
+def test_cli_explain_defaults_to_the_bundled_sample(bundled, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", "--model", "bundled", "--out", str(out)]) == 0
     assert "sample.png" in capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_cli_explain_defaults_to_the_bundled_sample(tmp_path, capsys):
         assert saved[f"rule_{rule}_fused"].shape == (65,)
         assert saved[f"rule_{rule}_per_head"].shape == (6, 65)
         np.testing.assert_allclose(saved[f"rule_{rule}_fused"].sum(), 1.0, atol=1e-5)
-    relevance = TokenRelevanceLRP(load_bundled_model()).token_relevance(
+    relevance = TokenRelevanceLRP(bundled).token_relevance(
         normalize(np.asarray(bundled_sample_image(), dtype=np.float32)[None] / 255)
     )
     np.testing.assert_allclose(saved["rule_iv_fused"], relevance[0].numpy(), atol=1e-4)

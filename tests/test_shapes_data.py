@@ -70,9 +70,8 @@ def test_clutter_curriculum_keeps_the_objects_and_plains_the_background():
     plain, plain_masks, plain_labels = generate_shapes(12, seed=2, clutter=0.0)
     assert np.array_equal(masks, plain_masks) and np.array_equal(labels, plain_labels)
     background_spread = [image[~mask].std(axis=0).mean() for image, mask in zip(plain, plain_masks, strict=True)]
-    assert (
-        max(background_spread) < 1e-4
-    )  # one flat colour (up to float32 rounding): no gradient, texture, blobs or noise
+    # One flat colour (up to float32 rounding): no gradient, texture, blobs or noise.
+    assert max(background_spread) < 1e-4
     assert min(image[~mask].std(axis=0).mean() for image, mask in zip(full, masks, strict=True)) > 0.02
     with pytest.raises(ValueError, match="clutter"):
         generate_shapes(1, seed=2, clutter=1.5)
