@@ -8,9 +8,13 @@ architecture of a DINO checkpoint.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import torch
+
+from ._adapters import adapter_class_for_model_type, supported_model_classes, supported_model_types
 
 __all__ = [
     "BUNDLED_MODEL_DIR",
@@ -18,9 +22,12 @@ __all__ = [
     "bundled_sample_image",
     "dino_config",
     "load_bundled_model",
+    "load_model",
     "load_vit",
     "random_dino_model",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The small ViT trained on the synthetic shapes data that ships with the package.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
@@ -87,18 +94,87 @@ def random_dino_model(name: str = "facebook/dino-vits16", seed: int = 0, **overr
     return model.eval()
 
 
-def load_vit(name_or_path: str, **kwargs: object):
-    """Load a ViT (e.g. ``"facebook/dino-vits16"`` or a local directory) with ``from_pretrained``.
+def _is_path_like(name: str) -> bool:
+    """Whether ``name`` can only be a local path (a hub id is ``name`` or ``owner/name``)."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
 
-    Classifier checkpoints load as ``ViTForImageClassification``, others as ``ViTModel``.
-    ``kwargs`` go to ``from_pretrained`` (``attn_implementation``, ``torch_dtype``, ...).
+
+def _model_class_for(config, source: str):
+    """The class of the checkpoint's own architecture, among those an adapter explains."""
+    model_type = getattr(config, "model_type", None)
+    adapter = adapter_class_for_model_type(model_type) if model_type else None
+    classes = adapter.model_classes() if adapter is not None else ()
+    if not classes:
+        raise ValueError(
+            f"{source} is a {model_type or 'unknown'!s} checkpoint ({type(config).__name__}), which this "
+            f"package cannot explain. Supported model types: {', '.join(supported_model_types())} "
+            f"(classes: {', '.join(supported_model_classes())})."
+        )
+    by_name = {model_class.__name__: model_class for model_class in classes}
+    architectures = list(getattr(config, "architectures", None) or [])
+    for architecture in architectures:
+        if architecture in by_name:
+            return adapter, by_name[architecture]
+    if architectures:
+        # Another head of a supported family (e.g. ViTForMaskedImageModeling): explain its encoder,
+        # which has exactly the checkpoint's architecture; the head is not loaded.
+        logger.info("%s: %s is not explained as such; loading its encoder %s.", source, architectures[0], classes[0])
+    return adapter, classes[0]
+
+
+def load_model(name_or_path: str | os.PathLike, **kwargs: object):
+    """Load a checkpoint into the class of its own architecture, in eval mode.
+
+    The checkpoint's ``config.json`` decides: ``model_type`` names the family (ViT, DeiT,
+    DINOv2, DINOv2 with registers) and ``architectures`` the class (base model or
+    classifier, e.g. ``DeiTForImageClassificationWithTeacher``), so weights are never
+    loaded into a different architecture. A base model is loaded without a pooling layer
+    (the explanation never reads it).
+
+    Parameters
+    ----------
+    name_or_path : str or PathLike
+        A hub id (``"facebook/dino-vits16"``) or a local ``save_pretrained`` directory.
+    **kwargs
+        Passed to ``from_pretrained`` (``attn_implementation``, ``dtype``, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a local path is given and does not exist, or has no ``config.json``.
+    ValueError
+        If the checkpoint's family is not supported (the message names those that are).
     """
-    from transformers import AutoConfig, ViTForImageClassification, ViTModel
+    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(name_or_path)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = ViTForImageClassification if "ViTForImageClassification" in architectures else ViTModel
-    return model_class.from_pretrained(name_or_path, **kwargs).eval()
+    source = os.fspath(name_or_path)
+    local = Path(source).expanduser()
+    if local.exists() or _is_path_like(source):
+        if not local.is_dir():
+            raise FileNotFoundError(
+                f"Model directory {source} does not exist{' (it is a file)' if local.exists() else ''}. "
+                "Pass a folder written by save_pretrained (with config.json), a hub id such as "
+                "facebook/dino-vits16, or 'bundled'."
+            )
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{source} has no config.json: it is not a checkpoint folder written by save_pretrained."
+            )
+        source = str(local)
+    config = AutoConfig.from_pretrained(source)
+    adapter, model_class = _model_class_for(config, source)
+    options = {**adapter.loading_options(model_class), **kwargs}
+    return model_class.from_pretrained(source, **options).eval()
+
+
+def load_vit(name_or_path: str | os.PathLike, **kwargs: object):
+    """Alias of :func:`load_model`, kept for 0.1 code (it now loads every supported family)."""
+    return load_model(name_or_path, **kwargs)
 
 
 def load_bundled_model(**kwargs: object):

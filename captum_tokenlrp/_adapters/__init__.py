@@ -7,16 +7,20 @@ from .base import (
     AttentionSite,
     ModelAdapter,
     TokenLayout,
+    adapter_class_for_model_type,
     adapter_for,
     register_adapter,
     supported_model_classes,
+    supported_model_types,
 )
 
 __all__ = [
     "AttentionSite",
     "ModelAdapter",
     "TokenLayout",
+    "adapter_class_for_model_type",
     "adapter_for",
     "register_adapter",
     "supported_model_classes",
+    "supported_model_types",
 ]

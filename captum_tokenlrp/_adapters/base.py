@@ -9,6 +9,7 @@ architecture is one small subclass of :class:`ModelAdapter` registered with
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ class ModelAdapter(ABC):
     #: Whether the model accepts any image size (it always interpolates its position embeddings).
     any_image_size: ClassVar[bool] = False
 
+    #: ``config.model_type`` values of the checkpoints this adapter explains (for loading by config).
+    model_types: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         #: The headless model (``model`` itself unless it is a task model around one).
@@ -109,6 +113,16 @@ class ModelAdapter(ABC):
     @abstractmethod
     def handles(cls, model: nn.Module) -> bool:
         """Whether this adapter understands ``model``."""
+
+    @classmethod
+    def model_classes(cls) -> tuple[type, ...]:
+        """The loadable model classes (``from_pretrained``), the headless one first; empty if none."""
+        return ()
+
+    @classmethod
+    def loading_options(cls, model_class: type) -> dict[str, object]:
+        """Extra ``from_pretrained`` arguments for ``model_class`` (e.g. no unused pooler)."""
+        return {}
 
     @abstractmethod
     def attention_sites(self) -> list[AttentionSite]:
@@ -166,14 +180,60 @@ def supported_model_classes() -> Sequence[str]:
     return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.supported_class_names)
 
 
+def adapter_class_for_model_type(model_type: str) -> type[ModelAdapter] | None:
+    """The registered adapter that explains checkpoints of ``config.model_type``, if any."""
+    for adapter in _ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    return None
+
+
+def supported_model_types() -> Sequence[str]:
+    """``config.model_type`` values some registered adapter can load and explain."""
+    return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.model_types)
+
+
+def unwrap_model(model: object) -> object:
+    """The model inside a wrapper the explanation cannot hook, with a warning saying which.
+
+    ``torch.compile`` (its graph bypasses the forward hooks the recorder uses) -> ``._orig_mod``;
+    ``nn.DataParallel`` / ``DistributedDataParallel`` -> ``.module``; a transformers ``Pipeline``
+    -> ``.model``. The explanation runs the unwrapped module, which shares the wrapper's parameters.
+    """
+    seen = []
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner, how = model.module, ".module"
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            inner, how = model._orig_mod, "._orig_mod"
+        elif not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module) and hasattr(
+            model, "task"
+        ):  # a transformers Pipeline
+            inner, how = model.model, ".model"
+        else:
+            break
+        seen.append(f"{type(model).__name__} -> {how}")
+        model = inner
+    if seen:
+        warnings.warn(
+            f"Explaining the model inside its wrapper ({'; '.join(seen)}): hooks cannot observe a compiled "
+            "or replicated forward, so the unwrapped module (same parameters) runs on one device. Pass the "
+            "unwrapped model yourself to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model
+
+
 def adapter_for(model: object) -> ModelAdapter:
-    """The adapter for ``model``.
+    """The adapter for ``model`` (after :func:`unwrap_model`).
 
     Raises
     ------
     TypeError
         If ``model`` is not an ``nn.Module`` or no adapter handles its class.
     """
+    model = unwrap_model(model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected a HuggingFace vision Transformer (torch.nn.Module), got {type(model).__name__}.")
     for adapter in _ADAPTERS:

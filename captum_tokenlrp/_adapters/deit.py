@@ -19,6 +19,7 @@ class DeiTAdapter(HFViTFamilyAdapter):
     """
 
     supported_class_names = ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
+    model_types = ("deit",)
     backbone_attribute = "deit"
 
     @classmethod

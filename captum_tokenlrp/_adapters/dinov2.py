@@ -28,6 +28,7 @@ class _Dinov2Family(HFViTFamilyAdapter):
 @register_adapter
 class Dinov2Adapter(_Dinov2Family):
     supported_class_names = ("Dinov2Model", "Dinov2ForImageClassification")
+    model_types = ("dinov2",)
     backbone_attribute = "dinov2"
 
     @classmethod
@@ -46,6 +47,7 @@ class Dinov2Adapter(_Dinov2Family):
 @register_adapter
 class Dinov2WithRegistersAdapter(_Dinov2Family):
     supported_class_names = ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification")
+    model_types = ("dinov2_with_registers",)
     backbone_attribute = "dinov2_with_registers"
 
     @classmethod

@@ -13,6 +13,7 @@ which special tokens precede the patches, and how a classifier reads them.
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 from torch import nn
@@ -44,12 +45,23 @@ class HFViTFamilyAdapter(ModelAdapter):
         raise NotImplementedError
 
     @classmethod
-    def handles(cls, model: nn.Module) -> bool:
+    def model_classes(cls) -> tuple[type, ...]:
         try:
-            classes = cls.base_classes() + cls.classifier_classes()
+            return cls.base_classes() + cls.classifier_classes()
         except ImportError:  # an older transformers without this family
-            return False
-        return isinstance(model, classes)
+            return ()
+
+    @classmethod
+    def loading_options(cls, model_class: type) -> dict[str, object]:
+        # A base model's pooler is never read by the explanation (and DINO checkpoints have none).
+        if model_class in cls.base_classes() and "add_pooling_layer" in inspect.signature(model_class).parameters:
+            return {"add_pooling_layer": False}
+        return {}
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        classes = cls.model_classes()
+        return bool(classes) and isinstance(model, classes)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -9,6 +9,7 @@ from .hf_vit_family import HFViTFamilyAdapter
 @register_adapter
 class ViTAdapter(HFViTFamilyAdapter):
     supported_class_names = ("ViTModel", "ViTForImageClassification")
+    model_types = ("vit",)
     backbone_attribute = "vit"
 
     @classmethod

@@ -1,0 +1,53 @@
+"""Model builders shared by several test modules (seeded random-init models of every family)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from conftest import TINY, seeded
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    DeiTModel,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+)
+
+SMALL = TINY
+
+# name -> (factory, special tokens)
+FAMILIES = {
+    "DeiTModel": (lambda: DeiTModel(DeiTConfig(**SMALL), add_pooling_layer=False), 2),
+    "DeiTForImageClassification": (lambda: DeiTForImageClassification(DeiTConfig(**SMALL, num_labels=3)), 2),
+    "DeiTForImageClassificationWithTeacher": (
+        lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**SMALL, num_labels=3)),
+        2,
+    ),
+    "Dinov2Model": (lambda: Dinov2Model(Dinov2Config(**SMALL)), 1),
+    "Dinov2ForImageClassification": (lambda: Dinov2ForImageClassification(Dinov2Config(**SMALL, num_labels=3)), 1),
+}
+# DINOv2 with registers arrived in transformers 4.48: test it wherever it exists (both CI environments).
+if hasattr(transformers, "Dinov2WithRegistersModel"):
+    _REGISTERS = transformers.Dinov2WithRegistersConfig
+    FAMILIES["Dinov2WithRegistersModel"] = (
+        lambda: transformers.Dinov2WithRegistersModel(_REGISTERS(**SMALL, num_register_tokens=4)),
+        5,
+    )
+    FAMILIES["Dinov2WithRegistersForImageClassification"] = (
+        lambda: transformers.Dinov2WithRegistersForImageClassification(
+            _REGISTERS(**SMALL, num_register_tokens=4, num_labels=3)
+        ),
+        5,
+    )
+
+
+def build(name):
+    factory, specials = FAMILIES[name]
+    model = seeded(factory, trained_norms=True)
+    with torch.no_grad():  # DINOv2's LayerScale starts at 1.0: give it trained-looking values too
+        for module_name, parameter in model.named_parameters():
+            if "lambda1" in module_name:
+                parameter.copy_(0.5 + torch.rand_like(parameter))
+    return model, specials
