@@ -89,8 +89,13 @@ def test_rollout_without_discard_equals_rule_i(fusion, tiny_model, tiny_images):
     torch.testing.assert_close(rollout, rule_i, atol=1e-6, rtol=1e-5)
 
 
-def vit_explain_rollout(attentions, discard_ratio, fusion, sample):
-    """vit-explain's rollout loop for one sample (its discard applied to that sample, not item 0)."""
+def vit_explain_rollout(attentions, discard_ratio, fusion, sample, keepdim=True):
+    """vit-explain's rollout loop for one sample (its discard applied to that sample, not item 0).
+
+    vit-explain itself divides by ``a.sum(dim=-1)`` without ``keepdim`` (its issue #16), which
+    divides columns instead of rows; ``keepdim=True`` is the row-normalised version this package
+    implements, ``keepdim=False`` the literal one.
+    """
     n = attentions[0].shape[-1]
     result = torch.eye(n, dtype=torch.float64)
     for attention in attentions:
@@ -102,7 +107,7 @@ def vit_explain_rollout(attentions, discard_ratio, fusion, sample):
         flat[indices] = 0
         fused = flat.reshape(n, n)
         a = (fused + torch.eye(n, dtype=torch.float64)) / 2
-        a = a / a.sum(dim=-1, keepdim=True)
+        a = a / a.sum(dim=-1, keepdim=True) if keepdim else a / a.sum(dim=-1)
         result = a @ result
     return result[0]
 
@@ -117,6 +122,19 @@ def test_rollout_discard_is_per_sample(fusion, tiny_images):
         torch.testing.assert_close(ours[sample].double(), expected, atol=1e-6, rtol=1e-5)
     single = AttentionRollout(model).token_relevance(tiny_images[2:], head_fusion=fusion, discard_ratio=0.5)
     torch.testing.assert_close(ours[2:], single, atol=1e-6, rtol=1e-5)
+
+
+def test_literal_vit_explain_differs_only_where_documented(tiny_images):
+    """Mean fusion without discard: rows of (A + I) / 2 already sum to 1, so both agree; max fusion or a
+    discard ratio: vit-explain's column-wise division gives another map (as AttentionRollout documents)."""
+    model = eager("model")
+    attentions = eager_attentions(model, tiny_images)
+    ours = AttentionRollout(model)
+    for fusion, ratio, differs in (("mean", 0.0, False), ("max", 0.0, True), ("mean", 0.5, True)):
+        mine = ours.token_relevance(tiny_images, head_fusion=fusion, discard_ratio=ratio)[0].double()
+        literal = vit_explain_rollout(attentions, ratio, fusion, 0, keepdim=False)
+        gap = float((mine / mine.max() - literal / literal.max()).abs().max())
+        assert (gap > 1e-3) if differs else (gap < 1e-6), (fusion, ratio, gap)
 
 
 def chefer_reference(model, images, targets):

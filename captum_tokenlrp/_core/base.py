@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,12 @@ from .._utils.validation import (
     format_pixel_inputs,
     forward_arguments,
 )
-from .capture import record_layers
+from .capture import LayerProjections, record_layers
+
+#: Class-specific methods of the package, named in the warning of class-agnostic ones.
+CLASS_SPECIFIC_METHODS = (
+    "captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or TokenGradCAM"
+)
 
 
 @contextmanager
@@ -60,6 +66,8 @@ class TokenAttribution(Attribution):
 
     def __init__(self, model: nn.Module) -> None:
         self._adapter = adapter_for(model)
+        # A wrapper (torch.compile, DataParallel, pipeline) is explained through the model inside it.
+        model = self._adapter.model
         super().__init__(model)
         self.model = model
 
@@ -90,12 +98,18 @@ class TokenAttribution(Attribution):
 
     def _record(self, prepared: PreparedInputs, sites: list[AttentionSite], compute) -> list[Tensor]:
         """One forward pass (no grad, eval mode) recording ``compute(state)`` for each site."""
-        with evaluation_mode(self.model), torch.no_grad(), record_layers(sites, compute) as kept:
+        token_counts: list[int] = []
+
+        def counted(layer: LayerProjections):
+            token_counts.append(layer.query.shape[1])
+            return compute(layer)
+
+        with evaluation_mode(self.model), torch.no_grad(), record_layers(sites, counted) as kept:
             self.model(prepared.pixel_values, *prepared.args, **prepared.kwargs)
         unrecorded = [site.layer_index for site, value in zip(sites, kept, strict=True) if value is None]
         if unrecorded:
             raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")
-        num_tokens = kept[0].shape[-1]
+        num_tokens = token_counts[0]
         if num_tokens != prepared.layout.num_tokens:
             layout = prepared.layout
             raise RuntimeError(
@@ -103,6 +117,42 @@ class TokenAttribution(Attribution):
                 f"({layout.num_special_tokens} special + {layout.grid[0]}x{layout.grid[1]} patches)."
             )
         return kept
+
+    def _check_finite(self, relevance: Tensor, layers: Sequence[Tensor], prepared: PreparedInputs) -> Tensor:
+        """Return ``relevance``, or raise a ValueError naming the first layer that went non-finite.
+
+        One reduction on the result; the layers are scanned only when it is not finite.
+        """
+        if bool(torch.isfinite(relevance.sum())):
+            return relevance
+        where = next((index for index, matrix in enumerate(layers) if not bool(torch.isfinite(matrix).all())), None)
+        pixel_values = prepared.pixel_values
+        dtype = next(self.model.parameters()).dtype
+        largest = float(pixel_values.detach().abs().amax())
+        place = (
+            f"in layer {where} (0 = nearest the input) of {len(layers)}: its attention probabilities or value "
+            f"vectors are NaN or infinite, i.e. the model's activations overflowed {dtype}"
+            if where is not None
+            else "while propagating (every layer's matrix is finite)"
+        )
+        raise ValueError(
+            f"Relevance became non-finite {place}. The input reaches |pixel_values| = {largest:.3g}; an image "
+            "processor's output is normally within a few units. Check the input's scaling and normalisation "
+            "(use the model's image processor), or run the model in float32."
+        )
+
+    def _warn_target_ignored(self, target: object, alternatives: str) -> None:
+        """Say once per instance that a classifier's ``target`` does not change this method's map."""
+        if target is None or not self._adapter.is_classifier or getattr(self, "_warned_target", False):
+            return
+        self._warned_target = True
+        warnings.warn(
+            f"{type(self).__name__} is class-agnostic: on a classifier its map starts where the head reads "
+            f"and does not depend on target={target!r} (by design; the paper explains label-free models). "
+            f"For class-specific maps use {alternatives}. This warning is shown once per instance.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _pixels(self, relevance: Tensor, prepared: PreparedInputs) -> Tensor:
         """`(batch, num_tokens)` relevance -> `(batch, channels, height, width)` pixel map."""

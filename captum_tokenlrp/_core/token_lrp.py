@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -13,7 +14,7 @@ from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
 from .._utils.workspace import Workspace
 from ..rules import TokenRule, get_rule
-from .base import PreparedInputs, TokenAttribution
+from .base import CLASS_SPECIFIC_METHODS, PreparedInputs, TokenAttribution
 from .capture import LayerProjections
 from .propagation import (
     FUSED_HEAD_MODES,
@@ -120,7 +121,7 @@ class TokenRelevanceLRP(TokenAttribution):
         """
         return [self._rule_for(site) for site in self.attention_sites]
 
-    def _rule_for(self, site: AttentionSite) -> TokenRule:
+    def _rule_for(self, site: AttentionSite, default: TokenRule | None = None) -> TokenRule:
         found = []
         for module in site.rule_modules:
             rule = getattr(module, "rule", None)
@@ -137,7 +138,9 @@ class TokenRelevanceLRP(TokenAttribution):
                 f"Layer {site.layer_index} has two different rules set ({found[0]!r} and {found[1]!r}) "
                 "on its attention modules; set it on one of them."
             )
-        return found[0] if found else self.rule
+        if found:
+            return found[0]
+        return self.rule if default is None else default
 
     # -------------------------------------------------------------- relevance
     def token_relevance(
@@ -159,8 +162,9 @@ class TokenRelevanceLRP(TokenAttribution):
             For a model without a head (``ViTModel``, DINO): the output token to
             explain, per sample or for all (default 0, CLS). For a classifier:
             the class index; it is validated but, since rules (i)-(iv) do not
-            depend on the class, relevance starts at CLS whatever the class (a
-            class-sensitive variant is later work).
+            depend on the class, relevance starts where the head reads whatever
+            the class (a ``UserWarning`` says so once per instance). Any integer
+            type Captum accepts: int, numpy integers, sequences, arrays, tensors.
         additional_forward_args : tuple, dict or object, optional
             Extra arguments for the model's forward: a tuple is passed
             positionally after ``inputs`` (Captum convention), a dict by keyword,
@@ -196,12 +200,89 @@ class TokenRelevanceLRP(TokenAttribution):
     ) -> _Relevance:
         head_fusion = check_head_fusion(head_fusion)
         prepared = self._prepare(inputs, additional_forward_args)
+        start = self._start(prepared, target, initial_relevance)
+        kept = self._layer_matrices(prepared, head_fusion)
+        return _Relevance(self._check_finite(propagate(start, kept, head_fusion), kept, prepared), start, prepared)
+
+    def _start(self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None) -> Tensor:
         pixel_values = prepared.pixel_values
         start = start_relevance(
             target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
         )
-        kept = self._layer_matrices(prepared, head_fusion)
-        return _Relevance(propagate(start, kept, head_fusion), start, prepared)
+        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
+        return start
+
+    def token_relevance_by_rule(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        rules: Sequence[str | TokenRule],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        initial_relevance: Tensor | None = None,
+        head_fusions: Sequence[HeadFusion] = ("mean",),
+    ) -> dict[str, dict[HeadFusion, Tensor]]:
+        """Several rules and head modes from **one** forward pass.
+
+        The attention probabilities, value vectors and derived quantities (centred value norms,
+        pairwise value distances) of each layer are computed once and shared by every rule.
+        ``result[name][mode]`` equals ``TokenRelevanceLRP(model, rule).token_relevance(inputs,
+        ..., head_fusion=mode)``.
+
+        Parameters
+        ----------
+        inputs, target, additional_forward_args, initial_relevance
+            As in :meth:`token_relevance`.
+        rules : sequence of str or TokenRule
+            Rules to use as the default of every layer (a rule set on a layer's module still
+            overrides it there, as in :meth:`token_relevance`).
+        head_fusions : sequence of str or None, default ("mean",)
+            Head modes of :meth:`token_relevance`, e.g. ``("mean", None)`` for the fused map and
+            one map per head.
+
+        Returns
+        -------
+        dict of str to dict
+            ``{rule name: {head mode: relevance}}``; the rule name is the string given, or the
+            rule's ``name`` (its ``repr`` when unnamed). Shapes as in :meth:`token_relevance`.
+        """
+        if isinstance(rules, (str, TokenRule)) or not rules:
+            raise TypeError(f"rules must be a non-empty sequence of rule names or TokenRules, got {rules!r}.")
+        if isinstance(head_fusions, str) or head_fusions is None or not head_fusions:
+            raise TypeError(f"head_fusions must be a non-empty sequence of head modes, got {head_fusions!r}.")
+        names = [rule if isinstance(rule, str) else (getattr(rule, "name", None) or repr(rule)) for rule in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rules must be distinct, got {names}.")
+        defaults = [get_rule(rule) for rule in rules]
+        modes = list(dict.fromkeys(check_head_fusion(mode) for mode in head_fusions))
+        prepared = self._prepare(inputs, additional_forward_args)
+        start = self._start(prepared, target, initial_relevance)
+        sites = self.attention_sites
+        layer_rules = [[self._rule_for(site, default) for default in defaults] for site in sites]
+        last_layer = len(sites) - 1
+
+        def redistributions(layer: LayerProjections) -> dict[tuple[int, HeadFusion], Tensor]:
+            rules_here = layer_rules[layer.layer_index]
+            distinct = list({id(rule): rule for rule in rules_here}.values())
+            chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
+            for state in layer.head_chunks(self.max_chunk_elements):
+                for rule in distinct:  # one state per chunk: rules share its cached norms and distances
+                    chunks[id(rule)].append(rule.redistribution(state))
+            is_last = layer.layer_index == last_layer
+            return {
+                (position, mode): reduce_layer(chunks[id(rule)], mode, is_last, layer.site.num_heads)
+                for position, rule in enumerate(rules_here)
+                for mode in modes
+            }
+
+        kept = self._record(prepared, sites, redistributions)
+        result: dict[str, dict[HeadFusion, Tensor]] = {}
+        for position, name in enumerate(names):
+            result[name] = {}
+            for mode in modes:
+                layers = [matrices[position, mode] for matrices in kept]
+                result[name][mode] = self._check_finite(propagate(start, layers, mode), layers, prepared)
+        return result
 
     def _layer_matrices(self, prepared: PreparedInputs, head_fusion: str | None) -> list[Tensor]:
         """One forward pass; per layer the redistribution matrix the head mode needs."""
@@ -250,7 +331,7 @@ class TokenRelevanceLRP(TokenAttribution):
         kept = self._layer_matrices(prepared, head_fusion)
         batch, tokens = len(prepared.pixel_values), prepared.layout.num_tokens
         identity = torch.eye(tokens, device=prepared.pixel_values.device).expand(batch, tokens, tokens)
-        return propagate_chains(identity, kept, head_fusion)
+        return self._check_finite(propagate_chains(identity, kept, head_fusion), kept, prepared)
 
     # ---------------------------------------------------------- attribution
     @overload

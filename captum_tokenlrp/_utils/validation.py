@@ -6,12 +6,13 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._adapters import ModelAdapter, TokenLayout
 
-TargetType = int | list[int] | tuple[int, ...] | Tensor | None
+TargetType = int | np.integer | list[int] | tuple[int, ...] | np.ndarray | Tensor | None
 
 
 def format_pixel_inputs(inputs: object) -> tuple[Tensor, bool]:
@@ -37,13 +38,19 @@ def forward_arguments(additional_forward_args: object) -> tuple[tuple, dict[str,
 
     Captum passes extra arguments positionally after the inputs (a tuple, or one
     non-tuple value); a mapping is taken as keyword arguments, which is clearer
-    for HuggingFace models (``{"interpolate_pos_encoding": True}``).
+    for HuggingFace models (``{"interpolate_pos_encoding": True}``). A mapping as
+    the *last* item of a tuple is keyword arguments too: Captum's wrappers
+    (``NoiseTunnel``, ``sensitivity_max``, ...) turn a dict into a 1-tuple before
+    it reaches :meth:`attribute`, and no HuggingFace vision model takes a
+    mapping positionally.
     """
     if additional_forward_args is None:
         return (), {}
     if isinstance(additional_forward_args, Mapping):
         return (), dict(additional_forward_args)
     if isinstance(additional_forward_args, tuple):
+        if additional_forward_args and isinstance(additional_forward_args[-1], Mapping):
+            return additional_forward_args[:-1], dict(additional_forward_args[-1])
         return additional_forward_args, {}
     return (additional_forward_args,), {}
 
@@ -123,17 +130,26 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
     return layout
 
 
+def _is_integer(value: object) -> bool:
+    """A Python or numpy integer (Captum accepts both), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _per_sample_targets(target: TargetType, batch: int) -> Tensor:
-    if isinstance(target, bool):
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"target must be an int, a sequence of ints or a tensor, got bool {target!r}.")
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long)
+    if _is_integer(target):
+        return torch.full((batch,), int(target), dtype=torch.long)
+    if isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target array must hold integers, got dtype {target.dtype}.")
+        target = torch.from_numpy(np.ascontiguousarray(target))
     if isinstance(target, (list, tuple)):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+        if not all(_is_integer(t) for t in target):
             raise TypeError(f"target sequence must hold ints, got {target!r}.")
-        values = torch.tensor(target, dtype=torch.long)
+        values = torch.tensor([int(t) for t in target], dtype=torch.long)
     elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex():
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}.")
         values = target.detach().to("cpu", torch.long).reshape(-1)
         if values.numel() == 1:
@@ -143,6 +159,24 @@ def _per_sample_targets(target: TargetType, batch: int) -> Tensor:
     if values.numel() != batch:
         raise ValueError(f"Expected one target per sample ({batch}), got {values.numel()}.")
     return values
+
+
+def parse_targets(target: TargetType, adapter: ModelAdapter, layout: TokenLayout, batch: int) -> Tensor | None:
+    """``target`` as a `(batch_size,)` long tensor on the CPU (None stays None), type and range checked.
+
+    A class index for a classifier, an output token index for a model without a head. Every
+    integer type Captum accepts is accepted: int, numpy integers, sequences and arrays of them,
+    integer tensors (one value or one per sample).
+    """
+    if target is None:
+        return None
+    targets = _per_sample_targets(target, batch)
+    upper = adapter.num_labels if adapter.is_classifier else layout.num_tokens
+    what = "class index" if adapter.is_classifier else "output token index"
+    bad = targets[(targets < 0) | (targets >= upper)]
+    if bad.numel():
+        raise ValueError(f"target {bad[0].item()} is out of range: expected a {what} in [0, {upper}).")
+    return targets
 
 
 def start_relevance(
@@ -160,13 +194,7 @@ def start_relevance(
     and relevance starts at CLS. ``initial_relevance`` overrides the start for either kind.
     """
     num_tokens = layout.num_tokens
-    targets = None if target is None else _per_sample_targets(target, batch)
-    if targets is not None:
-        upper = adapter.num_labels if adapter.is_classifier else num_tokens
-        what = "class index" if adapter.is_classifier else "output token index"
-        bad = targets[(targets < 0) | (targets >= upper)]
-        if bad.numel():
-            raise ValueError(f"target {bad[0].item()} is out of range: expected a {what} in [0, {upper}).")
+    targets = parse_targets(target, adapter, layout, batch)
     if initial_relevance is not None:
         if targets is not None and not adapter.is_classifier:
             raise ValueError("Give either target (one output token) or initial_relevance (any start vector), not both.")

@@ -24,9 +24,10 @@ gradient is zero), ``Saliency``, ``NoiseTunnel`` and the rest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from captum.attr import IntegratedGradients, LayerGradCam
@@ -37,7 +38,10 @@ from .._adapters import TokenLayout, adapter_for
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
 from .._core.capture import LayerProjections, record_layers
 from .._utils.pixels import block_sums
-from .._utils.validation import TargetType, start_relevance
+from .._utils.validation import TargetType, parse_targets, start_relevance
+
+#: Below this, in absolute value everywhere, a gradient map is reported as numerically zero.
+VANISHING = 1e-7
 
 __all__ = [
     "ExplainedForward",
@@ -78,8 +82,8 @@ class ExplainedForward:
     """
 
     def __init__(self, model: nn.Module, **forward_kwargs: Any) -> None:
-        self.model = model
         self._adapter = adapter_for(model)
+        self.model = self._adapter.model
         self.forward_kwargs = forward_kwargs
         #: Hook target for ``LayerGradCam``: the last block's patch tokens as a grid.
         self.patch_grid = PatchGridView()
@@ -114,10 +118,26 @@ class ExplainedForward:
         finally:
             handle.remove()
 
-    def __call__(self, pixel_values: Tensor, reference: Tensor | None = None) -> Tensor:
+    def __call__(
+        self,
+        pixel_values: Tensor,
+        reference: Tensor | Mapping[str, Any] | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """The explained output for ``pixel_values`` `(batch, channels, height, width)`.
+
+        ``reference`` (label-free models): `(batch, hidden_size)` directions, see :meth:`reference`.
+        ``forward_kwargs``: more keyword arguments for the model, for this call. Captum passes
+        ``additional_forward_args`` positionally, so a mapping in place of ``reference`` is taken as
+        ``forward_kwargs`` (``infidelity(fwd, ..., additional_forward_args={"interpolate_pos_encoding":
+        True})`` works).
+        """
+        if isinstance(reference, Mapping):
+            reference, forward_kwargs = None, reference
+        options = {**self.forward_kwargs, **(forward_kwargs or {})}
         height, width = pixel_values.shape[-2:]
         with self._route_patches(self._adapter.token_layout(height, width)):
-            output = self.model(pixel_values, **self.forward_kwargs)
+            output = self.model(pixel_values, **options)
         if self.is_classifier:
             return output.logits
         embedding = self._tokens(output)[:, 0]
@@ -168,10 +188,27 @@ class _GradientAttribution(TokenAttribution):
         if target is None:
             with torch.no_grad(), evaluation_mode(self.model):
                 return explained(pixel_values).argmax(dim=-1)
-        start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
-        if isinstance(target, int):
-            return torch.full((len(pixel_values),), target, dtype=torch.long, device=pixel_values.device)
-        return torch.as_tensor(target, dtype=torch.long, device=pixel_values.device).reshape(-1)
+        return parse_targets(target, self._adapter, prepared.layout, len(pixel_values)).to(pixel_values.device)
+
+    def _warn_if_vanishing(self, maps: Tensor, patch_slice: slice | None = None) -> Tensor:
+        """Return ``maps``; warn when some sample's map is numerically zero (a vanishing gradient).
+
+        ``maps`` is `(batch, ...)`; with ``patch_slice`` only those entries of the last axis count
+        (the patch tokens: GAE keeps a constant 1 on CLS). Numerically zero: every entry below
+        :data:`VANISHING` in absolute value, which a per-panel colour scale would still draw as a map.
+        """
+        values = maps.detach()[..., patch_slice] if patch_slice is not None else maps.detach()
+        largest = values.abs().flatten(1).amax(dim=1)
+        zero = (largest < VANISHING).nonzero().flatten().tolist()
+        if zero:
+            warnings.warn(
+                f"{type(self).__name__}: the map of sample(s) {zero} is numerically zero (largest |value| "
+                f"{float(largest.min()):.3g} < {VANISHING:g}): the explained output's gradient vanishes, as in a "
+                "random-init model. Its colours would show float32 rounding noise, not relevance.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return maps
 
     @staticmethod
     def _scalar(output: Tensor, targets: Tensor | None) -> Tensor:
@@ -232,14 +269,16 @@ class GenericAttentionExplainability(_GradientAttribution):
                 handle.remove()
         batch, tokens = pixel_values.shape[0], prepared.layout.num_tokens
         joint = torch.eye(tokens, device=pixel_values.device).expand(batch, tokens, tokens).clone()
+        weighted = []
         for site, (attention, values), gradient in zip(sites, layers, gradients, strict=True):
             context_gradient = gradient.reshape(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2).float()
             attention_gradient = context_gradient @ values.transpose(-1, -2)
-            fused = (attention_gradient * attention).clamp_min(0).mean(dim=1)
-            joint = joint + fused @ joint
+            weighted.append((attention_gradient * attention).clamp_min(0).mean(dim=1))
+            joint = joint + weighted[-1] @ joint
         # The explained token(s): CLS, or where the classifier reads (e.g. DeiT's two tokens).
         start = start_relevance(None, None, self._adapter, prepared.layout, batch, pixel_values.device)
-        return torch.bmm(start[:, None], joint)[:, 0]
+        relevance = self._check_finite(torch.bmm(start[:, None], joint)[:, 0], weighted, prepared)
+        return self._warn_if_vanishing(relevance, prepared.layout.patch_slice)
 
     @log_usage()
     def attribute(
@@ -273,20 +312,27 @@ class TokenIntegratedGradients(_GradientAttribution):
         self.internal_batch_size = internal_batch_size
 
     def _integrated_gradients(
-        self, prepared: PreparedInputs, target: TargetType, baselines: Tensor | float | None
-    ) -> Tensor:
+        self,
+        prepared: PreparedInputs,
+        target: TargetType,
+        baselines: Tensor | float | None,
+        return_convergence_delta: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         explained = self._explained(prepared)
         targets = self._targets(explained, prepared, target)
         extra = None if explained.is_classifier else (explained.reference(prepared.pixel_values),)
         with evaluation_mode(self.model):
-            return IntegratedGradients(explained).attribute(
+            result = IntegratedGradients(explained).attribute(
                 prepared.pixel_values,
                 baselines=baselines,
                 target=targets,
                 additional_forward_args=extra,
                 n_steps=self.n_steps,
                 internal_batch_size=self.internal_batch_size,
+                return_convergence_delta=return_convergence_delta,
             )
+        self._warn_if_vanishing(result[0] if return_convergence_delta else result)
+        return result
 
     def token_relevance(
         self,
@@ -300,18 +346,53 @@ class TokenIntegratedGradients(_GradientAttribution):
         prepared = self._prepare(inputs, additional_forward_args)
         return patch_sums(self._integrated_gradients(prepared, target, baselines), prepared.layout)
 
-    @log_usage()
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: Literal[False] = False,
+        *,
+        baselines: Tensor | float | None = None,
+    ) -> Tensor | tuple[Tensor]: ...
+
+    @overload
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
+        return_convergence_delta: Literal[True],
         baselines: Tensor | float | None = None,
-    ) -> Tensor | tuple[Tensor]:
-        """Captum's pixel attributions (not patch-uniform), same shape as ``inputs``."""
+    ) -> tuple[Tensor | tuple[Tensor], Tensor]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        *,
+        baselines: Tensor | float | None = None,
+    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
+        """Captum's pixel attributions (not patch-uniform), same shape as ``inputs``.
+
+        With ``return_convergence_delta=True``, also Captum's completeness error per sample,
+        `(batch_size,)`: ``sum(attributions) - (F(inputs) - F(baselines))``, as
+        ``captum.attr.IntegratedGradients`` returns it.
+        """
         prepared = self._prepare(inputs, additional_forward_args)
-        return self._format(self._integrated_gradients(prepared, target, baselines), prepared)
+        if not return_convergence_delta:
+            return self._format(self._integrated_gradients(prepared, target, baselines), prepared)
+        attributions, delta = self._integrated_gradients(prepared, target, baselines, True)
+        return self._format(attributions, prepared), delta
+
+    def has_convergence_delta(self) -> bool:
+        """True, as Captum's ``IntegratedGradients``."""
+        return True
 
     @classmethod
     def get_name(cls) -> str:
@@ -333,7 +414,7 @@ class TokenGradCAM(_GradientAttribution):
             cam = LayerGradCam(explained, explained.patch_grid).attribute(
                 prepared.pixel_values, target=targets, relu_attributions=relu
             )
-        tokens = cam.flatten(1).detach()
+        tokens = self._warn_if_vanishing(cam.flatten(1).detach())
         special = tokens.new_zeros(len(tokens), prepared.layout.num_special_tokens)
         return torch.cat([special, tokens], dim=1)
 
