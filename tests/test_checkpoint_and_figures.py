@@ -59,8 +59,8 @@ def test_paper_figure_has_one_row_per_rule_and_one_column_per_head(tmp_path, tin
         fused[rule] = patch_grid(lrp.token_relevance(tiny_images)[0], layout)
         per_head[rule] = patch_grid(lrp.token_relevance(tiny_images, head_fusion=None)[0], layout)
     assert fused["i"].shape == (4, 4) and per_head["iv"].shape == (4, 4, 4)
-    figure = plot_rule_grid(tiny_images[0], fused, per_head, shared_scale=True, panel_size=1.0)
-    assert len(figure.axes) == 2 * 5
+    figure = plot_rule_grid(tiny_images[0], fused, per_head, scale="shared", panel_size=1.0)
+    assert len(figure.axes) == 2 * (1 + 5) + 1  # image, fused, 4 heads per row; one colour bar
     figure.savefig(tmp_path / "grid.png", dpi=100)
     pixels = figure_is_not_blank(tmp_path / "grid.png")
-    assert pixels.shape[:2] == (200, 500)
+    assert pixels.shape[:2] == (230, 660)  # 2 x 1 in panels + 0.3 in note; 6 x 1 in panels + 0.6 in colour bar
