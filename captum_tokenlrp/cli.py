@@ -13,25 +13,33 @@ Images are preprocessed by the model's own image processor configuration.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
+import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import TokenRelevanceLRP
-from ._adapters import TokenLayout
+from . import TokenRelevanceLRP, __version__
+from ._adapters import TokenLayout, adapter_for
 from ._core.propagation import HEAD_MODES
-from .models import BUNDLED_MODEL_DIR, bundled_sample_image, load_bundled_model, load_vit
+from .images import load_image
+from .models import BUNDLED_MODEL_DIR, bundled_sample_image, load_bundled_model
+from .models import load_model as load_checkpoint
 from .visualization import patch_grid, plot_rule_grid
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MANIFEST_NAME = "manifest.json"
 
 
 class CliError(Exception):
@@ -44,17 +52,40 @@ class LoadedModel:
     model: torch.nn.Module
     processor: object
     name: str
+    #: sha256 of the model's configuration and of its weights as loaded (before any dtype cast).
+    config_sha256: str
+    weights_sha256: str
+
+
+def _sha256_config(config) -> str:
+    settings = config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "_attn_implementation"):
+        settings.pop(volatile, None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sha256_weights(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(name: str, device: str, dtype: str) -> LoadedModel:
-    """The model and its image processor, with a clear message when neither hub nor disk has it."""
+    """The model (in the class of its checkpoint's own architecture) and its image processor."""
     from transformers import AutoImageProcessor
 
+    local = name == "bundled" or Path(name).expanduser().exists()
     source = str(BUNDLED_MODEL_DIR) if name == "bundled" else name
     try:
-        model = load_bundled_model() if name == "bundled" else load_vit(name)
-        processor = AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as error:
+        model = load_bundled_model() if name == "bundled" else load_checkpoint(name)
+    except FileNotFoundError as error:  # a local path that is not a checkpoint folder
+        raise CliError(str(error)) from None
+    except ValueError as error:  # a checkpoint of a family no adapter explains
+        raise CliError(str(error).splitlines()[0]) from None
+    except OSError as error:
         raise CliError(
             f"Could not load model {name!r} ({type(error).__name__}: {str(error).splitlines()[0]}).\n"
             "The HuggingFace Hub may be out of reach and the model not cached. Use --model bundled "
@@ -62,40 +93,76 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
             "local directory written by save_pretrained (set HF_HUB_OFFLINE=1 to use the cache only)."
         ) from None
     try:
+        processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        where = f"{source} has no usable preprocessor_config.json" if local else f"no image processor for {name!r}"
+        raise CliError(
+            f"Could not load the image processor: {where} ({str(error).splitlines()[0]}). Save the model's "
+            "processor beside it: processor.save_pretrained(checkpoint_dir)."
+        ) from None
+    config_hash, weights_hash = _sha256_config(model.config), _sha256_weights(model)
+    try:
         model = model.to(device=device, dtype=DTYPES[dtype])
     except (RuntimeError, AssertionError) as error:
         raise CliError(f"Cannot move the model to device {device!r}: {error}") from None
-    return LoadedModel(model.eval(), processor, name)
+    display = name if not local or name == "bundled" else str(Path(name).expanduser().resolve())
+    return LoadedModel(model.eval(), processor, display, config_hash, weights_hash)
 
 
 def preprocess(processor, images: Sequence) -> torch.Tensor:
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
+def forward_options(loaded: LoadedModel, interpolate_pos_encoding: bool) -> dict[str, bool] | None:
+    """``additional_forward_args`` for the model: ``interpolate_pos_encoding`` where it takes one.
+
+    Models that always interpolate (DINOv2) need no flag and get none.
+    """
+    if not interpolate_pos_encoding or adapter_for(loaded.model).any_image_size:
+        return None
+    if "interpolate_pos_encoding" not in inspect.signature(loaded.model.forward).parameters:
+        raise CliError(f"--interpolate-pos-encoding: {type(loaded.model).__name__} does not take that argument.")
+    return {"interpolate_pos_encoding": True}
+
+
 # ------------------------------------------------------------------ outputs
-def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``path`` so that it either exists complete or not at all (temp file + rename)."""
+def _readable_mode() -> int:
+    """The mode an ordinary ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path: Path, suffix: str, write) -> None:
+    """Write ``path`` so that it either exists complete or not at all (temp file + rename).
+
+    The temporary file is created private (mode 0600); it gets the mode an ordinary write would
+    give before the rename, so results are readable by whoever the umask allows (shared clusters).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+            write(stream)
+        os.chmod(temporary, _readable_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path``, atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, ".npz", lambda stream: np.savez(stream, **arrays))
 
 
 def atomic_save_figure(path: Path, figure) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """A figure as PNG at ``path``, atomically."""
+    _atomic_write(path, ".png", lambda stream: figure.savefig(stream, dpi=110, format="png"))
+
+
+def atomic_save_text(path: Path, text: str) -> None:
+    _atomic_write(path, ".txt", lambda stream: stream.write(text.encode("utf-8")))
 
 
 def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
@@ -107,11 +174,75 @@ def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
     }
 
 
-def relevance_arrays(
-    lrp: TokenRelevanceLRP, pixel_values: torch.Tensor, head_fusion: str | None, target_token: int | None
-) -> tuple[np.ndarray, TokenLayout]:
-    """Token relevance `(batch, [heads,] num_tokens)` as numpy, and the token layout of the inputs."""
-    layout = lrp.token_layout(pixel_values)
+def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[str]) -> dict[str, object]:
+    """Everything that decides the outputs of a run: two runs with equal manifests write equal files."""
+    processor = loaded.processor.to_json_string() if hasattr(loaded.processor, "to_json_string") else ""
+    return {
+        "package": "captum-tokenlrp",
+        "version": __version__,
+        "model": loaded.name,
+        "model_class": type(loaded.model).__name__,
+        "config_sha256": loaded.config_sha256,
+        "weights_sha256": loaded.weights_sha256,
+        "processor_sha256": hashlib.sha256(processor.encode()).hexdigest(),
+        "rules": list(rules),
+        "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
+        "target_token": args.target_token,
+        "dtype": args.dtype,
+        "interpolate_pos_encoding": bool(args.interpolate_pos_encoding),
+    }
+
+
+def manifest_json(manifest: dict[str, object]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True)
+
+
+def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool) -> None:
+    """Refuse to mix this run's outputs with another run's; write the manifest if there is none."""
+    path = out / MANIFEST_NAME
+    if path.exists() and not overwrite:
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CliError(f"{path} is unreadable ({error}); rerun with --overwrite to redo the run.") from None
+        differences = [
+            f"{key}: {previous.get(key)!r} there, {manifest.get(key)!r} now"
+            for key in sorted(set(previous) | set(manifest))
+            if previous.get(key) != manifest.get(key)
+        ]
+        if differences:
+            raise CliError(
+                f"{out} holds the outputs of a run with other settings ({'; '.join(differences)}). "
+                "Use another --out, or --overwrite to redo every image with the new settings."
+            )
+    if not path.exists() or overwrite or path.read_text(encoding="utf-8") != manifest_json(manifest):
+        atomic_save_text(path, manifest_json(manifest))
+
+
+def is_done(path: Path, manifest_text: str) -> bool:
+    """Whether ``path`` is a complete output of this very run (its recorded manifest matches)."""
+    try:
+        with np.load(path) as saved:
+            return "manifest" in saved.files and str(saved["manifest"]) == manifest_text
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def rule_names(args: argparse.Namespace) -> list[str]:
+    """The rules of ``--rule``/``--rules`` (aliases), in order, without repeats."""
+    return list(dict.fromkeys(args.rules))
+
+
+def relevance_by_rule(
+    lrp: TokenRelevanceLRP,
+    pixel_values: torch.Tensor,
+    rules: Sequence[str],
+    head_fusions: Sequence[str | None],
+    target_token: int | None,
+    forward_args: dict | None,
+) -> tuple[dict[str, dict[str | None, np.ndarray]], TokenLayout]:
+    """Token relevance of every rule and head mode from one forward pass, as numpy."""
+    layout = lrp.token_layout(pixel_values, forward_args)
     options = {}
     if target_token is not None:
         if not 0 <= target_token < layout.num_tokens:
@@ -119,43 +250,100 @@ def relevance_arrays(
         start = torch.zeros(layout.num_tokens)
         start[target_token] = 1.0
         options["initial_relevance"] = start
-    relevance = lrp.token_relevance(pixel_values, head_fusion=head_fusion, **options)
-    return relevance.cpu().numpy(), layout
+    relevance = lrp.token_relevance_by_rule(
+        pixel_values, rules, additional_forward_args=forward_args, head_fusions=head_fusions, **options
+    )
+    arrays = {
+        rule: {mode: maps.float().cpu().numpy() for mode, maps in by_mode.items()}
+        for rule, by_mode in relevance.items()
+    }
+    return arrays, layout
+
+
+@contextmanager
+def keep_logits(model: torch.nn.Module) -> Iterator[list]:
+    """Keep a classifier's logits from the forward pass the explanation runs anyway (no extra pass)."""
+    kept: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output) -> None:
+        logits = getattr(output, "logits", None)
+        if logits is not None:
+            kept.append(logits.detach().float().cpu())
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield kept
+    finally:
+        handle.remove()
+
+
+def class_name(model: torch.nn.Module, index: int) -> str:
+    labels = getattr(model.config, "id2label", None) or {}
+    return str(labels.get(index, labels.get(str(index), f"class {index}")))
 
 
 # ------------------------------------------------------------------ explain
-def explain(args: argparse.Namespace) -> int:
-    from PIL import Image
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names for the images given to ``explain``: the stem where it is unique, else the file name."""
+    stems = [path.stem for path in paths]
+    names = [path.stem if stems.count(path.stem) == 1 else path.name for path in paths]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CliError(
+            f"Several inputs would write the same outputs ({', '.join(repeated)}): files of the same name in "
+            "different folders. Explain them in separate runs (another --out), or use explain-dir, which "
+            "mirrors the folder structure."
+        )
+    return names
 
+
+def explain(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.device, args.dtype)
+    forward_args = forward_options(loaded, args.interpolate_pos_encoding)
+    rules = rule_names(args)
     if args.images:
+        paths = [Path(path) for path in args.images]
         named = []
-        for path in args.images:
+        for path, stem in zip(paths, output_stems(paths), strict=True):
             try:
-                with Image.open(path) as image:
-                    named.append((Path(path).stem, image.convert("RGB")))
-            except OSError as error:
+                named.append((stem, load_image(path)))
+            except (OSError, ValueError) as error:
                 raise CliError(f"Cannot read image {path}: {error}") from None
     else:
         named = [("sample", bundled_sample_image())]
     out = Path(args.out)
+    lrp = TokenRelevanceLRP(loaded.model, rule=rules[0])
+    manifest_text = manifest_json(run_manifest(loaded, args, rules))
+    modes = list(dict.fromkeys([args.head_fusion, None]))
     for stem, image in named:
         pixel_values = preprocess(loaded.processor, [image]).to(args.device, DTYPES[args.dtype])
+        with keep_logits(loaded.model) as logits:
+            relevance, layout = relevance_by_rule(lrp, pixel_values, rules, modes, args.target_token, forward_args)
         fused, per_head, arrays = {}, {}, {}
-        for rule in args.rules:
-            lrp = TokenRelevanceLRP(loaded.model, rule=rule)
-            fused_rel, layout = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
-            head_rel, _ = relevance_arrays(lrp, pixel_values, None, args.target_token)
-            if fused_rel.ndim == 3:  # a per-head --head-fusion: show its mean as the fused column
-                fused_rel = fused_rel.mean(axis=1)
-            fused[f"rule ({rule})"] = patch_grid(torch.from_numpy(fused_rel[0]), layout)
-            per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel[0]), layout)
-            arrays[f"rule_{rule}_fused"] = fused_rel[0]
-            arrays[f"rule_{rule}_per_head"] = head_rel[0]
-        display = pixel_values[0].float().cpu()
-        figure = plot_rule_grid(display, fused, per_head, title=f"{stem} - {loaded.name}")
+        for rule in rules:
+            fused_rel, head_rel = relevance[rule][args.head_fusion][0], relevance[rule][None][0]
+            if fused_rel.ndim == 2:  # a per-head --head-fusion: show its mean as the fused column
+                fused_rel = fused_rel.mean(axis=0)
+            fused[f"rule ({rule})"] = patch_grid(torch.from_numpy(fused_rel), layout)
+            per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel), layout)
+            arrays[f"rule_{rule}_fused"] = fused_rel
+            arrays[f"rule_{rule}_per_head"] = head_rel
+        prediction = None
+        if logits:
+            probabilities = logits[-1][0].softmax(dim=-1)
+            best = int(probabilities.argmax())
+            prediction = (class_name(loaded.model, best), float(probabilities[best]))
+        figure = plot_rule_grid(
+            pixel_values[0].float().cpu(),
+            fused,
+            per_head,
+            title=f"{stem} - {loaded.name}",
+            prediction=prediction,
+            scale=args.scale,
+            processor=loaded.processor,
+        )
         atomic_save_figure(out / f"{stem}.png", figure)
-        atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout))
+        atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout), manifest=np.array(manifest_text))
         print(f"Wrote {out / f'{stem}.png'} and {out / f'{stem}.npz'}")
     return 0
 
@@ -168,7 +356,9 @@ def find_images(root: Path) -> list[Path]:
 
 
 def output_path(out: Path, root: Path, image: Path) -> Path:
-    return out / image.relative_to(root).with_suffix(".npz")
+    """``OUT/<path relative to the input folder, extension included>.npz``: no two inputs share one."""
+    relative = image.relative_to(root)
+    return out / relative.with_name(relative.name + ".npz")
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -181,11 +371,8 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         try:
-            with Image.open(self.paths[index]) as image:
-                pixels = preprocess(self.processor, [image.convert("RGB")])[0]
+            pixels = preprocess(self.processor, [load_image(self.paths[index])])[0]
             return index, pixels, None
         except Exception as error:  # any decoding failure is reported and the image skipped
             return index, None, f"{type(error).__name__}: {error}"
@@ -214,10 +401,18 @@ def explain_dir(args: argparse.Namespace) -> int:
     root, out = Path(args.directory), Path(args.out)
     paths = find_images(root)
     mine = paths[rank::world]
-    pending = [p for p in mine if not output_path(out, root, p).exists()]
-    skipped = len(mine) - len(pending)
     loaded = load_model(args.model, args.device, args.dtype)
-    lrp = TokenRelevanceLRP(loaded.model, rule=args.rule)
+    forward_args = forward_options(loaded, args.interpolate_pos_encoding)
+    rules = rule_names(args)
+    manifest = run_manifest(loaded, args, rules)
+    manifest_text = manifest_json(manifest)
+    check_manifest(out, manifest, args.overwrite)
+    if args.overwrite:
+        pending = list(mine)
+    else:
+        pending = [p for p in mine if not is_done(output_path(out, root, p), manifest_text)]
+    skipped = len(mine) - len(pending)
+    lrp = TokenRelevanceLRP(loaded.model, rule=rules[0])
     loader = torch.utils.data.DataLoader(
         ImageFolder(pending, loaded.processor),
         batch_size=args.batch_size,
@@ -232,9 +427,19 @@ def explain_dir(args: argparse.Namespace) -> int:
         failed += [(pending[index], error) for index, _, error in items if error is not None]
         if good:
             pixel_values = torch.stack([pixels for _, pixels in good]).to(args.device, DTYPES[args.dtype])
-            relevance, layout = relevance_arrays(lrp, pixel_values, args.head_fusion, args.target_token)
-            for (index, _), row in zip(good, relevance, strict=True):
-                atomic_save_npz(output_path(out, root, pending[index]), relevance=row, **layout_arrays(layout))
+            relevance, layout = relevance_by_rule(
+                lrp, pixel_values, rules, [args.head_fusion], args.target_token, forward_args
+            )
+            for row, (index, _) in enumerate(good):
+                maps = {f"relevance_{rule}": relevance[rule][args.head_fusion][row] for rule in rules}
+                if len(rules) == 1:
+                    maps["relevance"] = maps[f"relevance_{rules[0]}"]
+                atomic_save_npz(
+                    output_path(out, root, pending[index]),
+                    **maps,
+                    **layout_arrays(layout),
+                    manifest=np.array(manifest_text),
+                )
             done += len(good)
         progress.update(len(items))
     progress.close()
@@ -285,13 +490,42 @@ def write_shapes(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ entry point
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="facebook/dino-vits16", help="hub id, local directory or 'bundled'")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--model",
+        default="facebook/dino-vits16",
+        help="hub id, local save_pretrained directory, or 'bundled' (offline shapes ViT) (default: %(default)s)",
+    )
+    parser.add_argument("--out", required=True, help="output directory (created if needed)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="model dtype; relevance is float32 anyway"
+    )
+    parser.add_argument(
+        "--rules",
+        "--rule",
+        dest="rules",
+        nargs="+",
+        help="rules (i, ii, iii, iv or a registered name); all from one forward pass per batch",
+    )
     fusions = [mode for mode in HEAD_MODES if mode is not None] + ["none"]
-    parser.add_argument("--head-fusion", default="mean", choices=fusions, help="'none': one map per head")
-    parser.add_argument("--target-token", type=int, default=None, help="start token (default: CLS / classifier)")
+    parser.add_argument(
+        "--head-fusion",
+        default="mean",
+        choices=fusions,
+        help="how heads are combined; 'none': one map per head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--target-token",
+        type=int,
+        default=None,
+        help="start the propagation at this output token (default: CLS, or where a classifier's head reads)",
+    )
+    parser.add_argument(
+        "--interpolate-pos-encoding",
+        action="store_true",
+        help="let the model take images of another size than it was trained on (ViT, DeiT); "
+        "DINOv2 always interpolates and needs no flag",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,20 +535,31 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("explain", help="paper-style figure and token relevance for a few images")
     one.add_argument("images", nargs="*", help="image files (default: a bundled sample)")
-    one.add_argument("--rules", nargs="+", default=["i", "ii", "iii", "iv"])
     _common(one)
+    one.set_defaults(rules=["i", "ii", "iii", "iv"])
+    one.add_argument(
+        "--scale",
+        default="row",
+        choices=["row", "panel", "shared"],
+        help="colour scale of the figure: one per rule (row), per panel, or one for all (default: %(default)s)",
+    )
     many = commands.add_parser("explain-dir", help="token relevance for every image of a folder (resumable)")
-    many.add_argument("directory")
-    many.add_argument("--rule", default="iv")
-    many.add_argument("--batch-size", type=int, default=32)
-    many.add_argument("--workers", type=int, default=0)
-    many.add_argument("--quiet", action="store_true", help="no progress bar")
+    many.add_argument("directory", help="folder of images, searched recursively")
     _common(many)
+    many.set_defaults(rules=["iv"])
+    many.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    many.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default: 0)")
+    many.add_argument("--quiet", action="store_true", help="no progress bar")
+    many.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every image, replacing the outputs (and manifest) of an earlier run with other settings",
+    )
     shapes = commands.add_parser("shapes", help="write images of the synthetic shapes data, masks and labels")
     shapes.add_argument("out", help="folder; images go to OUT/images, masks to OUT/masks")
-    shapes.add_argument("--count", type=int, default=100)
+    shapes.add_argument("--count", type=int, default=100, help="number of images (default: %(default)s)")
     shapes.add_argument("--seed", type=int, default=5, help="stream seed (0 trained the bundled model)")
-    shapes.add_argument("--size", type=int, default=64)
+    shapes.add_argument("--size", type=int, default=64, help="image side in pixels (default: %(default)s)")
     return parser
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -11,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import seeded, tiny_config
+import torch
+from conftest import TINY, seeded, tiny_config
 from PIL import Image
-from transformers import ViTImageProcessor, ViTModel
+from transformers import Dinov2Config, Dinov2Model, ViTForImageClassification, ViTImageProcessor, ViTModel
 
-from captum_tokenlrp.cli import main
+from captum_tokenlrp import TokenRelevanceLRP
+from captum_tokenlrp.cli import build_parser, main
 from captum_tokenlrp.models import random_dino_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +87,10 @@ def test_explain_dir_skips_corrupt_files_and_resumes(tmp_path, tiny_checkpoint, 
     assert "7 explained, 0 already done (skipped), 1 unreadable, 8 images" in captured.out
     assert "broken.png" in captured.err
     for image in images:
-        saved = np.load(out / image.relative_to(tmp_path / "in").with_suffix(".npz"))
+        saved = np.load(out / image.relative_to(tmp_path / "in").with_suffix(".png.npz"))
         assert saved["relevance"].shape == (17,)
     assert not list(out.rglob(".tmp-*"))
-    run_dir(tmp_path / "in", out, tiny_checkpoint, "--batch-size", "3", "--head-fusion", "none")
+    run_dir(tmp_path / "in", out, tiny_checkpoint, "--batch-size", "2")
     assert "0 explained, 7 already done (skipped), 1 unreadable" in capsys.readouterr().out
 
 
@@ -167,3 +171,195 @@ def test_shapes_writes_images_masks_and_labels_that_regenerate(tmp_path, capsys)
     assert rows[3] == f"shape_000002.png,{labels[2]},{SHAPE_CLASSES[labels[2]]}"
     assert main(["shapes", str(tmp_path / "none"), "--count", "0"]) == 2
     assert "--count" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ surface correctness (0.2)
+def test_files_sharing_a_stem_keep_their_own_outputs(tmp_path, tiny_checkpoint, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "cat.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "cat.jpg", quality=95)
+    out = tmp_path / "out"
+    run_dir(folder, out, tiny_checkpoint)
+    assert "2 explained" in capsys.readouterr().out
+    png, jpg = np.load(out / "cat.png.npz")["relevance"], np.load(out / "cat.jpg.npz")["relevance"]
+    assert not np.array_equal(png, jpg)
+    run_dir(folder, out, tiny_checkpoint)
+    assert "0 explained, 2 already done" in capsys.readouterr().out
+
+
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_redoes_it(tmp_path, tiny_checkpoint, capsys):
+    write_images(tmp_path / "in", 3, size=32)
+    out = tmp_path / "out"
+    run_dir(tmp_path / "in", out, tiny_checkpoint, "--rule", "iv")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rules"] == ["iv"] and manifest["head_fusion"] == "mean" and len(manifest["weights_sha256"]) == 64
+    first = outputs(out)
+    saved = np.load(next(out.rglob("*.npz")))
+    assert json.loads(str(saved["manifest"])) == manifest
+    capsys.readouterr()
+    args = ["explain-dir", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--out", str(out), "--quiet"]
+    assert main([*args, "--rule", "i"]) == 2
+    assert "rules: ['iv'] there, ['i'] now" in capsys.readouterr().err
+    assert all(np.array_equal(first[name], value) for name, value in outputs(out).items())  # nothing was touched
+    other = tmp_path / "other-model"
+    save_checkpoint(other, seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False), seed=5), 32)
+    assert main(["explain-dir", str(tmp_path / "in"), "--model", str(other), "--out", str(out), "--quiet"]) == 2
+    assert "weights_sha256" in capsys.readouterr().err
+    assert main([*args, "--rule", "i", "--overwrite"]) == 0
+    assert "3 explained, 0 already done" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["rules"] == ["i"]
+    assert all(not np.array_equal(first[name], value) for name, value in outputs(out).items())
+
+
+def test_outputs_without_a_matching_manifest_are_not_counted_as_done(tmp_path, tiny_checkpoint, capsys):
+    images = write_images(tmp_path / "in", 2, size=32)
+    out = tmp_path / "out"
+    stale = out / images[1].relative_to(tmp_path / "in").with_suffix(".png.npz")
+    stale.parent.mkdir(parents=True)
+    np.savez(stale, relevance=np.zeros(17))  # a 0.1 output, or another tool's file
+    run_dir(tmp_path / "in", out, tiny_checkpoint)
+    assert "2 explained, 0 already done" in capsys.readouterr().out
+    assert np.load(stale)["relevance"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_outputs_are_readable_as_an_ordinary_write_makes_them(tmp_path, tiny_checkpoint):
+    write_images(tmp_path / "in", 1, size=32)
+    previous = os.umask(0o022)
+    try:
+        run_dir(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
+        assert main(["explain", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "fig"), "--rules", "i"]) == 0
+    finally:
+        os.umask(previous)
+    written = [
+        *tmp_path.joinpath("out").rglob("*.npz"),
+        tmp_path / "out" / "manifest.json",
+        *tmp_path.joinpath("fig").iterdir(),
+    ]
+    assert len(written) == 4
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_rule_and_rules_are_accepted_by_both_commands_and_every_option_has_help(tmp_path, tiny_checkpoint):
+    images = write_images(tmp_path / "in", 1, size=32)
+    assert (
+        main(["explain", str(images[0]), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--rule", "ii"])
+        == 0
+    )
+    assert set(np.load(tmp_path / "a" / "image_000.npz").files) >= {"rule_ii_fused", "rule_ii_per_head"}
+    run_dir(tmp_path / "in", tmp_path / "b", tiny_checkpoint, "--rules", "i", "iv")
+    saved = np.load(next((tmp_path / "b").rglob("*.npz")))
+    assert {"relevance_i", "relevance_iv"} <= set(saved.files) and "relevance" not in saved.files
+    parser = build_parser()
+    subcommands = next(action for action in parser._actions if action.dest == "command").choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"tokenlrp {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_explain_runs_one_forward_for_every_rule(tmp_path, tiny_checkpoint, monkeypatch):
+    import captum_tokenlrp.cli as cli
+
+    loaded = cli.load_model(str(tiny_checkpoint), "cpu", "float32")
+    calls = []
+    loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(cli, "load_model", lambda *args: loaded)
+    images = write_images(tmp_path / "in", 1, size=32)
+    assert main(["explain", str(images[0]), "--model", "x", "--out", str(tmp_path / "out")]) == 0
+    assert len(calls) == 1
+    saved = np.load(tmp_path / "out" / "image_000.npz")
+    from captum_tokenlrp.images import load_image
+
+    pixel_values = cli.preprocess(loaded.processor, [load_image(images[0])])
+    for rule in ("i", "ii", "iii", "iv"):
+        lrp = TokenRelevanceLRP(loaded.model, rule=rule)
+        np.testing.assert_array_equal(saved[f"rule_{rule}_fused"], lrp.token_relevance(pixel_values)[0].numpy())
+        np.testing.assert_array_equal(
+            saved[f"rule_{rule}_per_head"], lrp.token_relevance(pixel_values, head_fusion=None)[0].numpy()
+        )
+
+
+def test_explain_titles_a_classifier_figure_with_its_prediction(tmp_path, monkeypatch):
+    import captum_tokenlrp.cli as cli
+
+    model = seeded(lambda: ViTForImageClassification(tiny_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})))
+    checkpoint = save_checkpoint(tmp_path / "clf", model, 32)
+    seen = {}
+    drawn = cli.plot_rule_grid
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return drawn(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "plot_rule_grid", spy)
+    images = write_images(tmp_path / "in", 1, size=32)
+    assert (
+        main(["explain", str(images[0]), "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--rules", "i"])
+        == 0
+    )
+    pixel_values = cli.preprocess(ViTImageProcessor.from_pretrained(checkpoint), [Image.open(images[0]).convert("RGB")])
+    with torch.no_grad():
+        probabilities = model(pixel_values).logits.softmax(-1)[0]
+    name, probability = seen["prediction"]
+    assert name == "abc"[int(probabilities.argmax())] and probability == pytest.approx(float(probabilities.max()))
+    assert seen["scale"] == "row" and seen["processor"] is not None
+
+
+def test_a_dinov2_checkpoint_is_explained_as_dinov2(tmp_path):
+    config = Dinov2Config(**{key: value for key, value in TINY.items() if key != "qkv_bias"})
+    model = seeded(lambda: Dinov2Model(config), trained_norms=True)
+    checkpoint = save_checkpoint(tmp_path / "dinov2", model, 32)
+    images = write_images(tmp_path / "in", 1, size=32)
+    assert (
+        main(["explain", str(images[0]), "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--rules", "iv"])
+        == 0
+    )
+    pixel_values = ViTImageProcessor.from_pretrained(checkpoint)(images=Image.open(images[0]), return_tensors="pt")
+    expected = TokenRelevanceLRP(model).token_relevance(pixel_values["pixel_values"])[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "image_000.npz")["rule_iv_fused"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("/no/such/dir", "Model directory /no/such/dir does not exist"), ("./not-here/ckpt", "does not exist")],
+)
+def test_a_missing_model_directory_is_named(model, message, tmp_path, capsys):
+    assert main(["explain", "--model", model, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "repo id" not in err.lower() and "Traceback" not in err
+
+
+def test_interpolate_pos_encoding_flag(tmp_path, tiny_checkpoint, capsys):
+    checkpoint = tmp_path / "wide"
+    ViTModel.from_pretrained(tiny_checkpoint).save_pretrained(checkpoint)
+    ViTImageProcessor(size={"height": 48, "width": 48}).save_pretrained(checkpoint)  # not the model's 32 px
+    images = write_images(tmp_path / "in", 1, size=48)
+    args = ["explain-dir", str(tmp_path / "in"), "--model", str(checkpoint), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "interpolate_pos_encoding" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--interpolate-pos-encoding"]) == 0
+    saved = np.load(next((tmp_path / "b").rglob("*.npz")))
+    assert tuple(saved["grid"]) == (6, 6)
+    model = ViTModel.from_pretrained(checkpoint)
+    pixel_values = ViTImageProcessor.from_pretrained(checkpoint)(images=Image.open(images[0]), return_tensors="pt")
+    expected = TokenRelevanceLRP(model).token_relevance(
+        pixel_values["pixel_values"], additional_forward_args={"interpolate_pos_encoding": True}
+    )
+    np.testing.assert_allclose(saved["relevance"], expected[0].numpy(), atol=1e-6)
+
+
+def test_a_16_bit_image_is_explained_like_its_8_bit_twin(tmp_path, tiny_checkpoint):
+    rng = np.random.default_rng(7)
+    eight = rng.integers(0, 256, (32, 32), dtype=np.uint16)
+    (tmp_path / "in16").mkdir()
+    (tmp_path / "in8").mkdir()
+    Image.fromarray(eight * 257).save(tmp_path / "in16" / "x.png")  # 16-bit grey, I;16
+    Image.fromarray(eight.astype(np.uint8)).save(tmp_path / "in8" / "x.png")
+    run_dir(tmp_path / "in16", tmp_path / "out16", tiny_checkpoint)
+    run_dir(tmp_path / "in8", tmp_path / "out8", tiny_checkpoint)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out16" / "x.png.npz")["relevance"], np.load(tmp_path / "out8" / "x.png.npz")["relevance"]
+    )
