@@ -9,10 +9,14 @@ TORCH_VERSION ?= 2.13.0
 # The second test environment: the last transformers 4.x release (the 4.x module layout).
 TRANSFORMERS4_VERSION ?= 4.57.6
 VENV4 ?= .venv-tf4
+# make dist-check: the built wheel and sdist, and the fresh environment the wheel is installed into
+# (both under build/, which git ignores).
+DIST_DIR ?= build/dist
+VENV_WHEEL ?= build/venv-wheel
 
-.PHONY: install demo test test-transformers4 lint bench bench-quick quality quality-quick docs-install tutorials docs clean
+.PHONY: install demo test test-transformers4 dist-install dist-check lint bench bench-quick quality quality-quick docs-install tutorials docs clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
@@ -27,7 +31,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-$(VENV4)/bin/.installed: pyproject.toml
+$(VENV4)/bin/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
@@ -36,6 +40,37 @@ $(VENV4)/bin/.installed: pyproject.toml
 
 test-transformers4: $(VENV4)/bin/.installed
 	$(VENV4)/bin/python -m pytest -p no:cacheprovider
+
+# build and twine (the dist extra) for make dist-check.
+$(BIN)/.dist-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,dist]"
+	touch $@
+
+dist-install: $(BIN)/.dist-installed
+
+# The distributions as users get them: build the sdist and, from it, the wheel; twine checks their
+# metadata; scripts/check_dist.py their contents (every module and bundled file, LICENSE, version).
+# Then the wheel (not the source tree, not editable) goes into a fresh environment, and from a
+# folder outside the repository the CLI main job and a smoke test run on the installed package,
+# so that package data missing from the wheel cannot hide behind the editable install.
+# The egg-info of earlier builds goes first: setuptools would add the files its SOURCES.txt lists
+# to the sdist, hiding a package-data glob that no longer matches (the build writes it anew).
+dist-check: $(BIN)/.dist-installed
+	rm -rf $(DIST_DIR) $(VENV_WHEEL)
+	mkdir -p $(DIST_DIR)
+	rm -rf captum_tokenlrp.egg-info
+	$(BIN)/python -m build --outdir $(DIST_DIR) . > $(DIST_DIR).log 2>&1 || { cat $(DIST_DIR).log; exit 1; }
+	tail -n 1 $(DIST_DIR).log
+	$(BIN)/twine check --strict $(DIST_DIR)/*
+	$(BIN)/python scripts/check_dist.py contents $(DIST_DIR)
+	$(PYTHON) -m venv $(VENV_WHEEL)
+	$(VENV_WHEEL)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_WHEEL)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(VENV_WHEEL)/bin/python -m pip install --quiet $(DIST_DIR)/*.whl
+	run=$$(mktemp -d) && trap 'rm -rf "$$run"' EXIT && cd "$$run" && \
+		env -u PYTHONPATH HF_HUB_OFFLINE=1 $(CURDIR)/$(VENV_WHEEL)/bin/tokenlrp explain --model bundled --out "$$run/out" && \
+		env -u PYTHONPATH HF_HUB_OFFLINE=1 $(CURDIR)/$(VENV_WHEEL)/bin/python $(CURDIR)/scripts/check_dist.py smoke \
+			--venv $(CURDIR)/$(VENV_WHEEL) --out "$$run/out"
 
 bench: install
 	$(BIN)/python benchmarks/bench_speed.py
@@ -69,4 +104,4 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(VENV4) outputs .pytest_cache .ruff_cache site docs/tutorials docs/benchmarks
+	rm -rf $(VENV) $(VENV4) $(DIST_DIR) $(DIST_DIR).log $(VENV_WHEEL) outputs .pytest_cache .ruff_cache site docs/tutorials docs/benchmarks

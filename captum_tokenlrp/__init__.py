@@ -7,6 +7,7 @@ Transformer models" (JSAI 2025) over HuggingFace ``transformers`` ViTs.
 from ._adapters import ModelAdapter, TokenLayout, register_adapter, supported_model_classes
 from ._core.propagation import HEAD_MODES
 from ._core.token_lrp import TokenRelevanceLRP
+from ._version import __version__ as __version__  # re-exported; defined once, in _version.py
 from .rules import (
     RULE_I,
     RULE_II,
@@ -20,8 +21,6 @@ from .rules import (
     get_rule,
     register_rule,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "HEAD_MODES",
