@@ -97,7 +97,7 @@ tutorials: $(BIN)/.docs-installed
 
 docs: tutorials
 	mkdir -p docs/benchmarks
-	cp benchmarks/RESULTS.md benchmarks/SPEED.md benchmarks/*.png docs/benchmarks/
+	cp benchmarks/*.md benchmarks/*.png docs/benchmarks/
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install

@@ -118,6 +118,24 @@ def build_cases(name: str, batch: int, size: int, layers: int | None, with_ig: b
             pixels, additional_forward_args=extra, head_fusion=None
         )
     lrp_iv = TokenRelevanceLRP(model, rule="iv")
+    # What `tokenlrp explain` computes per image: fused and per-head maps, for one rule or all four
+    # (one forward pass either way); "separately" is 0.1's way, one call per rule and head mode.
+    both = ("mean", None)
+    cases["explain: rule (iv), fused + per head"] = lambda: lrp_iv.token_relevance_by_rule(
+        pixels, ["iv"], additional_forward_args=extra, head_fusions=both
+    )
+    cases["explain: rules (i)-(iv), fused + per head"] = lambda: lrp_iv.token_relevance_by_rule(
+        pixels, ["i", "ii", "iii", "iv"], additional_forward_args=extra, head_fusions=both
+    )
+
+    def separately() -> None:
+        for rule in ("i", "ii", "iii", "iv"):
+            for mode in both:
+                TokenRelevanceLRP(model, rule=rule).token_relevance(
+                    pixels, additional_forward_args=extra, head_fusion=mode
+                )
+
+    cases["explain: rules (i)-(iv), 8 calls (0.1)"] = separately
     cases["rule (iv), all tokens (N x N)"] = lambda: lrp_iv.all_token_relevance(pixels, additional_forward_args=extra)
     cases["rule (iv), attribute (pixels)"] = lambda: lrp_iv.attribute(pixels, additional_forward_args=extra)
     cases["raw attention"] = lambda: RawAttention(model).token_relevance(pixels, additional_forward_args=extra)
@@ -260,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny run for CI (2 layers, batch 1)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="markdown report (default: benchmarks/SPEED.md)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="NAME:BATCH",
+        help="run one configuration of the full plan, e.g. dino-vits16:1 (with --out, to a file of its own)",
+    )
     parser.add_argument("--memory-probe", nargs=4, metavar=("NAME", "BATCH", "SIZE", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -283,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
             ("facebook/dino-vitb16", 1, 224, False, None),
         ]
         long_sizes = [224, 320, 480]
+        if args.only:
+            wanted_name, _, wanted_batch = args.only.partition(":")
+            plan = [p for p in plan if p[0].endswith(wanted_name) and str(p[1]) == wanted_batch]
+            if not plan:
+                parser.error(f"--only {args.only}: no such configuration in the plan")
+            long_sizes = []
     for name, batch, size, with_ig, layers in plan:
         depth = "" if layers is None else f", {layers} layers"
         title = f"{name.split('/')[-1]} architecture, batch {batch}, {size} px{depth}"
@@ -292,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         print("... long sequences", file=sys.stderr, flush=True)
         sections.append(format_long(run_long_sequence(long_sizes, max(3, rounds // 2))))
     command = "python benchmarks/bench_speed.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += f" --only {args.only}" + (f" --out {args.out}" if args.out else "")
     report = "\n".join(
         [
             "# Speed and memory",
