@@ -22,6 +22,7 @@ and ConvNeXT processors are checked against the processors themselves in the tes
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ._adapters import TokenLayout
-from ._utils.pixels import patch_grid as _patch_grid
-from ._utils.pixels import patch_relevance_to_pixels
+from ._core.geometry import patch_grid as _patch_grid
+from ._core.geometry import patch_relevance_to_pixels
+from ._utils.stack import user_stacklevel
 
 __all__ = [
     "SUPPORTED_MODES",
@@ -147,7 +149,7 @@ def _stretch(values: np.ndarray, name: str, mode: str, ranges: str) -> np.ndarra
         f"({ranges}); stretched linearly, {low:g} -> 0 and {high:g} -> 255. Convert the image yourself "
         "for another mapping.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
     if high == low:
         return np.zeros(values.shape, dtype=np.uint8)
@@ -357,6 +359,29 @@ def _check_known(processor: object) -> None:
             )
 
 
+def _is_torchvision(processor: object) -> bool:
+    """Whether the processor works on torch tensors (5.x ``backend="torchvision"``, 4.x ``...Fast`` classes)."""
+    return getattr(processor, "backend", None) == "torchvision" or type(processor).__name__.endswith("Fast")
+
+
+def _pil_layout_kwargs(processor: object) -> dict[str, str]:
+    """``input_data_format="channels_last"`` for the processors that must be told a PIL image is `(H, W, C)`.
+
+    The numpy processors of transformers 4.x (``preprocess`` with an ``input_data_format`` parameter) turn a
+    PIL image into an `(H, W, C)` array and then guess the channel axis, taking a first axis of 1 or 3 for
+    channels: an image 1 or 3 pixels high fails ("mean must have 1 elements") or is read transposed. Not
+    for torchvision processors: 4.x's ``...Fast`` ones read a PIL image as `(C, H, W)` and would permute it
+    wrongly; 5.x's backends ignore the argument for PIL images.
+    """
+    if _is_torchvision(processor):
+        return {}
+    try:
+        parameters = inspect.signature(processor.preprocess).parameters
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return {"input_data_format": "channels_last"} if "input_data_format" in parameters else {}
+
+
 def processor_geometry(processor: Any, original_size: tuple[int, int] | Sequence[int] | Image.Image) -> ImageGeometry:
     """Predict the resize and crop a HuggingFace image processor applies to an image.
 
@@ -398,7 +423,7 @@ def processor_geometry(processor: Any, original_size: tuple[int, int] | Sequence
             "From a PIL image use (image.height, image.width): image.size is (width, height)."
         )
     _check_known(processor)
-    torchvision = getattr(processor, "backend", None) == "torchvision" or type(processor).__name__.endswith("Fast")
+    torchvision = _is_torchvision(processor)
     default_to_square = bool(getattr(processor, "default_to_square", True))
     resized = original
     box = [0, 0, *original]
@@ -604,7 +629,9 @@ def explain_image(
     image : str, os.PathLike or PIL.Image.Image
         Read with :func:`load_image`.
     processor : image processor
-        The model's HuggingFace image processor, called as ``processor(images=..., return_tensors="pt")``.
+        The model's HuggingFace image processor, called as ``processor(images=..., return_tensors="pt")``
+        (with ``input_data_format="channels_last"`` for transformers 4.x numpy processors, which otherwise
+        misread images 1 or 3 pixels high).
     target, additional_forward_args, **kwargs
         Passed to ``token_relevance`` (e.g. ``head_fusion=None`` for one map per head).
 
@@ -629,7 +656,8 @@ def explain_image(
             )
     loaded = load_image(image)
     device, dtype = _model_device_dtype(attribution.model)
-    pixel_values = processor(images=loaded, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+    pixel_values = processor(images=loaded, return_tensors="pt", **_pil_layout_kwargs(processor))["pixel_values"]
+    pixel_values = pixel_values.to(device=device, dtype=dtype)
     geometry = processor_geometry(processor, (loaded.height, loaded.width))
     if tuple(pixel_values.shape[-2:]) != geometry.input:
         raise RuntimeError(

@@ -31,14 +31,12 @@ subclassing (see :class:`TokenActivation` and :class:`TokenWeight`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
-
-from ._utils.workspace import Workspace
 
 __all__ = [
     "RULE_I",
@@ -73,11 +71,6 @@ class AttentionState:
         of shape `(batch_size, num_heads, num_tokens, head_dim)`.
     layer_index : int
         Index of the layer, 0 for the one nearest to the input.
-    workspace : Workspace, optional
-        Set only inside the package's own pipeline, for built-in rules: the N x N
-        tensors live in reusable buffers and the built-in weights overwrite
-        ``attention`` in place. User-defined components never receive it.
-
     Notes
     -----
     Derived quantities (centred values, pairwise value distances) are computed
@@ -87,7 +80,6 @@ class AttentionState:
     attention: Tensor
     values: Tensor
     layer_index: int = 0
-    workspace: Workspace | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -240,8 +232,7 @@ class AttentionWeight:
     """``W_ij = w_ij + delta_ij`` (rules (i) and (ii))."""
 
     def __call__(self, state: AttentionState) -> Tensor:
-        # Inside the pipeline (workspace set) the attention buffer is ours to overwrite.
-        return _plus_identity(state.attention if state.workspace is not None else state.attention.clone())
+        return _plus_identity(state.attention.clone())
 
     def __repr__(self) -> str:
         return "AttentionWeight()"
@@ -255,19 +246,12 @@ class ValueDistanceWeight:
     """
 
     def __call__(self, state: AttentionState) -> Tensor:
-        # A fresh distance matrix (not the shared cached one) so it can be scaled in place;
-        # inside the pipeline it goes into the scores buffer, free once the softmax is done.
-        out = None
-        if state.workspace is not None:
-            out = state.workspace.get("scores", tuple(state.attention.shape), state.attention)
-        distances = pairwise_distances(state.centered_values, out=out, norms=state.centered_norms)
+        # A fresh distance matrix (not the shared cached one), so it can be scaled in place.
+        distances = pairwise_distances(state.centered_values, norms=state.centered_norms)
         return _plus_identity(distances.mul_(state.attention))
 
     def __repr__(self) -> str:
         return "ValueDistanceWeight()"
-
-
-_BUILTIN_COMPONENTS = (UnitActivation, ValueDeviationActivation, AttentionWeight, ValueDistanceWeight)
 
 
 @dataclass(frozen=True)
@@ -314,19 +298,12 @@ class TokenRule:
                     f"TokenRule {role} must be callable as {role}(state) -> Tensor, got {type(component).__name__}."
                 )
 
-    @property
-    def is_builtin(self) -> bool:
-        """Whether both components are the package's own (their output is trusted)."""
-        return isinstance(self.activation, _BUILTIN_COMPONENTS) and isinstance(self.weight, _BUILTIN_COMPONENTS)
-
     def contributions(self, state: AttentionState) -> Tensor:
-        """``z_ij = a_j * W_ij``, shape `(batch_size, num_heads, N, N)`, as a new tensor."""
-        if self.is_builtin:
-            # Built-in weights return a fresh tensor: scale it in place, and skip a_j = 1.
-            weight = self.weight(state)
-            if isinstance(self.activation, UnitActivation):
-                return weight
-            return weight.mul_(self.activation(state).unsqueeze(-2))
+        """``z_ij = a_j * W_ij``, shape `(batch_size, num_heads, N, N)`, as a new tensor.
+
+        Both components' outputs are checked (shape, finite, non-negative), so a user-defined
+        component that breaks the contract fails with a message naming it.
+        """
         activation = self.activation(state)
         weight = self.weight(state)
         _check_component(self, "activation", activation, state.attention.shape[:-1])

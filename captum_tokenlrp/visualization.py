@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._adapters import TokenLayout
-from ._utils.pixels import patch_grid
+from ._core.geometry import patch_grid
 
 __all__ = [
     "image_for_display",

@@ -98,8 +98,13 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "captum_tokenlrp.cli", *args]
 
 
+def written_outputs(folder: Path) -> list[Path]:
+    """Finished outputs: a kill can leave a temporary ``.tmp-*.npz``, which is not one."""
+    return sorted(p for p in folder.rglob("*.npz") if not p.name.startswith(".tmp-"))
+
+
 def outputs(folder: Path) -> dict[str, np.ndarray]:
-    return {str(p.relative_to(folder)): np.load(p)["relevance"] for p in sorted(folder.rglob("*.npz"))}
+    return {str(p.relative_to(folder)): np.load(p)["relevance"] for p in written_outputs(folder)}
 
 
 def test_killed_run_resumes_to_identical_outputs(tmp_path):
@@ -112,11 +117,11 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path):
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(cli_command(*args, "--out", str(resumed)), env=environment, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len(list(resumed.rglob("*.npz"))) < 3 and time.monotonic() < deadline:
+    while len(written_outputs(resumed)) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    written = len(list(resumed.rglob("*.npz")))
+    written = len(written_outputs(resumed))
     assert 3 <= written < 40, written  # killed mid-way
     done = subprocess.run(cli_command(*args, "--out", str(resumed)), env=environment, check=True, capture_output=True)
     assert f"{40 - written} explained, {written} already done" in done.stdout.decode()

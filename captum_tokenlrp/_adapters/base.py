@@ -12,11 +12,15 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from .._core.geometry import TokenLayout
+from .._utils.stack import user_stacklevel
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class AttentionSite:
         Factor applied to ``<q_i, k_j>`` before the softmax (the module's own).
     rule_modules : tuple of nn.Module
         Modules on which a user may set ``.rule`` to override this layer's rule.
+    score_bias : nn.Module, optional
+        A module whose most recent output is added to the scaled scores before the softmax,
+        broadcastable to `(batch_size, num_heads, N, N)` (BEiT's relative position bias). Its
+        forward hook must fire before ``module``'s does in each forward pass.
     """
 
     layer_index: int
@@ -53,39 +61,7 @@ class AttentionSite:
     head_dim: int
     scaling: float
     rule_modules: tuple[nn.Module, ...]
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where the special tokens and the image patches sit in the token sequence.
-
-    Special tokens (CLS, distillation, registers) come first, then the patches
-    in row-major order over ``grid``.
-    """
-
-    special_token_names: tuple[str, ...]
-    grid: tuple[int, int]
-    patch_size: tuple[int, int]
-
-    @property
-    def num_special_tokens(self) -> int:
-        """Special tokens (CLS, distillation, registers) at the start of the sequence."""
-        return len(self.special_token_names)
-
-    @property
-    def num_patches(self) -> int:
-        """Image patches, ``rows * cols``."""
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_tokens(self) -> int:
-        """All tokens, special and patches."""
-        return self.num_special_tokens + self.num_patches
-
-    @property
-    def patch_slice(self) -> slice:
-        """Indices of the patch tokens in the sequence."""
-        return slice(self.num_special_tokens, self.num_tokens)
+    score_bias: nn.Module | None = None
 
 
 class ModelAdapter(ABC):
@@ -152,6 +128,33 @@ class ModelAdapter(ABC):
         start = torch.zeros(layout.num_tokens)
         start[0] = 1.0
         return start
+
+    def default_start(self, layout: TokenLayout) -> Tensor:
+        """Where the model's output is read, `(num_tokens,)` or `(batch_size, num_tokens)`, summing to 1.
+
+        The start of the class-agnostic methods when no ``target`` is given: a classifier's
+        :meth:`classifier_start`; for a model without a head, the token its pooled output reads
+        (CLS, index 0, by default). It is called after the forward pass of the call, so an
+        adapter may return what :meth:`explaining` recorded during it (SigLIP's attention pooling).
+        """
+        if self.is_classifier:
+            return self.classifier_start(layout)
+        start = torch.zeros(layout.num_tokens)
+        start[0] = 1.0
+        return start
+
+    def explaining(self) -> AbstractContextManager[None]:
+        """Reversible changes and hooks active during every forward pass of an explanation.
+
+        The default changes nothing. An adapter may, for instance, turn off random token
+        masking (ViT-MAE) or record what :meth:`default_start` needs; everything must be
+        restored on exit, also on error.
+        """
+        return nullcontext()
+
+    def forward_kwargs(self, pixel_values: Tensor) -> dict[str, object]:
+        """Extra keyword arguments the explanation passes to the model's forward (none by default)."""
+        return {}
 
     @property
     def num_labels(self) -> int | None:
@@ -220,7 +223,7 @@ def unwrap_model(model: object) -> object:
             "or replicated forward, so the unwrapped module (same parameters) runs on one device. Pass the "
             "unwrapped model yourself to silence this.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return model
 

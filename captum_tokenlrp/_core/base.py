@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite, TokenLayout, adapter_for
-from .._utils.pixels import patch_relevance_to_pixels
+from .._utils.stack import user_stacklevel
 from .._utils.validation import (
+    TargetType,
     bound_forward_arguments,
     check_forward_arguments,
     check_pixel_values,
+    explicit_start,
     format_pixel_inputs,
     forward_arguments,
+    resolve_start,
 )
 from .capture import LayerProjections, record_layers
+from .geometry import patch_relevance_to_pixels
 
 #: Class-specific methods of the package, named in the warning of class-agnostic ones.
 CLASS_SPECIFIC_METHODS = (
@@ -43,7 +49,19 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class PreparedInputs:
-    """Validated inputs of one call."""
+    """The validated inputs of one call, as :meth:`TokenAttribution._token_relevance` receives them.
+
+    Attributes
+    ----------
+    pixel_values : Tensor
+        `(batch_size, channels, height, width)`, on the model's device and in its dtype.
+    is_tuple : bool
+        Whether the user passed a 1-tuple (Captum convention): the output is a 1-tuple then.
+    args, kwargs
+        Extra model arguments, positional and keyword (``additional_forward_args`` split).
+    layout : TokenLayout
+        Special tokens and patch grid of these inputs.
+    """
 
     pixel_values: Tensor
     is_tuple: bool
@@ -53,16 +71,35 @@ class PreparedInputs:
 
 
 class TokenAttribution(Attribution):
-    """Base of the package's attributions: one relevance value per token, and a pixel map from it.
+    """The template every attribution of this package follows: one relevance value per token.
 
-    Subclasses implement :meth:`token_relevance`; :meth:`attribute` spreads the patch tokens'
-    relevance uniformly over their pixels (Captum convention: same shape as the input).
+    It owns the public verbs once: :meth:`token_relevance` (validate the inputs -> the subclass's
+    :meth:`_token_relevance` -> `(batch_size, num_tokens)`) and :meth:`attribute` (the same, then
+    the patch tokens' relevance spread uniformly over their pixels, Captum's convention: the shape
+    of ``inputs``). A subclass implements only :meth:`_token_relevance` and declares its keyword
+    options with their defaults in :attr:`relevance_options`; it may refine
+    :meth:`_attributions` (e.g. Integrated Gradients keeps Captum's own pixel map) and
+    :meth:`_check_attribute_options`.
 
     Parameters
     ----------
     model : nn.Module
-        A supported HuggingFace vision Transformer (see :func:`supported_model_classes`).
+        A supported HuggingFace vision Transformer (see :func:`supported_model_classes`). A
+        wrapper (``torch.compile``, ``DataParallel``, a ``pipeline``) is explained through the
+        model inside it, with a warning.
+
+    Examples
+    --------
+    A method is a few lines: the last layer's CLS attention row, heads averaged.
+
+    >>> class LastLayerCLS(TokenAttribution):
+    ...     def _token_relevance(self, prepared, target):
+    ...         (attention,) = self._record(prepared, self.attention_sites[-1:], lambda layer: layer.state().attention)
+    ...         return attention[:, :, 0].mean(dim=1)
     """
+
+    #: Keyword options of :meth:`token_relevance` and :meth:`attribute`, with their defaults.
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, model: nn.Module) -> None:
         self._adapter = adapter_for(model)
@@ -70,6 +107,116 @@ class TokenAttribution(Attribution):
         model = self._adapter.model
         super().__init__(model)
         self.model = model
+
+    # ------------------------------------------------------------------ the template
+    def token_relevance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        **options: Any,
+    ) -> Tensor:
+        """Relevance of every input token, in the model's own token order (special tokens first).
+
+        Parameters
+        ----------
+        inputs : Tensor or 1-tuple of Tensor
+            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+        target : int, sequence of int, numpy integers or Tensor, optional
+            What to explain; its meaning is the method's (an output token for a model without a
+            head, a class for a classifier). Any integer type Captum accepts.
+        additional_forward_args : tuple, dict or object, optional
+            Extra arguments for the model's forward: a tuple is passed positionally after
+            ``inputs`` (Captum convention), a dict by keyword, e.g. ``{"interpolate_pos_encoding": True}``.
+        **options
+            The method's own options (:attr:`relevance_options`, documented on its class).
+
+        Returns
+        -------
+        Tensor
+            float32 `(batch_size, num_tokens)`, or `(batch_size, num_heads, num_tokens)` for the
+            per-head options of methods that have them.
+        """
+        prepared = self._prepare(inputs, additional_forward_args)
+        return self._token_relevance(prepared, target, **self._options(options))
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        **options: Any,
+    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
+        """Pixel attribution of the same shape as ``inputs`` (Captum's convention).
+
+        Parameters
+        ----------
+        inputs, target, additional_forward_args, **options
+            As in :meth:`token_relevance`.
+        return_convergence_delta : bool, default False
+            Also return the method's convergence delta per sample, `(batch_size,)` (only where
+            :meth:`has_convergence_delta` is True).
+
+        Returns
+        -------
+        Tensor or 1-tuple of Tensor
+            float32 `(batch_size, channels, height, width)`, a tuple if ``inputs`` was one; with
+            ``return_convergence_delta``, the pair ``(attributions, delta)``.
+        """
+        options = self._options(options)
+        self._check_attribute_options(options)
+        if return_convergence_delta and not self.has_convergence_delta():
+            raise ValueError(
+                f"{type(self).__name__} has no convergence delta; call attribute without return_convergence_delta."
+            )
+        prepared = self._prepare(inputs, additional_forward_args)
+        attributions, delta = self._attributions(prepared, target, options, return_convergence_delta)
+        output = (attributions,) if prepared.is_tuple else attributions
+        return (output, delta) if return_convergence_delta else output
+
+    def _token_relevance(self, prepared: PreparedInputs, target: TargetType, **options: Any) -> Tensor:
+        """The method itself: `(batch_size, num_tokens)` (or per head) for validated inputs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _token_relevance(prepared, target, ...).")
+
+    def _attributions(
+        self, prepared: PreparedInputs, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """`(pixel map, convergence delta or None)`; by default the token relevance spread over pixels."""
+        relevance = self._token_relevance(prepared, target, **options)
+        return self._pixels(relevance, prepared), None
+
+    def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse options that give no single map per input (e.g. per-head modes); none by default."""
+
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(self.relevance_options))
+        if unknown:
+            known = ", ".join(self.relevance_options) or "none"
+            raise TypeError(
+                f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}."
+            )
+        return {**self.relevance_options, **options}
+
+    def _check_start(
+        self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None = None
+    ) -> Tensor | None:
+        """Before the forward pass: the explicitly asked start (checked), or None for the model's own.
+
+        Class-agnostic methods call this, run the forward pass, then :meth:`_start`.
+        """
+        pixel_values = prepared.pixel_values
+        explicit = explicit_start(
+            target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
+        )
+        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
+        return explicit
+
+    def _start(self, prepared: PreparedInputs, explicit: Tensor | None) -> Tensor:
+        """After the forward pass: the start relevance `(batch_size, num_tokens)`."""
+        pixel_values = prepared.pixel_values
+        return resolve_start(explicit, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device)
 
     @property
     def attention_sites(self) -> list[AttentionSite]:
@@ -104,8 +251,10 @@ class TokenAttribution(Attribution):
             token_counts.append(layer.query.shape[1])
             return compute(layer)
 
-        with evaluation_mode(self.model), torch.no_grad(), record_layers(sites, counted) as kept:
-            self.model(prepared.pixel_values, *prepared.args, **prepared.kwargs)
+        kwargs = {**self._adapter.forward_kwargs(prepared.pixel_values), **prepared.kwargs}
+        with evaluation_mode(self.model), torch.no_grad(), self._adapter.explaining():
+            with record_layers(sites, counted) as kept:
+                self.model(prepared.pixel_values, *prepared.args, **kwargs)
         unrecorded = [site.layer_index for site, value in zip(sites, kept, strict=True) if value is None]
         if unrecorded:
             raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")
@@ -151,7 +300,7 @@ class TokenAttribution(Attribution):
             f"and does not depend on target={target!r} (by design; the paper explains label-free models). "
             f"For class-specific maps use {alternatives}. This warning is shown once per instance.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     def _pixels(self, relevance: Tensor, prepared: PreparedInputs) -> Tensor:
@@ -162,9 +311,6 @@ class TokenAttribution(Attribution):
     @staticmethod
     def _format(attributions: Tensor, prepared: PreparedInputs) -> Tensor | tuple[Tensor]:
         return (attributions,) if prepared.is_tuple else attributions
-
-    def token_relevance(self, inputs: Tensor | tuple[Tensor], *args: Any, **kwargs: Any) -> Tensor:
-        raise NotImplementedError
 
     @property
     def multiplies_by_inputs(self) -> bool:

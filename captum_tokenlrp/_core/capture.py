@@ -19,18 +19,23 @@ import torch
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
-from .._utils.workspace import Workspace, softmax_into
 from ..rules import AttentionState
+from .workspace import Workspace, softmax_into
 
 
 @dataclass(frozen=True)
 class LayerProjections:
-    """One layer's query, key and value projections, `(batch, N, num_heads * head_dim)` each."""
+    """One layer's query, key and value projections, `(batch, N, num_heads * head_dim)` each.
+
+    ``score_bias`` is what the layer adds to the scaled scores before the softmax, broadcastable
+    to `(batch, num_heads, N, N)` (BEiT's relative position bias), or None.
+    """
 
     site: AttentionSite
     query: Tensor
     key: Tensor
     value: Tensor
+    score_bias: Tensor | None = None
 
     @property
     def layer_index(self) -> int:
@@ -51,24 +56,35 @@ class LayerProjections:
     def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
         """The float32 :class:`AttentionState` of the selected heads (all by default).
 
-        With a ``workspace`` the N x N tensors live in its reusable buffers and the state is
-        handed over to the built-in rule components, which may overwrite them in place.
+        With a ``workspace`` the N x N tensors live in its reusable buffers: such a state is for
+        the engine's built-in kernels only (:mod:`.kernels`), which overwrite it in place.
         """
         # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
         query = self._heads(self.query, heads, self.site.scaling)
         key = self._heads(self.key, heads).transpose(-1, -2)
+        bias = self._bias(heads)
         if workspace is None:
-            attention = torch.softmax(query @ key, dim=-1)
+            scores = query @ key
+            attention = torch.softmax(scores if bias is None else scores.add_(bias), dim=-1)
         else:
             shape = (*query.shape[:-1], key.shape[-1])
             scores = torch.matmul(query, key, out=workspace.get("scores", shape, query))
+            if bias is not None:
+                scores.add_(bias)
             attention = softmax_into(scores, workspace.get("attention", shape, query))
         return AttentionState(
             attention=attention,
             values=self._heads(self.value, heads),
             layer_index=self.site.layer_index,
-            workspace=workspace,
         )
+
+    def _bias(self, heads: slice) -> Tensor | None:
+        """The score bias of the selected heads, float32, `(1 or batch, heads, N, N)`."""
+        if self.score_bias is None:
+            return None
+        bias = self.score_bias.float()
+        bias = bias.reshape(-1, *bias.shape[-3:]) if bias.dim() >= 3 else bias.reshape(1, 1, *bias.shape[-2:])
+        return bias if bias.shape[1] == 1 else bias[:, heads]
 
     def head_chunks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[AttentionState]:
         """States of consecutive groups of heads whose `(batch, heads, N, N)` stays under ``max_elements``.
@@ -119,7 +135,9 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
                     f"Layer {site.layer_index}: the attention module ran without its "
                     f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
                 )
-            kept[position] = compute(LayerProjections(site, slot.pop("query"), slot.pop("key"), slot.pop("value")))
+            bias = slot.get("score_bias") if site.score_bias is not None else None
+            projections = LayerProjections(site, slot.pop("query"), slot.pop("key"), slot.pop("value"), bias)
+            kept[position] = compute(projections)
 
         return hook
 
@@ -128,6 +146,8 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
             slot: dict[str, Tensor] = {}
             for name in ("query", "key", "value"):
                 handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
+            if site.score_bias is not None:  # may be shared by every layer: each keeps the latest output
+                handles.append(site.score_bias.register_forward_hook(store(slot, "score_bias")))
             handles.append(site.module.register_forward_hook(finish(position, site, slot)))
         yield kept
     finally:

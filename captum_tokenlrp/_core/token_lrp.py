@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
-from .._utils.validation import TargetType, format_pixel_inputs, start_relevance
-from .._utils.workspace import Workspace
+from .._utils.validation import TargetType, format_pixel_inputs
 from ..rules import TokenRule, get_rule
-from .base import CLASS_SPECIFIC_METHODS, PreparedInputs, TokenAttribution
+from .base import PreparedInputs, TokenAttribution
 from .capture import LayerProjections
+from .kernels import builtin_kernel, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
     check_head_fusion,
@@ -24,6 +25,7 @@ from .propagation import (
     propagate_chains,
     reduce_layer,
 )
+from .workspace import Workspace
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
@@ -188,29 +190,27 @@ class TokenRelevanceLRP(TokenAttribution):
             modes and `(batch_size, num_heads, num_tokens)` for ``None`` and
             ``"last_layer_per_head"``; each map sums to the initial total.
         """
-        return self._relevance(inputs, target, additional_forward_args, initial_relevance, head_fusion).relevance
+        return super().token_relevance(
+            inputs, target, additional_forward_args, initial_relevance=initial_relevance, head_fusion=head_fusion
+        )
+
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"initial_relevance": None, "head_fusion": "mean"}
+    )
+
+    def _token_relevance(
+        self, prepared: PreparedInputs, target: TargetType, *, initial_relevance: Tensor | None, head_fusion: object
+    ) -> Tensor:
+        return self._relevance(prepared, target, initial_relevance, head_fusion).relevance
 
     def _relevance(
-        self,
-        inputs: object,
-        target: TargetType,
-        additional_forward_args: Any,
-        initial_relevance: Tensor | None,
-        head_fusion: object,
+        self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None, head_fusion: object
     ) -> _Relevance:
         head_fusion = check_head_fusion(head_fusion)
-        prepared = self._prepare(inputs, additional_forward_args)
-        start = self._start(prepared, target, initial_relevance)
+        explicit = self._check_start(prepared, target, initial_relevance)
         kept = self._layer_matrices(prepared, head_fusion)
+        start = self._start(prepared, explicit)
         return _Relevance(self._check_finite(propagate(start, kept, head_fusion), kept, prepared), start, prepared)
-
-    def _start(self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None) -> Tensor:
-        pixel_values = prepared.pixel_values
-        start = start_relevance(
-            target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
-        )
-        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
-        return start
 
     def token_relevance_by_rule(
         self,
@@ -256,7 +256,7 @@ class TokenRelevanceLRP(TokenAttribution):
         defaults = [get_rule(rule) for rule in rules]
         modes = list(dict.fromkeys(check_head_fusion(mode) for mode in head_fusions))
         prepared = self._prepare(inputs, additional_forward_args)
-        start = self._start(prepared, target, initial_relevance)
+        explicit = self._check_start(prepared, target, initial_relevance)
         sites = self.attention_sites
         layer_rules = [[self._rule_for(site, default) for default in defaults] for site in sites]
         last_layer = len(sites) - 1
@@ -267,7 +267,7 @@ class TokenRelevanceLRP(TokenAttribution):
             chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
             for state in layer.head_chunks(self.max_chunk_elements):
                 for rule in distinct:  # one state per chunk: rules share its cached norms and distances
-                    chunks[id(rule)].append(rule.redistribution(state))
+                    chunks[id(rule)].append(redistribution(rule, state))
             is_last = layer.layer_index == last_layer
             return {
                 (position, mode): reduce_layer(chunks[id(rule)], mode, is_last, layer.site.num_heads)
@@ -276,6 +276,7 @@ class TokenRelevanceLRP(TokenAttribution):
             }
 
         kept = self._record(prepared, sites, redistributions)
+        start = self._start(prepared, explicit)
         result: dict[str, dict[HeadFusion, Tensor]] = {}
         for position, name in enumerate(names):
             result[name] = {}
@@ -292,16 +293,18 @@ class TokenRelevanceLRP(TokenAttribution):
 
         workspace = Workspace()
 
-        def redistribution(layer: LayerProjections) -> Tensor:
+        def layer_matrix(layer: LayerProjections) -> Tensor:
             rule = rules[layer.layer_index]
             is_last = layer.layer_index == last_layer
+            kernel = builtin_kernel(rule)
             # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
             # own) and the rule is built in (user code never sees buffers that change under it).
-            reuse = workspace if rule.is_builtin and fuses_heads(head_fusion, is_last) else None
-            chunks = (rule.redistribution(state) for state in layer.head_chunks(self.max_chunk_elements, reuse))
+            reuse = workspace if kernel is not None and fuses_heads(head_fusion, is_last) else None
+            states = layer.head_chunks(self.max_chunk_elements, reuse)
+            chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
             return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 
-        return self._record(prepared, sites, redistribution)
+        return self._record(prepared, sites, layer_matrix)
 
     def all_token_relevance(
         self,
@@ -358,7 +361,7 @@ class TokenRelevanceLRP(TokenAttribution):
         head_fusion: HeadFusion = "mean",
     ) -> tuple[Tensor | tuple[Tensor], Tensor]: ...
 
-    @log_usage()
+    @log_usage()  # Captum's wrappers (NoiseTunnel) call attribute.__wrapped__
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -394,6 +397,17 @@ class TokenRelevanceLRP(TokenAttribution):
             width)`, a tuple if ``inputs`` was one; with ``return_convergence_delta``, the pair
             ``(attributions, delta)``.
         """
+        return super().attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            return_convergence_delta,
+            initial_relevance=initial_relevance,
+            head_fusion=head_fusion,
+        )
+
+    def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
+        head_fusion = options["head_fusion"]
         if head_fusion not in FUSED_HEAD_MODES:
             check_head_fusion(head_fusion)
             raise ValueError(
@@ -401,14 +415,16 @@ class TokenRelevanceLRP(TokenAttribution):
                 f"{list(FUSED_HEAD_MODES)}, got {head_fusion!r}. For one map per head use "
                 "token_relevance(..., head_fusion=None)."
             )
-        result = self._relevance(inputs, target, additional_forward_args, initial_relevance, head_fusion)
-        attributions = self._pixels(result.relevance, result.prepared)
-        output = self._format(attributions, result.prepared)
+
+    def _attributions(
+        self, prepared: PreparedInputs, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        result = self._relevance(prepared, target, options["initial_relevance"], options["head_fusion"])
+        attributions = self._pixels(result.relevance, prepared)
         if not return_convergence_delta:
-            return output
-        special = result.relevance[:, : result.prepared.layout.num_special_tokens]
-        delta = self.compute_convergence_delta(attributions, special, result.start.sum(dim=-1))
-        return output, delta
+            return attributions, None
+        special = result.relevance[:, : prepared.layout.num_special_tokens]
+        return attributions, self.compute_convergence_delta(attributions, special, result.start.sum(dim=-1))
 
     def compute_convergence_delta(
         self, attributions: Tensor | tuple[Tensor], special_token_relevance: Tensor, initial_total: Tensor

@@ -179,6 +179,43 @@ def parse_targets(target: TargetType, adapter: ModelAdapter, layout: TokenLayout
     return targets
 
 
+def explicit_start(
+    target: TargetType,
+    initial_relevance: Tensor | None,
+    adapter: ModelAdapter,
+    layout: TokenLayout,
+    batch: int,
+    device: torch.device,
+) -> Tensor | None:
+    """The start ``R^(L)`` the arguments ask for, `(batch_size, num_tokens)` float32, checked; or None.
+
+    None means the model's own start (:meth:`ModelAdapter.default_start`, known after the
+    forward pass): no target and no initial relevance, or a classifier's target (a class index,
+    checked but not used: the rules do not depend on the class).
+    """
+    num_tokens = layout.num_tokens
+    targets = parse_targets(target, adapter, layout, batch)
+    if initial_relevance is not None:
+        if targets is not None and not adapter.is_classifier:
+            raise ValueError("Give either target (one output token) or initial_relevance (any start vector), not both.")
+        return _check_initial_relevance(initial_relevance, batch, num_tokens, device)
+    if adapter.is_classifier or targets is None:
+        return None
+    start = torch.zeros(batch, num_tokens, dtype=torch.float32, device=device)
+    start[torch.arange(batch), targets] = 1.0
+    return start
+
+
+def resolve_start(
+    explicit: Tensor | None, adapter: ModelAdapter, layout: TokenLayout, batch: int, device: torch.device
+) -> Tensor:
+    """``explicit``, or the adapter's default start expanded to `(batch_size, num_tokens)`; after the forward."""
+    if explicit is not None:
+        return explicit
+    default = adapter.default_start(layout).to(device, torch.float32)
+    return default.expand(batch, layout.num_tokens).clone()
+
+
 def start_relevance(
     target: TargetType,
     initial_relevance: Tensor | None,
@@ -189,21 +226,14 @@ def start_relevance(
 ) -> Tensor:
     """The initial relevance ``R^(L)`` of shape `(batch_size, num_tokens)`, float32.
 
-    For a model without a head ``target`` is the output token (default CLS, index 0); for a
-    classifier it is a class index, checked but not used (the rules do not depend on the class),
-    and relevance starts at CLS. ``initial_relevance`` overrides the start for either kind.
+    For a model without a head ``target`` is the output token (default: where its output is
+    read, :meth:`ModelAdapter.default_start`, CLS for ViTs); for a classifier it is a class index,
+    checked but not used (the rules do not depend on the class), and relevance starts where the
+    head reads. ``initial_relevance`` overrides the start for either kind. Call it after the
+    forward pass (an adapter's default start may depend on it).
     """
-    num_tokens = layout.num_tokens
-    targets = parse_targets(target, adapter, layout, batch)
-    if initial_relevance is not None:
-        if targets is not None and not adapter.is_classifier:
-            raise ValueError("Give either target (one output token) or initial_relevance (any start vector), not both.")
-        return _check_initial_relevance(initial_relevance, batch, num_tokens, device)
-    if adapter.is_classifier:
-        return adapter.classifier_start(layout).to(device).expand(batch, num_tokens).clone()
-    start = torch.zeros(batch, num_tokens, dtype=torch.float32, device=device)
-    start[torch.arange(batch), 0 if targets is None else targets] = 1.0
-    return start
+    explicit = explicit_start(target, initial_relevance, adapter, layout, batch, device)
+    return resolve_start(explicit, adapter, layout, batch, device)
 
 
 def _check_initial_relevance(relevance: object, batch: int, num_tokens: int, device: torch.device) -> Tensor:

@@ -7,16 +7,17 @@ pass), so all three are compared on exactly the same attention.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
-from captum.log import log_usage
 from torch import Tensor
 
-from .._core.base import CLASS_SPECIFIC_METHODS, PreparedInputs, TokenAttribution
+from .._core.base import PreparedInputs, TokenAttribution
 from .._core.capture import LayerProjections
 from .._core.propagation import propagate
-from .._utils.validation import TargetType, start_relevance
+from .._utils.validation import TargetType
 
 __all__ = ["AttentionRollout", "RawAttention", "mass_threshold_mask"]
 
@@ -74,45 +75,29 @@ class RawAttention(TokenAttribution):
     ----------
     model : nn.Module
         A supported HuggingFace ViT.
+
+    Options
+    -------
+    head_fusion : {"mean", "max", "min"} or None, default "mean"
+        ``None`` gives one map per head, `(batch_size, num_heads, num_tokens)` (not for
+        ``attribute``, which returns one map per input).
+    threshold : float, optional
+        DINO's mask: keep the patch tokens holding this fraction of the patches' mass (per map)
+        and zero the other patches; special tokens are left as they are.
+
+    ``target`` is the output token for a model without a head (default CLS); on a classifier
+    the map starts where its head reads and does not depend on the class.
     """
 
-    def token_relevance(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        head_fusion: HeadReduction | None = "mean",
-        threshold: float | None = None,
-    ) -> Tensor:
-        """Last-layer attention of the explained token.
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"head_fusion": "mean", "threshold": None})
 
-        Parameters
-        ----------
-        inputs, target, additional_forward_args
-            As in :meth:`TokenRelevanceLRP.token_relevance` (``target``: output token for a
-            ``ViTModel``; for a classifier a class, which attention does not depend on).
-        head_fusion : {"mean", "max", "min"} or None
-            ``None`` gives one map per head.
-        threshold : float, optional
-            DINO's mask: keep the patch tokens holding this fraction of the patches' mass
-            (per map) and zero the other patches; special tokens are left as they are.
-
-        Returns
-        -------
-        Tensor
-            `(batch_size, num_tokens)`, or `(batch_size, num_heads, num_tokens)` per head.
-        """
-        return self._relevance(self._prepare(inputs, additional_forward_args), target, head_fusion, threshold)
-
-    def _relevance(
-        self, prepared: PreparedInputs, target: TargetType, head_fusion: str | None, threshold: float | None
+    def _token_relevance(
+        self, prepared: PreparedInputs, target: TargetType, *, head_fusion: str | None, threshold: float | None
     ) -> Tensor:
         _check_reduction(head_fusion, allow_none=True)
-        pixel_values = prepared.pixel_values
-        start = start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
-        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
+        explicit = self._check_start(prepared, target)
         layers = self._record(prepared, self.attention_sites[-1:], lambda layer: layer.state().attention)
+        start = self._start(prepared, explicit)
         rows = self._check_finite(torch.einsum("bn,bhnm->bhm", start, layers[0]), layers, prepared)
         if head_fusion is not None:
             rows = _reduce_heads(rows, head_fusion)
@@ -124,21 +109,8 @@ class RawAttention(TokenAttribution):
             rows[..., patches] *= mass_threshold_mask(rows[..., patches], threshold)
         return rows
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        head_fusion: HeadReduction = "mean",
-        threshold: float | None = None,
-    ) -> Tensor | tuple[Tensor]:
-        """Pixel map of the fused attention row, same shape as ``inputs``."""
-        _check_reduction(head_fusion, allow_none=False)
-        prepared = self._prepare(inputs, additional_forward_args)
-        relevance = self._relevance(prepared, target, head_fusion, threshold)
-        return self._format(self._pixels(relevance, prepared), prepared)
+    def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
+        _check_reduction(options["head_fusion"], allow_none=False)
 
     @classmethod
     def get_name(cls) -> str:
@@ -164,37 +136,26 @@ class AttentionRollout(TokenAttribution):
     ViT-S/16, patch maps max-normalised: 0.013-0.016 for max or min fusion, up to 0.067 for max
     fusion with ``discard_ratio=0.9``; ``tests/test_baselines.py`` keeps the literal loop). This class implements the
     row-normalised rollout the paper describes, which conserves relevance.
+
+    Options
+    -------
+    head_fusion : {"mean", "max", "min"}, default "mean"
+        How heads are fused in each layer, before the residual is added.
+    discard_ratio : float in [0, 1), default 0
+        Fraction of each sample's fused attention entries (lowest first) set to zero.
+
+    ``token_relevance`` returns `(batch_size, num_tokens)`, each row summing to 1.
     """
 
-    def token_relevance(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        head_fusion: HeadReduction = "mean",
-        discard_ratio: float = 0.0,
-    ) -> Tensor:
-        """Rollout relevance of every input token, `(batch_size, num_tokens)`, summing to 1.
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"head_fusion": "mean", "discard_ratio": 0.0})
 
-        Parameters
-        ----------
-        head_fusion : {"mean", "max", "min"}
-            How heads are fused in each layer, before the residual is added.
-        discard_ratio : float in [0, 1)
-            Fraction of each sample's fused attention entries (lowest first) set to zero.
-        """
-        return self._relevance(self._prepare(inputs, additional_forward_args), target, head_fusion, discard_ratio)
-
-    def _relevance(
-        self, prepared: PreparedInputs, target: TargetType, head_fusion: str, discard_ratio: float
+    def _token_relevance(
+        self, prepared: PreparedInputs, target: TargetType, *, head_fusion: str, discard_ratio: float
     ) -> Tensor:
         _check_reduction(head_fusion, allow_none=False)
         if not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}.")
-        pixel_values = prepared.pixel_values
-        start = start_relevance(target, None, self._adapter, prepared.layout, len(pixel_values), pixel_values.device)
-        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
+        explicit = self._check_start(prepared, target)
 
         def rollout_step(layer: LayerProjections) -> Tensor:
             fused = _reduce_heads(layer.state().attention, head_fusion)
@@ -204,22 +165,7 @@ class AttentionRollout(TokenAttribution):
             return fused.div_(fused.sum(dim=-1, keepdim=True))
 
         layers = self._record(prepared, self.attention_sites, rollout_step)
-        return self._check_finite(propagate(start, layers, "mean"), layers, prepared)
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        head_fusion: HeadReduction = "mean",
-        discard_ratio: float = 0.0,
-    ) -> Tensor | tuple[Tensor]:
-        """Pixel map of the rollout relevance, same shape as ``inputs``."""
-        prepared = self._prepare(inputs, additional_forward_args)
-        relevance = self._relevance(prepared, target, head_fusion, discard_ratio)
-        return self._format(self._pixels(relevance, prepared), prepared)
+        return self._check_finite(propagate(self._start(prepared, explicit), layers, "mean"), layers, prepared)
 
     @classmethod
     def get_name(cls) -> str:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import torch
-from captum.log import log_usage
 from torch import Tensor
 
 from .._core.base import PreparedInputs, TokenAttribution
@@ -27,6 +25,9 @@ class RandomRelevance(TokenAttribution):
     model : nn.Module
         A supported HuggingFace ViT; only its token layout is used.
     seed : int, default 0
+
+    ``token_relevance`` gives `(batch_size, num_tokens)`, uniform in [0, 1) on the patches and
+    0 on special tokens; ``target`` is accepted for a common interface and ignored.
     """
 
     def __init__(self, model: torch.nn.Module, seed: int = 0) -> None:
@@ -35,7 +36,7 @@ class RandomRelevance(TokenAttribution):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
         self.seed = seed
 
-    def _relevance(self, prepared: PreparedInputs) -> Tensor:
+    def _token_relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
         pixel_values, layout = prepared.pixel_values, prepared.layout
         relevance = torch.zeros(pixel_values.shape[0], layout.num_tokens)
         for index, image in enumerate(pixel_values.detach().float().cpu()):
@@ -43,21 +44,6 @@ class RandomRelevance(TokenAttribution):
             generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
             relevance[index, layout.patch_slice] = torch.rand(layout.num_patches, generator=generator)
         return relevance.to(pixel_values.device)
-
-    def token_relevance(
-        self, inputs: Tensor | tuple[Tensor], target: TargetType = None, additional_forward_args: Any = None
-    ) -> Tensor:
-        """Random relevance `(batch_size, num_tokens)`, uniform in [0, 1) on patches, 0 on special tokens.
-        ``target`` is accepted for a common interface and ignored."""
-        return self._relevance(self._prepare(inputs, additional_forward_args))
-
-    @log_usage()
-    def attribute(
-        self, inputs: Tensor | tuple[Tensor], target: TargetType = None, additional_forward_args: Any = None
-    ) -> Tensor | tuple[Tensor]:
-        """The random patch relevance spread over each patch's pixels, same shape as ``inputs``."""
-        prepared = self._prepare(inputs, additional_forward_args)
-        return self._format(self._pixels(self._relevance(prepared), prepared), prepared)
 
     @classmethod
     def get_name(cls) -> str:

@@ -27,17 +27,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, overload
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from captum.attr import IntegratedGradients, LayerGradCam
-from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import TokenLayout, adapter_for
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
 from .._core.capture import LayerProjections, record_layers
-from .._utils.pixels import block_sums
+from .._core.geometry import grid_to_tokens, patch_sums, tokens_to_grid
+from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, parse_targets, start_relevance
 
 #: Below this, in absolute value everywhere, a gradient map is reported as numerically zero.
@@ -98,19 +99,16 @@ class ExplainedForward:
 
     def reference(self, pixel_values: Tensor) -> Tensor:
         """CLS embeddings `(batch, hidden_size)` of ``pixel_values`` (no grad), for label-free models."""
-        with torch.no_grad(), evaluation_mode(self.model):
-            return self._tokens(self._adapter.backbone(pixel_values, **self.forward_kwargs))[:, 0].detach()
+        options = {**self._adapter.forward_kwargs(pixel_values), **self.forward_kwargs}
+        with torch.no_grad(), evaluation_mode(self.model), self._adapter.explaining():
+            return self._tokens(self._adapter.backbone(pixel_values, **options))[:, 0].detach()
 
     @contextmanager
     def _route_patches(self, layout: TokenLayout) -> Iterator[None]:
-        specials, (rows, cols) = layout.num_special_tokens, layout.grid
 
         def route(_module: nn.Module, args: tuple) -> tuple:
             hidden = args[0]
-            batch, _, width = hidden.shape
-            grid = hidden[:, specials:].transpose(1, 2).reshape(batch, width, rows, cols)
-            patches = self.patch_grid(grid).reshape(batch, width, rows * cols).transpose(1, 2)
-            return (torch.cat([hidden[:, :specials], patches], dim=1), *args[1:])
+            return (grid_to_tokens(self.patch_grid(tokens_to_grid(hidden, layout)), hidden, layout), *args[1:])
 
         handle = self._adapter.transformer_blocks()[-1].register_forward_pre_hook(route)
         try:
@@ -134,9 +132,9 @@ class ExplainedForward:
         """
         if isinstance(reference, Mapping):
             reference, forward_kwargs = None, reference
-        options = {**self.forward_kwargs, **(forward_kwargs or {})}
+        options = {**self._adapter.forward_kwargs(pixel_values), **self.forward_kwargs, **(forward_kwargs or {})}
         height, width = pixel_values.shape[-2:]
-        with self._route_patches(self._adapter.token_layout(height, width)):
+        with self._adapter.explaining(), self._route_patches(self._adapter.token_layout(height, width)):
             output = self.model(pixel_values, **options)
         if self.is_classifier:
             return output.logits
@@ -148,21 +146,6 @@ class ExplainedForward:
                 f"got {tuple(direction.shape)}."
             )
         return (embedding * direction).sum(dim=-1) / direction.norm(dim=-1).clamp_min(1e-12)
-
-
-def patch_sums(pixel_attributions: Tensor, layout: TokenLayout) -> Tensor:
-    """Sum pixel attributions over each patch (and channels) into token relevance.
-
-    Returns
-    -------
-    Tensor
-        `(batch_size, num_tokens)`; special tokens get 0 (they are not pixels).
-    """
-    (rows, cols), (patch_h, patch_w) = layout.grid, layout.patch_size
-    covered = pixel_attributions[:, :, : rows * patch_h, : cols * patch_w].sum(dim=1)
-    per_patch = block_sums(covered, layout.patch_size).flatten(1)
-    special = per_patch.new_zeros(len(per_patch), layout.num_special_tokens)
-    return torch.cat([special, per_patch], dim=1)
 
 
 class _GradientAttribution(TokenAttribution):
@@ -206,7 +189,7 @@ class _GradientAttribution(TokenAttribution):
                 f"{float(largest.min()):.3g} < {VANISHING:g}): the explained output's gradient vanishes, as in a "
                 "random-init model. Its colours would show float32 rounding noise, not relevance.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return maps
 
@@ -229,22 +212,13 @@ class GenericAttentionExplainability(_GradientAttribution):
     with ``dS/dctx`` the gradient at the output projection's input. ``A`` is recomputed in
     float32 from the query and key projections, as everywhere in this package. No
     parameter's ``.grad`` is touched.
+
+    ``token_relevance`` gives `(batch_size, num_tokens)`; ``target`` is the class for a
+    classifier (default: the predicted one) and must be None for a model without labels (its CLS
+    embedding score is explained, see :class:`ExplainedForward`).
     """
 
-    def token_relevance(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> Tensor:
-        """GAE relevance of every input token, `(batch_size, num_tokens)`.
-
-        ``target``: the class for a classifier (default: predicted); must be None for a
-        model without labels (the CLS embedding score is explained).
-        """
-        return self._relevance(self._prepare(inputs, additional_forward_args), target)
-
-    def _relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
+    def _token_relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
         explained = self._explained(prepared)
         targets = self._targets(explained, prepared, target)
         sites = self.attention_sites
@@ -280,14 +254,6 @@ class GenericAttentionExplainability(_GradientAttribution):
         relevance = self._check_finite(torch.bmm(start[:, None], joint)[:, 0], weighted, prepared)
         return self._warn_if_vanishing(relevance, prepared.layout.patch_slice)
 
-    @log_usage()
-    def attribute(
-        self, inputs: Tensor | tuple[Tensor], target: TargetType = None, additional_forward_args: Any = None
-    ) -> Tensor | tuple[Tensor]:
-        """Pixel map of the GAE relevance of the patch tokens, same shape as ``inputs``."""
-        prepared = self._prepare(inputs, additional_forward_args)
-        return self._format(self._pixels(self._relevance(prepared, target), prepared), prepared)
-
     @classmethod
     def get_name(cls) -> str:
         return "Generic Attention Explainability"
@@ -304,7 +270,19 @@ class TokenIntegratedGradients(_GradientAttribution):
         Riemann steps of the path integral.
     internal_batch_size : int, optional
         Passed to Captum to bound memory.
+
+    Options
+    -------
+    baselines : Tensor or float, optional
+        Captum's IG baselines (default: zeros).
+
+    ``token_relevance`` sums the attributions over each patch, `(batch_size, num_tokens)` (signed;
+    special tokens 0); ``attribute`` returns Captum's pixel attributions and, with
+    ``return_convergence_delta=True``, Captum's completeness error per sample,
+    ``sum(attributions) - (F(inputs) - F(baselines))``.
     """
+
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"baselines": None})
 
     def __init__(self, model: nn.Module, n_steps: int = 50, internal_batch_size: int | None = None) -> None:
         super().__init__(model)
@@ -334,61 +312,15 @@ class TokenIntegratedGradients(_GradientAttribution):
         self._warn_if_vanishing(result[0] if return_convergence_delta else result)
         return result
 
-    def token_relevance(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        baselines: Tensor | float | None = None,
-    ) -> Tensor:
-        """IG attributions summed over each patch, `(batch_size, num_tokens)` (signed; special tokens 0)."""
-        prepared = self._prepare(inputs, additional_forward_args)
+    def _token_relevance(self, prepared: PreparedInputs, target: TargetType, *, baselines: object) -> Tensor:
         return patch_sums(self._integrated_gradients(prepared, target, baselines), prepared.layout)
 
-    @overload
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: Literal[False] = False,
-        *,
-        baselines: Tensor | float | None = None,
-    ) -> Tensor | tuple[Tensor]: ...
-
-    @overload
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        return_convergence_delta: Literal[True],
-        baselines: Tensor | float | None = None,
-    ) -> tuple[Tensor | tuple[Tensor], Tensor]: ...
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        *,
-        baselines: Tensor | float | None = None,
-    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
-        """Captum's pixel attributions (not patch-uniform), same shape as ``inputs``.
-
-        With ``return_convergence_delta=True``, also Captum's completeness error per sample,
-        `(batch_size,)`: ``sum(attributions) - (F(inputs) - F(baselines))``, as
-        ``captum.attr.IntegratedGradients`` returns it.
-        """
-        prepared = self._prepare(inputs, additional_forward_args)
-        if not return_convergence_delta:
-            return self._format(self._integrated_gradients(prepared, target, baselines), prepared)
-        attributions, delta = self._integrated_gradients(prepared, target, baselines, True)
-        return self._format(attributions, prepared), delta
+    def _attributions(
+        self, prepared: PreparedInputs, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        # Captum's own pixel attributions (not patch-uniform), and its completeness error.
+        result = self._integrated_gradients(prepared, target, options["baselines"], return_convergence_delta)
+        return result if return_convergence_delta else (result, None)
 
     def has_convergence_delta(self) -> bool:
         """True, as Captum's ``IntegratedGradients``."""
@@ -405,9 +337,18 @@ class TokenGradCAM(_GradientAttribution):
     Channels are the hidden dimensions: ``cam = ReLU(sum_d alpha_d * h_d)`` with
     ``alpha_d`` the mean over patches of ``dS/dh_d``. The last block's input is used
     (as pytorch-grad-cam does for ViTs) because its output patch tokens do not reach CLS.
+
+    Options
+    -------
+    relu : bool, default True
+        Keep only the positive part (GradCAM's ReLU).
+
+    ``token_relevance`` gives GradCAM per patch token, `(batch_size, num_tokens)` (special tokens 0).
     """
 
-    def _cam(self, prepared: PreparedInputs, target: TargetType, relu: bool) -> Tensor:
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"relu": True})
+
+    def _token_relevance(self, prepared: PreparedInputs, target: TargetType, *, relu: bool) -> Tensor:
         explained = self._explained(prepared)
         targets = self._targets(explained, prepared, target)
         with evaluation_mode(self.model):
@@ -417,30 +358,6 @@ class TokenGradCAM(_GradientAttribution):
         tokens = self._warn_if_vanishing(cam.flatten(1).detach())
         special = tokens.new_zeros(len(tokens), prepared.layout.num_special_tokens)
         return torch.cat([special, tokens], dim=1)
-
-    def token_relevance(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        relu: bool = True,
-    ) -> Tensor:
-        """GradCAM per patch token, `(batch_size, num_tokens)` (special tokens 0)."""
-        return self._cam(self._prepare(inputs, additional_forward_args), target, relu)
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        relu: bool = True,
-    ) -> Tensor | tuple[Tensor]:
-        """GradCAM spread uniformly over each patch's pixels, same shape as ``inputs``."""
-        prepared = self._prepare(inputs, additional_forward_args)
-        return self._format(self._pixels(self._cam(prepared, target, relu), prepared), prepared)
 
     @classmethod
     def get_name(cls) -> str:

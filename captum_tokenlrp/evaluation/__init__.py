@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._adapters import TokenLayout
-from .._utils.pixels import patch_grid
+from .._core.geometry import patch_grid
 from .localisation import localisation_scores, mean_threshold_iou, pointing_game, relevance_mass
 from .perturbation import PerturbationCurves, gaussian_blur, perturbation_curves
 from .randomization import RandomizationResult, cascade_stages, parameter_randomization_test, spearman

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._utils.pixels import block_sums
+from .._core.geometry import block_sums
 
 Sign = Literal["positive", "absolute", "signed"]
 SIGNS = ("positive", "absolute", "signed")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .._adapters import adapter_for
 from .._core.base import evaluation_mode
-from .._utils.pixels import block_sums
+from .._core.geometry import block_sums, crop_to_grid
 from ._maps import Sign, apply_sign, attribution_map
 
 Baseline = Literal["mean", "blur"]
@@ -226,7 +226,7 @@ def perturbation_curves(
     rows, cols = height // patch[0], width // patch[1]
     maps = apply_sign(attribution_map(attributions, batch), sign)
     if maps.shape[-2:] == (height, width):
-        maps = block_sums(maps[:, : rows * patch[0], : cols * patch[1]], patch)
+        maps = block_sums(crop_to_grid(maps, patch), patch)
     elif maps.shape[-2:] != (rows, cols):
         raise ValueError(
             f"attributions must be at pixel resolution {height}x{width} or on the {rows}x{cols} patch grid, "
