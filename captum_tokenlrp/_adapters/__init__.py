@@ -1,8 +1,11 @@
 """Model adapters: where each architecture keeps its attention and its tokens."""
 
-from . import deit as _deit  # noqa: F401  (each module registers its adapter)
+from . import beit as _beit  # noqa: F401  (each module registers its adapter)
+from . import clip as _clip  # noqa: F401
+from . import deit as _deit  # noqa: F401
 from . import dinov2 as _dinov2  # noqa: F401
 from . import vit as _vit  # noqa: F401
+from . import vit_mae as _vit_mae  # noqa: F401
 from .base import (
     AttentionSite,
     ModelAdapter,

@@ -45,10 +45,10 @@ class AttentionSite:
         Factor applied to ``<q_i, k_j>`` before the softmax (the module's own).
     rule_modules : tuple of nn.Module
         Modules on which a user may set ``.rule`` to override this layer's rule.
-    score_bias : nn.Module, optional
-        A module whose most recent output is added to the scaled scores before the softmax,
-        broadcastable to `(batch_size, num_heads, N, N)` (BEiT's relative position bias). Its
-        forward hook must fire before ``module``'s does in each forward pass.
+    score_bias : tuple of nn.Module
+        Modules whose most recent outputs are added to the scaled scores before the softmax,
+        each broadcastable to `(batch_size, num_heads, N, N)` (BEiT's relative position biases,
+        per layer and shared). Each must run before ``module``'s forward hook fires.
     """
 
     layer_index: int
@@ -61,7 +61,7 @@ class AttentionSite:
     head_dim: int
     scaling: float
     rule_modules: tuple[nn.Module, ...]
-    score_bias: nn.Module | None = None
+    score_bias: tuple[nn.Module, ...] = ()
 
 
 class ModelAdapter(ABC):
@@ -151,6 +151,18 @@ class ModelAdapter(ABC):
         restored on exit, also on error.
         """
         return nullcontext()
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module the explanation runs, ``pixel_values`` first: the model itself by default
+        (an image-text model's vision tower, whose output the class-agnostic methods explain)."""
+        return self.model
+
+    def output_embedding(self, output: object) -> Tensor:
+        """The image embedding `(batch_size, hidden)` in ``forward_module``'s output: the output CLS token
+        by default (``last_hidden_state[:, 0]``); gradient methods explain a projection of it."""
+        tokens = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return tokens[:, 0]
 
     def forward_kwargs(self, pixel_values: Tensor) -> dict[str, object]:
         """Extra keyword arguments the explanation passes to the model's forward (none by default)."""

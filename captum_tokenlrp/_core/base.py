@@ -238,8 +238,15 @@ class TokenAttribution(Attribution):
     def _prepare(self, inputs: object, additional_forward_args: Any) -> PreparedInputs:
         pixel_values, is_tuple = format_pixel_inputs(inputs)
         args, kwargs = forward_arguments(additional_forward_args)
-        named = bound_forward_arguments(self.model, pixel_values, args, kwargs)
+        named = bound_forward_arguments(self._adapter.forward_module, pixel_values, args, kwargs)
         check_forward_arguments(self._adapter, named)
+        given = {name for name, value in named.items() if value is not None}
+        reserved = sorted(given & set(self._adapter.forward_kwargs(pixel_values)))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)} is set by the explanation itself for {type(self.model).__name__} "
+                f"(see the adapter {type(self._adapter).__name__}); call without it."
+            )
         layout = check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
         return PreparedInputs(pixel_values, is_tuple, args, kwargs, layout)
 
@@ -254,7 +261,7 @@ class TokenAttribution(Attribution):
         kwargs = {**self._adapter.forward_kwargs(prepared.pixel_values), **prepared.kwargs}
         with evaluation_mode(self.model), torch.no_grad(), self._adapter.explaining():
             with record_layers(sites, counted) as kept:
-                self.model(prepared.pixel_values, *prepared.args, **kwargs)
+                self._adapter.forward_module(prepared.pixel_values, *prepared.args, **kwargs)
         unrecorded = [site.layer_index for site, value in zip(sites, kept, strict=True) if value is None]
         if unrecorded:
             raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")

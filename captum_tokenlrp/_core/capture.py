@@ -135,7 +135,15 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
                     f"Layer {site.layer_index}: the attention module ran without its "
                     f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
                 )
-            bias = slot.get("score_bias") if site.score_bias is not None else None
+            bias = None
+            for index, module in enumerate(site.score_bias):
+                value = slot.get(f"score_bias_{index}")
+                if value is None:
+                    raise RuntimeError(
+                        f"Layer {site.layer_index}: its score bias {type(module).__name__} did not run before the "
+                        "attention finished; the adapter's score_bias does not match the model's forward."
+                    )
+                bias = value.float() if bias is None else bias + value.float()
             projections = LayerProjections(site, slot.pop("query"), slot.pop("key"), slot.pop("value"), bias)
             kept[position] = compute(projections)
 
@@ -146,8 +154,8 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
             slot: dict[str, Tensor] = {}
             for name in ("query", "key", "value"):
                 handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
-            if site.score_bias is not None:  # may be shared by every layer: each keeps the latest output
-                handles.append(site.score_bias.register_forward_hook(store(slot, "score_bias")))
+            for index, bias_module in enumerate(site.score_bias):  # a shared one: each layer keeps its latest output
+                handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}")))
             handles.append(site.module.register_forward_hook(finish(position, site, slot)))
         yield kept
     finally:
