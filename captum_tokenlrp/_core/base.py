@@ -18,12 +18,14 @@ from .._adapters import AttentionSite, TokenLayout, adapter_for
 from .._utils.stack import user_stacklevel
 from .._utils.validation import (
     TargetType,
+    TextPrompts,
     bound_forward_arguments,
     check_forward_arguments,
     check_pixel_values,
     explicit_start,
     format_pixel_inputs,
     forward_arguments,
+    parse_text_target,
     resolve_start,
 )
 from .capture import LayerProjections, record_layers
@@ -98,6 +100,13 @@ class TokenAttribution(Attribution):
     ...         return attention[:, :, 0].mean(dim=1)
     """
 
+    #: Whether the map depends on ``target`` beyond choosing the start token (gradient methods: the
+    #: explained class or prompt). Class-agnostic methods compute one map for all prompts.
+    target_sensitive: ClassVar[bool] = False
+
+    #: Tokenizer (or processor) for prompt strings given as ``target`` to an image-text model.
+    tokenizer: Any = None
+
     #: Keyword options of :meth:`token_relevance` and :meth:`attribute`, with their defaults.
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
@@ -138,7 +147,11 @@ class TokenAttribution(Attribution):
             per-head options of methods that have them.
         """
         prepared = self._prepare(inputs, additional_forward_args)
-        return self._token_relevance(prepared, target, **self._options(options))
+        options = self._options(options)
+        prompts = parse_text_target(target, self._adapter, self.tokenizer)
+        if prompts is None:
+            return self._token_relevance(prepared, target, **options)
+        return self._per_prompt(prepared, prompts, options)
 
     @log_usage()
     def attribute(
@@ -172,9 +185,26 @@ class TokenAttribution(Attribution):
                 f"{type(self).__name__} has no convergence delta; call attribute without return_convergence_delta."
             )
         prepared = self._prepare(inputs, additional_forward_args)
+        prompts = parse_text_target(target, self._adapter, self.tokenizer)
+        if prompts is not None:
+            if len(prompts) != 1:
+                raise ValueError(
+                    f"attribute returns one map per input (Captum convention), got {len(prompts)} prompts: pass "
+                    "one, or use token_relevance for a map per prompt."
+                )
+            target = prompts
         attributions, delta = self._attributions(prepared, target, options, return_convergence_delta)
         output = (attributions,) if prepared.is_tuple else attributions
         return (output, delta) if return_convergence_delta else output
+
+    def _per_prompt(self, prepared: PreparedInputs, prompts: TextPrompts, options: Mapping[str, Any]) -> Tensor:
+        """One map per prompt, `(batch_size, num_prompts, ...)`; computed once when the method ignores the
+        target (the class-agnostic ones: the map is the same for every prompt, and a warning says so)."""
+        if not self.target_sensitive:
+            relevance = self._token_relevance(prepared, prompts, **options)
+            return relevance.unsqueeze(1).expand(relevance.shape[0], len(prompts), *relevance.shape[1:])
+        maps = [self._token_relevance(prepared, prompts.select(index), **options) for index in range(len(prompts))]
+        return torch.stack(maps, dim=1)
 
     def _token_relevance(self, prepared: PreparedInputs, target: TargetType, **options: Any) -> Tensor:
         """The method itself: `(batch_size, num_tokens)` (or per head) for validated inputs."""
@@ -207,6 +237,9 @@ class TokenAttribution(Attribution):
         Class-agnostic methods call this, run the forward pass, then :meth:`_start`.
         """
         pixel_values = prepared.pixel_values
+        if isinstance(target, TextPrompts):  # the image's own start; the prompt cannot change it
+            self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS, force=True)
+            target = None
         explicit = explicit_start(
             target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
         )
@@ -297,13 +330,14 @@ class TokenAttribution(Attribution):
             "(use the model's image processor), or run the model in float32."
         )
 
-    def _warn_target_ignored(self, target: object, alternatives: str) -> None:
-        """Say once per instance that a classifier's ``target`` does not change this method's map."""
-        if target is None or not self._adapter.is_classifier or getattr(self, "_warned_target", False):
+    def _warn_target_ignored(self, target: object, alternatives: str, force: bool = False) -> None:
+        """Say once per instance that a classifier's ``target`` (or a prompt) does not change this method's map."""
+        relevant = force or (target is not None and self._adapter.is_classifier)
+        if not relevant or getattr(self, "_warned_target", False):
             return
         self._warned_target = True
         warnings.warn(
-            f"{type(self).__name__} is class-agnostic: on a classifier its map starts where the head reads "
+            f"{type(self).__name__} is class-agnostic: its map starts where the model's output is read "
             f"and does not depend on target={target!r} (by design; the paper explains label-free models). "
             f"For class-specific maps use {alternatives}. This warning is shown once per instance.",
             UserWarning,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,71 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
     if not bool(torch.isfinite(pixel_values.sum())) and not bool(torch.isfinite(pixel_values).all()):
         raise ValueError("pixel_values contain NaN or infinite entries; relevance would be undefined.")
     return layout
+
+
+@dataclass(frozen=True)
+class TextPrompts:
+    """Tokenized prompts an image-text model (CLIP, SigLIP) compares the image with.
+
+    Attributes
+    ----------
+    input_ids : Tensor
+        `(num_prompts, sequence_length)`.
+    attention_mask : Tensor or None
+        `(num_prompts, sequence_length)`, where the tokenizer gives one.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, index: int) -> TextPrompts:
+        """Prompt ``index`` alone."""
+        mask = None if self.attention_mask is None else self.attention_mask[index : index + 1]
+        return TextPrompts(self.input_ids[index : index + 1], mask)
+
+    def model_inputs(self, device: torch.device) -> dict[str, Tensor]:
+        """Keyword arguments of the image-text model's forward."""
+        inputs = {"input_ids": self.input_ids.to(device)}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask.to(device)
+        return inputs
+
+
+def parse_text_target(target: object, adapter: ModelAdapter, tokenizer: Any) -> TextPrompts | None:
+    """``target`` as :class:`TextPrompts` when it is text for an image-text model, else None.
+
+    Text is a string, a sequence of strings (tokenized with ``tokenizer``), a tokenizer's output
+    (a mapping with ``input_ids``), or :class:`TextPrompts`.
+    """
+    if isinstance(target, TextPrompts):
+        prompts = target
+    elif isinstance(target, Mapping) and "input_ids" in target:
+        ids = torch.as_tensor(target["input_ids"])
+        mask = target.get("attention_mask")
+        prompts = TextPrompts(ids.reshape(-1, ids.shape[-1]), None if mask is None else torch.as_tensor(mask))
+    elif isinstance(target, str) or (
+        isinstance(target, (list, tuple)) and target and all(isinstance(item, str) for item in target)
+    ):
+        texts = [target] if isinstance(target, str) else list(target)
+        if tokenizer is None:
+            raise TypeError(
+                f"target {texts!r} is text: set the attribution's tokenizer first (e.g. "
+                "attribution.tokenizer = processor.tokenizer), or pass tokenized text, "
+                "target=tokenizer(texts, padding=True, return_tensors='pt')."
+            )
+        encoded = tokenizer(texts, padding=True, return_tensors="pt")
+        return parse_text_target(encoded, adapter, tokenizer)
+    else:
+        return None
+    if not getattr(adapter, "has_text", False):
+        raise TypeError(
+            f"Text prompts need an image-text model (CLIPModel, SiglipModel); {type(adapter.model).__name__} "
+            "has no text tower. Pass an integer target, or load the full image-text model."
+        )
+    return prompts
 
 
 def _is_integer(value: object) -> bool:

@@ -39,7 +39,7 @@ from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
 from .._core.capture import LayerProjections, record_layers
 from .._core.geometry import grid_to_tokens, patch_sums, tokens_to_grid
 from .._utils.stack import user_stacklevel
-from .._utils.validation import TargetType, parse_targets, start_relevance
+from .._utils.validation import TargetType, TextPrompts, parse_targets, parse_text_target, start_relevance
 
 #: Below this, in absolute value everywhere, a gradient map is reported as numerically zero.
 VANISHING = 1e-7
@@ -82,26 +82,28 @@ class ExplainedForward:
     change along the path. With ``reference=None`` each call uses its own input's embedding.
     """
 
-    def __init__(self, model: nn.Module, **forward_kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, text: TextPrompts | Mapping[str, Any] | None = None, **forward_kwargs: Any
+    ) -> None:
         self._adapter = adapter_for(model)
         self.model = self._adapter.model
         self.forward_kwargs = forward_kwargs
+        #: Prompts of an image-text model: the output is then the image-text similarity per prompt.
+        self.text = None if text is None else parse_text_target(text, self._adapter, None)
         #: Hook target for ``LayerGradCam``: the last block's patch tokens as a grid.
         self.patch_grid = PatchGridView()
 
     @property
     def is_classifier(self) -> bool:
-        """Whether the explained model is a classifier (logits) or label-free (embedding score)."""
-        return self._adapter.is_classifier
-
-    def _tokens(self, output: Any) -> Tensor:
-        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        """Whether the output is logits (a classifier's, or image-text similarities per prompt) rather
+        than a label-free embedding score."""
+        return self._adapter.is_classifier or self.text is not None
 
     def reference(self, pixel_values: Tensor) -> Tensor:
-        """CLS embeddings `(batch, hidden_size)` of ``pixel_values`` (no grad), for label-free models."""
+        """Image embeddings `(batch, hidden_size)` of ``pixel_values`` (no grad), for label-free models."""
         options = {**self._adapter.forward_kwargs(pixel_values), **self.forward_kwargs}
         with torch.no_grad(), evaluation_mode(self.model), self._adapter.explaining():
-            return self._tokens(self._adapter.backbone(pixel_values, **options))[:, 0].detach()
+            return self._adapter.output_embedding(self._adapter.forward_module(pixel_values, **options)).detach()
 
     @contextmanager
     def _route_patches(self, layout: TokenLayout) -> Iterator[None]:
@@ -135,10 +137,13 @@ class ExplainedForward:
         options = {**self._adapter.forward_kwargs(pixel_values), **self.forward_kwargs, **(forward_kwargs or {})}
         height, width = pixel_values.shape[-2:]
         with self._adapter.explaining(), self._route_patches(self._adapter.token_layout(height, width)):
-            output = self.model(pixel_values, **options)
-        if self.is_classifier:
+            if self.text is not None:  # image-text similarity, (batch, num_prompts)
+                text = self.text.model_inputs(pixel_values.device)
+                return self.model(pixel_values=pixel_values, **text, **options).logits_per_image
+            output = self._adapter.forward_module(pixel_values, **options)
+        if self._adapter.is_classifier:
             return output.logits
-        embedding = self._tokens(output)[:, 0]
+        embedding = self._adapter.output_embedding(output)
         direction = embedding.detach() if reference is None else reference.to(embedding.dtype)
         if direction.shape != embedding.shape:
             raise ValueError(
@@ -151,16 +156,23 @@ class ExplainedForward:
 class _GradientAttribution(TokenAttribution):
     """Shared target handling: class for a classifier (default predicted), none for label-free models."""
 
-    def _explained(self, prepared: PreparedInputs) -> ExplainedForward:
+    target_sensitive = True
+
+    def _explained(self, prepared: PreparedInputs, target: object = None) -> ExplainedForward:
         if prepared.args:
             raise ValueError(
                 "Gradient baselines take extra model arguments by keyword: pass additional_forward_args "
                 "as a dict, e.g. {'interpolate_pos_encoding': True}."
             )
-        return ExplainedForward(self.model, **prepared.kwargs)
+        text = target if isinstance(target, TextPrompts) else None
+        explained = ExplainedForward(self.model, text=text, **prepared.kwargs)
+        explained._adapter = self._adapter  # one adapter: what it records in the forward is read for the start
+        return explained
 
     def _targets(self, explained: ExplainedForward, prepared: PreparedInputs, target: TargetType) -> Tensor | None:
         pixel_values = prepared.pixel_values
+        if isinstance(target, TextPrompts):  # one prompt: its similarity, column 0
+            return torch.zeros(len(pixel_values), dtype=torch.long, device=pixel_values.device)
         if not explained.is_classifier:
             if target is not None:
                 raise ValueError(
@@ -219,7 +231,7 @@ class GenericAttentionExplainability(_GradientAttribution):
     """
 
     def _token_relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
-        explained = self._explained(prepared)
+        explained = self._explained(prepared, target)
         targets = self._targets(explained, prepared, target)
         sites = self.attention_sites
         contexts: list[Tensor] = []
@@ -296,7 +308,7 @@ class TokenIntegratedGradients(_GradientAttribution):
         baselines: Tensor | float | None,
         return_convergence_delta: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        explained = self._explained(prepared)
+        explained = self._explained(prepared, target)
         targets = self._targets(explained, prepared, target)
         extra = None if explained.is_classifier else (explained.reference(prepared.pixel_values),)
         with evaluation_mode(self.model):
@@ -349,7 +361,7 @@ class TokenGradCAM(_GradientAttribution):
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"relu": True})
 
     def _token_relevance(self, prepared: PreparedInputs, target: TargetType, *, relu: bool) -> Tensor:
-        explained = self._explained(prepared)
+        explained = self._explained(prepared, target)
         targets = self._targets(explained, prepared, target)
         with evaluation_mode(self.model):
             cam = LayerGradCam(explained, explained.patch_grid).attribute(
