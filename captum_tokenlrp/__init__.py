@@ -1,12 +1,28 @@
 """captum-tokenlrp: token relevance redistribution for Vision Transformers, as a Captum attribution.
 
 Implements Sawaki & Murata, "Redistribution of inter-token relevance in
-Transformer models" (JSAI 2025) over HuggingFace ``transformers`` ViTs.
+Transformer models" (JSAI 2025) over HuggingFace ``transformers`` vision Transformers.
+
+The extension contract is public: :class:`ModelAdapter` (with :class:`AttentionSite` and
+:class:`TokenLayout`) describes an architecture, registered with :func:`register_adapter`;
+:class:`TokenAttribution` is the template every attribution follows (implement
+``_token_relevance(prepared, target, **options)``; :class:`PreparedInputs` is what it receives,
+:class:`LayerProjections` what :meth:`TokenAttribution._record` hands a per-layer computation).
 """
 
-from ._adapters import ModelAdapter, TokenLayout, register_adapter, supported_model_classes
+from ._adapters import (
+    AttentionSite,
+    ModelAdapter,
+    TokenLayout,
+    register_adapter,
+    supported_model_classes,
+    supported_model_types,
+)
+from ._core.base import PreparedInputs, TokenAttribution
+from ._core.capture import LayerProjections
 from ._core.propagation import HEAD_MODES
 from ._core.token_lrp import TokenRelevanceLRP
+from ._utils.validation import TextPrompts
 from ._version import __version__ as __version__  # re-exported; defined once, in _version.py
 from .rules import (
     RULE_I,
@@ -28,9 +44,14 @@ __all__ = [
     "RULE_II",
     "RULE_III",
     "RULE_IV",
+    "AttentionSite",
     "AttentionState",
+    "LayerProjections",
     "ModelAdapter",
+    "PreparedInputs",
+    "TextPrompts",
     "TokenActivation",
+    "TokenAttribution",
     "TokenLayout",
     "TokenRelevanceLRP",
     "TokenRule",
@@ -40,4 +61,5 @@ __all__ = [
     "register_adapter",
     "register_rule",
     "supported_model_classes",
+    "supported_model_types",
 ]

@@ -8,14 +8,7 @@ import pytest
 import torch
 from conftest import seeded, tiny_config
 from helpers import FAMILIES, build
-from transformers import (
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    Dinov2Config,
-    Dinov2Model,
-    ViTForMaskedImageModeling,
-    ViTModel,
-)
+from transformers import Dinov2Config, Dinov2Model, SwinConfig, SwinModel, ViTForMaskedImageModeling, ViTModel
 
 from captum_tokenlrp import TokenRelevanceLRP
 from captum_tokenlrp.models import load_model
@@ -74,19 +67,30 @@ def test_another_head_of_a_supported_family_loads_its_encoder(tmp_path):
 
 
 def test_unsupported_family_gets_one_line_naming_the_supported_ones(tmp_path):
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            patch_size=8,
-            image_size=32,
-        )
-    ).save_pretrained(tmp_path)
-    supported = r"Supported model types: deit, dinov2, dinov2_with_registers, vit "
-    with pytest.raises(ValueError, match=r"clip_vision_model checkpoint .* " + supported):
+    SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2])).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError) as raised:
         load_model(tmp_path)
+    message = str(raised.value)
+    assert "is a swin checkpoint (SwinConfig), which this package cannot explain" in message
+    assert "\n" not in message
+    for model_type in ("vit", "deit", "dinov2", "dinov2_with_registers", "beit", "vit_mae", "clip", "siglip"):
+        assert f" {model_type}," in message or f" {model_type} (" in message, model_type
+
+
+@pytest.mark.parametrize(
+    ("name", "build_name"),
+    [("clip", "CLIPModel"), ("clip_vision_model", "CLIPVisionModelWithProjection"), ("beit", "BeitModel")],
+)
+def test_new_families_reload_into_their_own_class(name, build_name, tmp_path):
+    from families import build as build_family
+
+    model, _ = build_family(build_name)
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert type(loaded) is type(model)
+    assert loaded.config.model_type == model.config.model_type == name
 
 
 @pytest.mark.parametrize("path", ["/no/such/dir", "./missing-checkpoint", "a/b/c"])
