@@ -18,16 +18,15 @@ class RandomRelevance(TokenAttribution):
     metric should be read against.
 
     Each image's map depends only on ``seed`` and the image's values, not on the batch it is
-    in, so evaluations in different batch sizes agree.
+    in, so evaluations in different batch sizes agree. ``token_relevance`` gives
+    `(batch_size, num_tokens)`, uniform in [0, 1) on the patches and 0 on special tokens;
+    ``target`` is accepted for a common interface and ignored.
 
     Parameters
     ----------
     model : nn.Module
         A supported HuggingFace ViT; only its token layout is used.
     seed : int, default 0
-
-    ``token_relevance`` gives `(batch_size, num_tokens)`, uniform in [0, 1) on the patches and
-    0 on special tokens; ``target`` is accepted for a common interface and ignored.
     """
 
     def __init__(self, model: torch.nn.Module, seed: int = 0) -> None:
