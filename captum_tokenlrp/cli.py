@@ -32,10 +32,11 @@ import torch
 from . import TokenRelevanceLRP, __version__
 from ._adapters import TokenLayout, adapter_for
 from ._core.propagation import HEAD_MODES
+from .baselines import GenericAttentionExplainability
 from .images import load_image
 from .models import BUNDLED_MODEL_DIR, bundled_sample_image, load_bundled_model
 from .models import load_model as load_checkpoint
-from .visualization import patch_grid, plot_rule_grid
+from .visualization import patch_grid, plot_method_comparison, plot_rule_grid
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -190,6 +191,7 @@ def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[
         "target_token": args.target_token,
         "dtype": args.dtype,
         "interpolate_pos_encoding": bool(args.interpolate_pos_encoding),
+        "prompts": getattr(args, "prompts", None),
     }
 
 
@@ -315,6 +317,7 @@ def explain(args: argparse.Namespace) -> int:
     lrp = TokenRelevanceLRP(loaded.model, rule=rules[0])
     manifest_text = manifest_json(run_manifest(loaded, args, rules))
     modes = list(dict.fromkeys([args.head_fusion, None]))
+    prompts = prompt_explainer(loaded, args.prompts)
     for stem, image in named:
         pixel_values = preprocess(loaded.processor, [image]).to(args.device, DTYPES[args.dtype])
         with keep_logits(loaded.model) as logits:
@@ -343,9 +346,46 @@ def explain(args: argparse.Namespace) -> int:
             processor=loaded.processor,
         )
         atomic_save_figure(out / f"{stem}.png", figure)
+        if prompts is not None:
+            maps = prompts.token_relevance(pixel_values, target=args.prompts, additional_forward_args=forward_args)
+            arrays["prompts"] = np.array(args.prompts)
+            arrays["prompt_gae"] = maps[0].float().cpu().numpy()
+            panels = {text: patch_grid(maps[0, index].float().cpu(), layout) for index, text in enumerate(args.prompts)}
+            figure = plot_method_comparison(
+                pixel_values[0].float().cpu(),
+                panels,
+                title=f"{stem} - GAE on the image-text similarity",
+                processor=loaded.processor,
+            )
+            atomic_save_figure(out / f"{stem}.prompts.png", figure)
+            print(f"Wrote {out / f'{stem}.prompts.png'}")
         atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout), manifest=np.array(manifest_text))
         print(f"Wrote {out / f'{stem}.png'} and {out / f'{stem}.npz'}")
     return 0
+
+
+def prompt_explainer(loaded: LoadedModel, prompts: Sequence[str] | None):
+    """GAE on the image-text similarity, with the checkpoint's own tokenizer, for ``--prompts``."""
+    if not prompts:
+        return None
+    if not getattr(adapter_for(loaded.model), "has_text", False):
+        raise CliError(
+            f"--prompts needs an image-text model (CLIPModel, SiglipModel); {type(loaded.model).__name__} has no "
+            "text tower."
+        )
+    from transformers import AutoTokenizer
+
+    source = loaded.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise CliError(
+            f"--prompts: no tokenizer for {source} ({str(error).splitlines()[0]}). Save it beside the model: "
+            "processor.save_pretrained(checkpoint_dir)."
+        ) from None
+    gae = GenericAttentionExplainability(loaded.model)
+    gae.tokenizer = tokenizer
+    return gae
 
 
 # ------------------------------------------------------------------ explain-dir
@@ -537,6 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("images", nargs="*", help="image files (default: a bundled sample)")
     _common(one)
     one.set_defaults(rules=["i", "ii", "iii", "iv"])
+    one.add_argument(
+        "--prompts",
+        nargs="+",
+        default=None,
+        help="image-text models (CLIP, SigLIP): also explain the similarity to each prompt with GAE, "
+        "one overlay per prompt in OUT/<image>.prompts.png",
+    )
     one.add_argument(
         "--scale",
         default="row",

@@ -117,3 +117,81 @@ def test_siglip_gae_starts_at_its_pooling_attention(images):
     assert relevance.shape == (2, 16)
     # GAE adds the identity, so the start's own weights are the floor of the map.
     assert bool((relevance.double() >= siglip_pooling_attention(model, images) - 1e-6).all())
+
+
+def character_tokenizer(folder):
+    """A real CLIPTokenizer, offline: one token per letter (a hand-made byte-level BPE vocabulary
+    without merges), BOS/EOS at the tiny text tower's ids 62/63."""
+    import json
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {letter: index for index, letter in enumerate(string.ascii_lowercase)}
+    vocab.update({f"{letter}</w>": 26 + index for index, letter in enumerate(string.ascii_lowercase)})
+    vocab.update({"<|startoftext|>": 62, "<|endoftext|>": 63})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+def test_cli_explains_an_image_against_prompts(tmp_path, images):
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from captum_tokenlrp.cli import main
+
+    model, _ = build("CLIPModel")
+    checkpoint = tmp_path / "clip"
+    model.save_pretrained(checkpoint)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(checkpoint)
+    tokenizer = character_tokenizer(tmp_path)
+    tokenizer.save_pretrained(checkpoint)
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(picture)
+    prompts = ["a cat", "a dog"]
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "explain",
+                str(picture),
+                "--model",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--rules",
+                "iv",
+                "--prompts",
+                *prompts,
+            ]
+        )
+        == 0
+    )
+    saved = np.load(out / "picture.npz")
+    assert list(saved["prompts"]) == prompts and saved["prompt_gae"].shape == (2, 17)
+    assert (out / "picture.prompts.png").stat().st_size > 5_000
+    pixel_values = processor(images=Image.open(picture), return_tensors="pt")["pixel_values"]
+    gae = GenericAttentionExplainability(model)
+    expected = gae.token_relevance(pixel_values, target=tokenizer(prompts, padding=True, return_tensors="pt"))
+    np.testing.assert_allclose(saved["prompt_gae"], expected[0].numpy(), atol=1e-6)
+    lrp = TokenRelevanceLRP(model, rule="iv").token_relevance(pixel_values)
+    np.testing.assert_allclose(saved["rule_iv_fused"], lrp[0].numpy(), atol=1e-6)
+
+
+def test_cli_prompts_need_an_image_text_model(tmp_path, capsys):
+    from transformers import CLIPImageProcessor
+
+    from captum_tokenlrp.cli import main
+
+    model, _ = build("CLIPVisionModel")
+    model.save_pretrained(tmp_path / "vision")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "vision"
+    )
+    assert (
+        main(["explain", "--model", str(tmp_path / "vision"), "--out", str(tmp_path / "o"), "--prompts", "a cat"]) == 2
+    )
+    assert "--prompts needs an image-text model" in capsys.readouterr().err
