@@ -38,6 +38,7 @@ from ._adapters import TokenLayout
 from ._core.geometry import patch_grid as _patch_grid
 from ._core.geometry import patch_relevance_to_pixels
 from ._utils.stack import user_stacklevel
+from ._utils.validation import parse_text_target
 
 __all__ = [
     "SUPPORTED_MODES",
@@ -629,11 +630,12 @@ def explain_image(
     image : str, os.PathLike or PIL.Image.Image
         Read with :func:`load_image`.
     processor : image processor
-        The model's HuggingFace image processor, called as ``processor(images=..., return_tensors="pt")``
-        (with ``input_data_format="channels_last"`` for transformers 4.x numpy processors, which otherwise
-        misread images 1 or 3 pixels high).
+        The model's HuggingFace image processor, or a processor holding one (``CLIPProcessor``), called
+        as ``processor(images=..., return_tensors="pt")`` (with ``input_data_format="channels_last"`` for
+        transformers 4.x numpy processors, which otherwise misread images 1 or 3 pixels high).
     target, additional_forward_args, **kwargs
-        Passed to ``token_relevance`` (e.g. ``head_fusion=None`` for one map per head).
+        Passed to ``token_relevance`` (e.g. ``head_fusion=None`` for one map per head). For an image-text
+        model ``target`` may be one prompt (several raise a ``ValueError``: call once per prompt).
 
     Returns
     -------
@@ -654,6 +656,16 @@ def explain_image(
                 f"Expected an attribution of this package (with model, token_relevance and token_layout), "
                 f"got {type(attribution).__name__} without {name}."
             )
+    processor = getattr(processor, "image_processor", processor)  # a CLIPProcessor: its image part
+    adapter = getattr(attribution, "_adapter", None)  # the package's attributions; duck-typed ones have none
+    prompts = None if adapter is None else parse_text_target(target, adapter, getattr(attribution, "tokenizer", None))
+    if prompts is not None:
+        if len(prompts) != 1:
+            raise ValueError(
+                f"explain_image maps one prompt at a time, got {len(prompts)}: call it once per prompt "
+                "(or use token_relevance for a (batch, prompts, tokens) map)."
+            )
+        target = prompts
     loaded = load_image(image)
     device, dtype = _model_device_dtype(attribution.model)
     pixel_values = processor(images=loaded, return_tensors="pt", **_pil_layout_kwargs(processor))["pixel_values"]
@@ -665,6 +677,8 @@ def explain_image(
             f"predict {geometry.input}; processor_geometry does not model this processor."
         )
     relevance = attribution.token_relevance(pixel_values, target, additional_forward_args, **kwargs).detach()
+    if prompts is not None:  # (1, 1 prompt, ...): the prompt axis is not a heads axis
+        relevance = relevance[:, 0]
     layout = attribution.token_layout(pixel_values, additional_forward_args)
     if relevance.dim() not in (2, 3) or relevance.shape[0] != 1:
         raise ValueError(

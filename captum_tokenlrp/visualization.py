@@ -56,6 +56,7 @@ def _normalisation(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The per-channel ``(mean, std)`` to undo, from explicit values or an image processor; None for neither."""
     if processor is not None:
+        processor = getattr(processor, "image_processor", processor)  # a CLIPProcessor: its image part
         if mean is not None or std is not None:
             raise ValueError("Pass either processor or mean and std, not both.")
         if not getattr(processor, "do_normalize", True):

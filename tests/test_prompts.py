@@ -195,3 +195,26 @@ def test_cli_prompts_need_an_image_text_model(tmp_path, capsys):
         main(["explain", "--model", str(tmp_path / "vision"), "--out", str(tmp_path / "o"), "--prompts", "a cat"]) == 2
     )
     assert "--prompts needs an image-text model" in capsys.readouterr().err
+
+
+def test_explain_image_maps_one_prompt_onto_the_photo(tmp_path):
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    from captum_tokenlrp.images import explain_image
+
+    model, _ = build("CLIPModel")
+    tokenizer = character_tokenizer(tmp_path)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    photo = Image.fromarray((torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy())
+    gae = GenericAttentionExplainability(model)
+    gae.tokenizer = tokenizer
+    explanation = explain_image(gae, photo, processor, target="a cat")
+    assert explanation.original_map.shape == (40, 48) and explanation.head_maps is None
+    expected = gae.token_relevance(explanation.pixel_values, target="a cat")[0, 0]
+    torch.testing.assert_close(explanation.token_relevance, expected)
+    with pytest.raises(ValueError, match="one prompt at a time, got 2"):
+        explain_image(gae, photo, processor, target=["a cat", "a dog"])

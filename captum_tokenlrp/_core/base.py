@@ -355,4 +355,5 @@ class TokenAttribution(Attribution):
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """False: relevance is not multiplied by the inputs (Captum's flag for its metrics)."""
         return False

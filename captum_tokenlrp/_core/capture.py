@@ -39,6 +39,7 @@ class LayerProjections:
 
     @property
     def layer_index(self) -> int:
+        """The layer's index, 0 nearest to the input."""
         return self.site.layer_index
 
     def _heads(self, projection: Tensor, heads: slice, scale: float = 1.0) -> Tensor:

@@ -149,6 +149,9 @@ class TextPrompts:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def __repr__(self) -> str:
+        return f"TextPrompts({len(self)} prompt{'s' if len(self) != 1 else ''} of {self.input_ids.shape[-1]} tokens)"
+
     def select(self, index: int) -> TextPrompts:
         """Prompt ``index`` alone."""
         mask = None if self.attention_mask is None else self.attention_mask[index : index + 1]
