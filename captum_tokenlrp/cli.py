@@ -383,9 +383,7 @@ def prompt_explainer(loaded: LoadedModel, prompts: Sequence[str] | None):
             f"--prompts: no tokenizer for {source} ({str(error).splitlines()[0]}). Save it beside the model: "
             "processor.save_pretrained(checkpoint_dir)."
         ) from None
-    gae = GenericAttentionExplainability(loaded.model)
-    gae.tokenizer = tokenizer
-    return gae
+    return GenericAttentionExplainability(loaded.model, tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------ explain-dir

@@ -83,6 +83,8 @@ def test_prompt_strings_use_the_attributions_tokenizer(images):
     by_ids = gae.token_relevance(images, target=WordTokenizer()(texts))
     torch.testing.assert_close(by_strings, by_ids)
     torch.testing.assert_close(gae.token_relevance(images, target="a photo of a cat"), by_ids[:, :1])
+    built_with = GenericAttentionExplainability(model, tokenizer=WordTokenizer())
+    torch.testing.assert_close(built_with.token_relevance(images, target=texts), by_strings)
 
 
 def test_attribute_takes_one_prompt(images):

@@ -89,6 +89,9 @@ class TokenAttribution(Attribution):
         A supported HuggingFace vision Transformer (see :func:`supported_model_classes`). A
         wrapper (``torch.compile``, ``DataParallel``, a ``pipeline``) is explained through the
         model inside it, with a warning.
+    tokenizer : tokenizer or processor, optional
+        For an image-text model (CLIP, SigLIP): tokenizes prompt strings given as ``target``
+        (the attribute may also be set later, ``attribution.tokenizer = processor.tokenizer``).
 
     Examples
     --------
@@ -104,13 +107,11 @@ class TokenAttribution(Attribution):
     #: explained class or prompt). Class-agnostic methods compute one map for all prompts.
     target_sensitive: ClassVar[bool] = False
 
-    #: Tokenizer (or processor) for prompt strings given as ``target`` to an image-text model.
-    tokenizer: Any = None
-
     #: Keyword options of :meth:`token_relevance` and :meth:`attribute`, with their defaults.
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
         self._adapter = adapter_for(model)
         # A wrapper (torch.compile, DataParallel, pipeline) is explained through the model inside it.
         model = self._adapter.model

@@ -75,6 +75,8 @@ class TokenRelevanceLRP(TokenAttribution):
         processed in groups small enough to stay under it (the result does not
         change), so long sequences fit in memory. Rules therefore see a state
         whose head axis may be a group of heads.
+    tokenizer : tokenizer or processor, optional
+        Tokenizes prompt strings given as ``target`` to an image-text model (CLIP, SigLIP).
 
     Notes
     -----
@@ -103,8 +105,15 @@ class TokenRelevanceLRP(TokenAttribution):
     >>> relevance = lrp.token_relevance(pixel_values)  # (batch, 197) # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, rule: str | TokenRule = "iv", *, max_chunk_elements: int = 2**25) -> None:
-        super().__init__(model)
+    def __init__(
+        self,
+        model: nn.Module,
+        rule: str | TokenRule = "iv",
+        *,
+        max_chunk_elements: int = 2**25,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__(model, tokenizer=tokenizer)
         self.rule = get_rule(rule)
         if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
             raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,10 +28,12 @@ class RandomRelevance(TokenAttribution):
     model : nn.Module
         A supported HuggingFace ViT; only its token layout is used.
     seed : int, default 0
+    tokenizer : tokenizer or processor, optional
+        Tokenizes prompt strings given as ``target`` to an image-text model (CLIP, SigLIP).
     """
 
-    def __init__(self, model: torch.nn.Module, seed: int = 0) -> None:
-        super().__init__(model)
+    def __init__(self, model: torch.nn.Module, seed: int = 0, *, tokenizer: Any = None) -> None:
+        super().__init__(model, tokenizer=tokenizer)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
         self.seed = seed

@@ -282,6 +282,8 @@ class TokenIntegratedGradients(_GradientAttribution):
         Riemann steps of the path integral.
     internal_batch_size : int, optional
         Passed to Captum to bound memory.
+    tokenizer : tokenizer or processor, optional
+        Tokenizes prompt strings given as ``target`` to an image-text model (CLIP, SigLIP).
 
     Options
     -------
@@ -296,8 +298,10 @@ class TokenIntegratedGradients(_GradientAttribution):
 
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"baselines": None})
 
-    def __init__(self, model: nn.Module, n_steps: int = 50, internal_batch_size: int | None = None) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: nn.Module, n_steps: int = 50, internal_batch_size: int | None = None, *, tokenizer: Any = None
+    ) -> None:
+        super().__init__(model, tokenizer=tokenizer)
         self.n_steps = n_steps
         self.internal_batch_size = internal_batch_size
 
