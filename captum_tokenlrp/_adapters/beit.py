@@ -9,8 +9,6 @@ the head reads the mean of the patch tokens, so that is where the propagation st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 
 import torch
@@ -61,46 +59,6 @@ class BeitAdapter(HFViTFamilyAdapter):
         sites = super().attention_sites()
         layers = self._layers()
         return [replace(site, score_bias=self._bias_modules(layer)) for site, layer in zip(sites, layers, strict=True)]
-
-    def explaining(self) -> AbstractContextManager[None]:
-        return self._own_bias_kept()
-
-    @contextmanager
-    def _own_bias_kept(self) -> Iterator[None]:
-        """transformers 4.x with both biases: the model gets a copy of each layer's own bias output.
-
-        4.x's ``BeitSdpaSelfAttention`` adds the shared bias *in place* into the output of the layer's own
-        ``relative_position_bias`` (``attn_bias += relative_position_bias``), the very tensor the recorder
-        keeps: it would hold own + shared and the shared bias would count twice. A forward hook returning
-        ``output.clone()`` hands the model a copy; it is registered from a pre-hook of the self-attention,
-        i.e. during each forward pass, after the recorder's hook, which so keeps the original. Removed on exit.
-        """
-        pairs = []
-        for layer in self._layers():
-            attention = getattr(layer.attention, "attention", None)  # 4.x layout only
-            own = getattr(attention, "relative_position_bias", None)
-            if isinstance(own, nn.Module) and len(self._bias_modules(layer)) == 2:
-                pairs.append((attention, own))
-        handles: list = []
-
-        def before_attention(own: nn.Module) -> object:
-            def hook(_module: nn.Module, _args: tuple) -> None:
-                def copy_once(_own: nn.Module, _args: tuple, output: Tensor) -> Tensor:
-                    once.remove()  # registered anew in every forward pass, after every other hook
-                    return output.clone()
-
-                once = own.register_forward_hook(copy_once)
-                handles.append(once)
-
-            return hook
-
-        try:
-            for attention, own in pairs:
-                handles.append(attention.register_forward_pre_hook(before_attention(own)))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _reads_patch_mean(self) -> bool:
         return bool(getattr(self.config, "use_mean_pooling", False))

@@ -122,9 +122,9 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
     kept: list[Tensor | None] = [None] * len(sites)
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def store(slot: dict[str, Tensor], name: str) -> Callable:
+    def store(slot: dict[str, Tensor], name: str, copy: bool = False) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            slot[name] = output
+            slot[name] = output.detach().clone() if copy else output
 
         return hook
 
@@ -155,8 +155,10 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
             slot: dict[str, Tensor] = {}
             for name in ("query", "key", "value"):
                 handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
-            for index, bias_module in enumerate(site.score_bias):  # a shared one: each layer keeps its latest output
-                handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}")))
+            # A shared bias: each layer keeps its latest output. A copy, since a model may add into it in
+            # place (transformers 4.x BEiT adds the shared bias into the layer's own bias tensor).
+            for index, bias_module in enumerate(site.score_bias):
+                handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}", copy=True)))
             handles.append(site.module.register_forward_hook(finish(position, site, slot)))
         yield kept
     finally:
