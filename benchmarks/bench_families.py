@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_speed import machine  # noqa: E402  (benchmarks/ is on the path: this script's folder)
 from families import (  # noqa: E402
     VISION,
     FamilyInfo,
@@ -285,22 +284,6 @@ def measure(case: Case, dims: dict, rounds: int) -> dict[str, object]:
 
 
 # ------------------------------------------------------------------ report
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
-    )
-
-
 def report(rows: list[dict], command: str, seconds: float, quick: bool) -> str:
     size = "tiny configs (hidden 48, 3 layers, 4 heads, 32 px, patch 8)" if quick else "real sizes, 224 px"
     lines = [

@@ -38,7 +38,7 @@ from ._adapters import TokenLayout
 from ._core.geometry import patch_grid as _patch_grid
 from ._core.geometry import patch_relevance_to_pixels
 from ._utils.stack import user_stacklevel
-from ._utils.validation import parse_text_target
+from ._utils.validation import TextPrompts, one_prompt
 
 __all__ = [
     "SUPPORTED_MODES",
@@ -658,14 +658,9 @@ def explain_image(
             )
     processor = getattr(processor, "image_processor", processor)  # a CLIPProcessor: its image part
     adapter = getattr(attribution, "_adapter", None)  # the package's attributions; duck-typed ones have none
-    prompts = None if adapter is None else parse_text_target(target, adapter, getattr(attribution, "tokenizer", None))
-    if prompts is not None:
-        if len(prompts) != 1:
-            raise ValueError(
-                f"explain_image maps one prompt at a time, got {len(prompts)}: call it once per prompt "
-                "(or use token_relevance for a (batch, prompts, tokens) map)."
-            )
-        target = prompts
+    if adapter is not None:
+        target = one_prompt(target, adapter, getattr(attribution, "tokenizer", None), "explain_image")
+    prompts = target if isinstance(target, TextPrompts) else None
     loaded = load_image(image)
     device, dtype = _model_device_dtype(attribution.model)
     pixel_values = processor(images=loaded, return_tensors="pt", **_pil_layout_kwargs(processor))["pixel_values"]

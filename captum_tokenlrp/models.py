@@ -108,7 +108,7 @@ def _model_class_for(config, source: str):
     """The class of the checkpoint's own architecture, among those an adapter explains."""
     model_type = getattr(config, "model_type", None)
     adapter = adapter_class_for_model_type(model_type) if model_type else None
-    classes = adapter.model_classes() if adapter is not None else ()
+    classes = adapter.available_model_classes() if adapter is not None else ()
     if not classes:
         raise ValueError(
             f"{source} is a {model_type or 'unknown'!s} checkpoint ({type(config).__name__}), which this "

@@ -151,8 +151,17 @@ def per_layer_qkv_from_model(model, pixel_values):
 
 def reference_redistribution(q, k, v, rule):
     """M_ij for one sample and one head, straight from the table in METHOD.md (float64)."""
-    n = q.shape[0]
     w = torch.softmax(q @ k.T / math.sqrt(q.shape[1]), dim=-1)
+    return reference_redistribution_from_probs(w, v, rule)
+
+
+def reference_redistribution_from_probs(w, v, rule):
+    """M_ij for one sample and one head from the attention probabilities ``w`` (N, N) and values ``v`` (N, d).
+
+    ``z_ij = a_j W_ij``, ``M_ij = z_ij / sum_j' z_ij'``, float64.
+    """
+    w, v = w.to(DOUBLE), v.to(DOUBLE)
+    n = w.shape[0]
     v_mean = v.mean(dim=0)
     a = torch.ones(n, dtype=DOUBLE)
     if rule in ("ii", "iv"):

@@ -35,6 +35,7 @@ from families import (
     vision_root,
 )
 from PIL import Image
+from reference import reference_redistribution_from_probs
 from torch import nn
 
 from captum_tokenlrp import TokenRelevanceLRP, TokenRule, supported_model_classes, supported_model_types
@@ -54,26 +55,6 @@ START_ONLY = TokenRule(UnitActivation(), lambda state: torch.zeros_like(state.at
 
 
 # ------------------------------------------------------------------ float64 reference from (w, v)
-def reference_redistribution_from_probs(w: torch.Tensor, v: torch.Tensor, rule: str) -> torch.Tensor:
-    """M_ij for one sample and one head from the attention probabilities ``w`` (N, N) and values ``v`` (N, d).
-
-    Straight from the table in METHOD.md, float64: ``z_ij = a_j W_ij``, ``M_ij = z_ij / sum_j' z_ij'``.
-    """
-    w, v = w.to(DOUBLE), v.to(DOUBLE)
-    n = w.shape[0]
-    v_mean = v.mean(dim=0)
-    a = torch.ones(n, dtype=DOUBLE)
-    if rule in ("ii", "iv"):
-        a = torch.stack([torch.linalg.norm(v[j] - v_mean) for j in range(n)])
-    weight = w.clone()
-    if rule in ("iii", "iv"):
-        dist = torch.linalg.norm(v.unsqueeze(0) - v.unsqueeze(1), dim=-1)  # dist[i, j] = ||v_j - v_i||
-        weight = dist * w
-    weight = weight + torch.eye(n, dtype=DOUBLE)
-    z = weight * a.unsqueeze(0)
-    return z / z.sum(dim=1, keepdim=True)
-
-
 def reference_maps(layers, start: torch.Tensor, rule: str, head_fusion: str | None) -> torch.Tensor:
     """(B, N) with heads fused by mean in every layer, or (B, H, N) one chain per head; from ``start`` (B, N)."""
     batch, heads = layers[0][0].shape[:2]

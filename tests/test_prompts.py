@@ -218,5 +218,5 @@ def test_explain_image_maps_one_prompt_onto_the_photo(tmp_path):
     assert explanation.original_map.shape == (40, 48) and explanation.head_maps is None
     expected = gae.token_relevance(explanation.pixel_values, target="a cat")[0, 0]
     torch.testing.assert_close(explanation.token_relevance, expected)
-    with pytest.raises(ValueError, match="one prompt at a time, got 2"):
+    with pytest.raises(ValueError, match="returns one map per image, got 2 prompts"):
         explain_image(gae, photo, processor, target=["a cat", "a dog"])

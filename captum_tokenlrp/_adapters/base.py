@@ -86,14 +86,24 @@ class ModelAdapter(ABC):
         self.backbone: nn.Module = model
 
     @classmethod
-    @abstractmethod
     def handles(cls, model: nn.Module) -> bool:
-        """Whether this adapter understands ``model``."""
+        """Whether this adapter understands ``model``: by default, an instance of :meth:`model_classes`."""
+        classes = cls.available_model_classes()
+        return bool(classes) and isinstance(model, classes)
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        """The loadable model classes (``from_pretrained``), the headless one first; empty if none."""
+        """The model classes (``from_pretrained``), the headless one first; empty if none. Import them here,
+        lazily: a transformers release without the family raises ImportError, which means "none"."""
         return ()
+
+    @classmethod
+    def available_model_classes(cls) -> tuple[type, ...]:
+        """:meth:`model_classes`, or none where this transformers release lacks the family."""
+        try:
+            return cls.model_classes()
+        except ImportError:
+            return ()
 
     @classmethod
     def loading_options(cls, model_class: type) -> dict[str, object]:

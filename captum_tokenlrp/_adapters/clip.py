@@ -30,22 +30,6 @@ class _ContrastiveVisionAdapter(ModelAdapter):
     #: Names of the image-text classes (their forward also takes text).
     image_text_class_names: tuple[str, ...] = ()
 
-    @classmethod
-    def _classes(cls) -> tuple[type, ...]:
-        raise NotImplementedError
-
-    @classmethod
-    def model_classes(cls) -> tuple[type, ...]:
-        try:
-            return cls._classes()
-        except ImportError:
-            return ()
-
-    @classmethod
-    def handles(cls, model: nn.Module) -> bool:
-        classes = cls.model_classes()
-        return bool(classes) and isinstance(model, classes)
-
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.config = getattr(model.config, "vision_config", model.config)
@@ -125,7 +109,7 @@ class CLIPAdapter(_ContrastiveVisionAdapter):
     model_types = ("clip", "clip_vision_model")
 
     @classmethod
-    def _classes(cls) -> tuple[type, ...]:
+    def model_classes(cls) -> tuple[type, ...]:
         from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
         return (CLIPVisionModel, CLIPVisionModelWithProjection, CLIPModel)
@@ -141,7 +125,7 @@ class SiglipAdapter(_ContrastiveVisionAdapter):
     model_types = ("siglip", "siglip_vision_model")
 
     @classmethod
-    def _classes(cls) -> tuple[type, ...]:
+    def model_classes(cls) -> tuple[type, ...]:
         from transformers import SiglipModel, SiglipVisionModel
 
         return (SiglipVisionModel, SiglipModel)

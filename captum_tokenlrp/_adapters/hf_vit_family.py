@@ -46,10 +46,7 @@ class HFViTFamilyAdapter(ModelAdapter):
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        try:
-            return cls.base_classes() + cls.classifier_classes()
-        except ImportError:  # an older transformers without this family
-            return ()
+        return cls.base_classes() + cls.classifier_classes()
 
     @classmethod
     def loading_options(cls, model_class: type) -> dict[str, object]:
@@ -57,11 +54,6 @@ class HFViTFamilyAdapter(ModelAdapter):
         if model_class in cls.base_classes() and "add_pooling_layer" in inspect.signature(model_class).parameters:
             return {"add_pooling_layer": False}
         return {}
-
-    @classmethod
-    def handles(cls, model: nn.Module) -> bool:
-        classes = cls.model_classes()
-        return bool(classes) and isinstance(model, classes)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -25,6 +25,7 @@ from .._utils.validation import (
     explicit_start,
     format_pixel_inputs,
     forward_arguments,
+    one_prompt,
     parse_text_target,
     resolve_start,
 )
@@ -186,14 +187,7 @@ class TokenAttribution(Attribution):
                 f"{type(self).__name__} has no convergence delta; call attribute without return_convergence_delta."
             )
         prepared = self._prepare(inputs, additional_forward_args)
-        prompts = parse_text_target(target, self._adapter, self.tokenizer)
-        if prompts is not None:
-            if len(prompts) != 1:
-                raise ValueError(
-                    f"attribute returns one map per input (Captum convention), got {len(prompts)} prompts: pass "
-                    "one, or use token_relevance for a map per prompt."
-                )
-            target = prompts
+        target = one_prompt(target, self._adapter, self.tokenizer, "attribute")
         attributions, delta = self._attributions(prepared, target, options, return_convergence_delta)
         output = (attributions,) if prepared.is_tuple else attributions
         return (output, delta) if return_convergence_delta else output

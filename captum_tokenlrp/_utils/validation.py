@@ -199,6 +199,20 @@ def parse_text_target(target: object, adapter: ModelAdapter, tokenizer: Any) -> 
     return prompts
 
 
+def one_prompt(target: object, adapter: ModelAdapter, tokenizer: Any, caller: str) -> object:
+    """``target`` unchanged, or as :class:`TextPrompts` when it is text; more than one prompt is refused
+    (``caller`` returns one map per image)."""
+    prompts = parse_text_target(target, adapter, tokenizer)
+    if prompts is None:
+        return target
+    if len(prompts) != 1:
+        raise ValueError(
+            f"{caller} returns one map per image, got {len(prompts)} prompts: call it once per prompt, or use "
+            "token_relevance for a (batch, prompts, tokens) map."
+        )
+    return prompts
+
+
 def _is_integer(value: object) -> bool:
     """A Python or numpy integer (Captum accepts both), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
