@@ -344,10 +344,6 @@ class TokenAttribution(Attribution):
         layout = prepared.layout
         return patch_relevance_to_pixels(relevance[:, layout.patch_slice], layout, prepared.pixel_values.shape)
 
-    @staticmethod
-    def _format(attributions: Tensor, prepared: PreparedInputs) -> Tensor | tuple[Tensor]:
-        return (attributions,) if prepared.is_tuple else attributions
-
     @property
     def multiplies_by_inputs(self) -> bool:
         """False: relevance is not multiplied by the inputs (Captum's flag for its metrics)."""

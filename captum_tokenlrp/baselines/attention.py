@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,9 +20,6 @@ from .._core.propagation import propagate
 from .._utils.validation import TargetType
 
 __all__ = ["AttentionRollout", "RawAttention", "mass_threshold_mask"]
-
-HeadReduction = Literal["mean", "max", "min"]
-
 
 def _check_reduction(head_fusion: object, allow_none: bool) -> None:
     allowed = ["mean", "max", "min"] + ([None] if allow_none else [])
