@@ -14,16 +14,21 @@ VENV4 ?= .venv-tf4
 DIST_DIR ?= build/dist
 VENV_WHEEL ?= build/venv-wheel
 
-.PHONY: install demo test test-transformers4 dist-install dist-check lint bench bench-quick quality quality-quick docs-install tutorials docs clean
+.PHONY: browser install demo test test-transformers4 dist-install dist-check lint bench bench-quick quality quality-quick docs-install tutorials docs clean
 
 $(BIN)/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,report-test]"
 	touch $@
 
 install: $(BIN)/.installed
+
+# Headless Chromium and its driver from Debian, for the browser tests of `tokenlrp report` (root, as in CI).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 demo: install
 	$(BIN)/tokenlrp explain --model bundled --out outputs/demo
@@ -35,7 +40,7 @@ $(VENV4)/bin/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test]"
+	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test]"
 	touch $@
 
 test-transformers4: $(VENV4)/bin/.installed

@@ -526,6 +526,19 @@ def write_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ report
+def report(args: argparse.Namespace) -> int:
+    """An offline HTML report of an explain-dir run (see :mod:`captum_tokenlrp.report`)."""
+    from .report import ReportError, write_report
+
+    try:
+        index = write_report(args.run_dir, args.images, out=args.out, thumbnail_size=args.thumbnail_size)
+    except ReportError as error:
+        raise CliError(str(error)) from None
+    print(f"Wrote {index}")
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -605,6 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--count", type=int, default=100, help="number of images (default: %(default)s)")
     shapes.add_argument("--seed", type=int, default=5, help="stream seed (0 trained the bundled model)")
     shapes.add_argument("--size", type=int, default=64, help="image side in pixels (default: %(default)s)")
+    page = commands.add_parser("report", help="offline HTML report (thumbnails, scores) of an explain-dir run")
+    page.add_argument("run_dir", metavar="OUT", help="the --out folder of an explain-dir run (holds manifest.json)")
+    page.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="the folder explain-dir read, drawn under the maps (default: none; thumbnails show the map alone)",
+    )
+    page.add_argument(
+        "--out", default=None, metavar="REPORT_DIR", help="report folder, replaced on every run (default: OUT/report)"
+    )
+    page.add_argument(
+        "--thumbnail-size", type=int, default=128, help="thumbnail width in pixels (default: %(default)s)"
+    )
     return parser
 
 
@@ -612,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "head_fusion", None) == "none":
         args.head_fusion = None
-    commands = {"explain": explain, "explain-dir": explain_dir, "shapes": write_shapes}
+    commands = {"explain": explain, "explain-dir": explain_dir, "shapes": write_shapes, "report": report}
     try:
         return commands[args.command](args)
     except CliError as error:

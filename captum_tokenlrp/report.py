@@ -1,0 +1,494 @@
+"""An offline HTML report of an ``explain-dir`` run: ``tokenlrp report OUT``.
+
+:func:`write_report` reads every ``.npz`` that ``tokenlrp explain-dir`` wrote under a run folder
+and writes one self-contained folder (default ``OUT/report/``)::
+
+    report/index.html    the page: inline CSS and vanilla JavaScript, no server, no network
+    report/data.js       the entries, loaded by a <script> tag (works from file://)
+    report/data.json     the same data, for other programs
+    report/thumbs/*.png  one thumbnail per image and rule: the photo with the patch map blended on it
+
+The page shows the run's manifest, then the images as cards (thumbnail, name, concentration score,
+link to the ``.npz``), 100 per page, sortable by name or concentration and filterable by name
+(and by predicted class where the ``.npz`` files record one).
+
+Concentration score
+-------------------
+The share of the map's relevance held by its top 10 % of patches::
+
+    r = |relevance of the patch tokens|      (special tokens dropped; a per-head map is averaged over heads)
+    k = ceil(0.1 * number of patches)
+    concentration = sum of the k largest r / sum of r
+
+It lies in ``[k / num_patches, 1]``: about 0.1 for a uniform map, 1 when at most k patches hold
+all the relevance. A map of zeros scores 0.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+from ._core.geometry import TokenLayout, patch_grid
+
+__all__ = ["PAGE_SIZE", "TOP_SHARE", "concentration_score", "patch_map", "write_report"]
+
+#: Cards per page of the report.
+PAGE_SIZE = 100
+#: Fraction of the patches whose share of the relevance is the concentration score.
+TOP_SHARE = 0.1
+#: Marks a folder written by :func:`write_report`, so that a rerun may replace it (and nothing else).
+MARKER = ".tokenlrp-report"
+#: Optional ``.npz`` keys read as the image's predicted class (explain-dir writes none today).
+CLASS_KEYS = ("predicted_class", "class_name", "label")
+COLORMAP = "inferno"
+
+
+class ReportError(Exception):
+    """A problem with the run folder or the report's destination that the user can fix."""
+
+
+# ------------------------------------------------------------------ scores and maps
+def patch_map(relevance: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """The patch tokens' relevance on the patch grid.
+
+    Parameters
+    ----------
+    relevance : np.ndarray
+        ``(num_tokens,)`` or ``(num_heads, num_tokens)`` (``--head-fusion none``), in the model's token
+        order (special tokens first).
+    layout : TokenLayout
+        The run's token layout (from the ``.npz``: ``special_tokens``, ``grid``, ``patch_size``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(rows, cols)`` float64; a per-head map is averaged over its heads.
+    """
+    relevance = np.asarray(relevance, dtype=np.float64)
+    if relevance.ndim == 2:
+        relevance = relevance.mean(axis=0)
+    if relevance.ndim != 1:
+        raise ValueError(
+            f"Expected relevance of shape (num_tokens,) or (num_heads, num_tokens), got {relevance.shape}."
+        )
+    return patch_grid(torch.from_numpy(relevance), layout).numpy()
+
+
+def concentration_score(patches: np.ndarray, top_share: float = TOP_SHARE) -> float:
+    """Share of the absolute relevance held by the top ``top_share`` of the patches.
+
+    Parameters
+    ----------
+    patches : np.ndarray
+        ``(rows, cols)`` (or any shape): one relevance value per patch.
+    top_share : float
+        Fraction of the patches counted, ``0 < top_share <= 1``; ``k = ceil(top_share * num_patches)``.
+
+    Returns
+    -------
+    float
+        In ``[k / num_patches, 1]``; 0 for a map of zeros.
+    """
+    if not 0 < top_share <= 1:
+        raise ValueError(f"top_share must lie in (0, 1], got {top_share}.")
+    values = np.abs(np.asarray(patches, dtype=np.float64)).reshape(-1)
+    total = values.sum()
+    if values.size == 0 or not np.isfinite(total) or total <= 0:
+        return 0.0
+    k = max(1, math.ceil(top_share * values.size))
+    return float(np.sort(values)[-k:].sum() / total)
+
+
+def _thumbnail(patches: np.ndarray, photo, size: int):
+    """A PIL image ``size`` wide: the map (nearest, colormapped) blended on ``photo`` (a PIL image) if given."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    width, height = _thumbnail_shape(patches.shape, size)
+    values = np.abs(patches)
+    peak = values.max()
+    normalised = values / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(values)
+    colours = (colormaps[COLORMAP](normalised)[..., :3] * 255).astype(np.uint8)
+    overlay = Image.fromarray(colours).resize((width, height), Image.Resampling.NEAREST)
+    if photo is None:
+        return overlay
+    return Image.blend(photo.resize((width, height), Image.Resampling.BILINEAR), overlay, 0.5)
+
+
+def _thumbnail_shape(grid: Sequence[int], size: int) -> tuple[int, int]:
+    """(width, height) of a thumbnail ``size`` wide with the patch grid's aspect."""
+    rows, cols = grid
+    return size, max(1, round(size * rows / cols))
+
+
+def _photo(image_path: Path | None):
+    """The image explain-dir read, as RGB, or None where it is missing or unreadable."""
+    if image_path is None or not image_path.is_file():
+        return None
+    from .images import load_image
+
+    try:
+        return load_image(image_path).convert("RGB")
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ reading the run
+@dataclass
+class _Run:
+    manifest: dict
+    rules: list[str]
+    entries: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _relevance_key(rule: str, files: Sequence[str]) -> str | None:
+    if f"relevance_{rule}" in files:
+        return f"relevance_{rule}"
+    return "relevance" if "relevance" in files else None
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a directory: give the --out folder of a 'tokenlrp explain-dir' run.")
+    if not path.is_file():
+        raise ReportError(
+            f"{run_dir} has no manifest.json, so it is not the output folder of 'tokenlrp explain-dir' "
+            "(give the folder passed to explain-dir as --out)."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path} is unreadable ({error}).") from None
+    if not isinstance(manifest, dict):
+        raise ReportError(f"{path} does not hold a manifest (a JSON object).")
+    return manifest
+
+
+def _scan(run_dir: Path, report_dir: Path) -> _Run:
+    manifest = _read_manifest(run_dir)
+    rules = [str(rule) for rule in manifest.get("rules") or []] or ["relevance"]
+    run = _Run(manifest, rules)
+    report_dir = report_dir.resolve()
+    paths = sorted(
+        p
+        for p in run_dir.rglob("*.npz")
+        if not p.name.startswith(".tmp-") and report_dir not in p.resolve().parents and p.is_file()
+    )
+    for path in paths:
+        name = path.relative_to(run_dir).as_posix()
+        try:
+            with np.load(path) as saved:
+                files = saved.files
+                recorded = json.loads(str(saved["manifest"])) if "manifest" in files else None
+                if recorded != manifest:
+                    why = "no manifest" if recorded is None else "its manifest differs from the folder's manifest.json"
+                    run.skipped.append({"name": name, "reason": why})
+                    continue
+                layout = TokenLayout(
+                    special_token_names=tuple(str(name) for name in saved["special_tokens"]),
+                    grid=tuple(int(n) for n in saved["grid"]),
+                    patch_size=tuple(int(n) for n in np.broadcast_to(saved["patch_size"], (2,))),
+                )
+                maps, scores = {}, {}
+                for rule in rules:
+                    key = _relevance_key(rule, files)
+                    if key is None:
+                        raise ValueError(f"no relevance for rule {rule!r}")
+                    maps[rule] = patch_map(saved[key], layout)
+                    scores[rule] = round(concentration_score(maps[rule]), 6)
+                predicted = next((str(saved[key]) for key in CLASS_KEYS if key in files), None)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            run.skipped.append({"name": name, "reason": f"unreadable ({type(error).__name__}: {error})"})
+            continue
+        run.entries.append(
+            {"name": name[: -len(".npz")], "npz": path, "maps": maps, "concentration": scores, "class": predicted}
+        )
+    return run
+
+
+# ------------------------------------------------------------------ writing
+def _prepare_destination(out: Path) -> Path:
+    """A fresh temporary folder beside ``out``; ``out`` itself must be absent, empty or an earlier report."""
+    if out.exists():
+        if not out.is_dir():
+            raise ReportError(f"{out} exists and is not a folder; choose another report folder.")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise ReportError(
+                f"{out} exists, is not empty and was not written by 'tokenlrp report'; choose another report folder."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=out.parent))
+
+
+def _url(path: str) -> str:
+    return quote(path.replace(os.sep, "/"), safe="/")
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    images_dir: str | os.PathLike | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    thumbnail_size: int = 128,
+) -> Path:
+    """Write an offline HTML report of a ``tokenlrp explain-dir`` run.
+
+    Parameters
+    ----------
+    run_dir : path
+        The ``--out`` folder of ``explain-dir``: ``manifest.json`` and ``<relative image path>.npz`` files,
+        each holding ``relevance`` / ``relevance_<rule>`` of shape ``(num_tokens,)`` or
+        ``(num_heads, num_tokens)``, ``grid`` ``(2,)``, ``special_tokens`` and ``manifest``.
+    images_dir : path, optional
+        The folder explain-dir read; ``<images_dir>/<relative path>`` is drawn under the map. Without it
+        (or where an image is missing or unreadable) the thumbnail shows the map alone.
+    out : path, optional
+        The report folder (default ``run_dir/report``). It is replaced on every call; a non-empty
+        folder that no earlier report wrote is refused.
+    thumbnail_size : int
+        Thumbnail width in pixels (height follows the patch grid's aspect).
+
+    Returns
+    -------
+    Path
+        ``out / "index.html"``.
+
+    Raises
+    ------
+    ReportError
+        ``run_dir`` has no ``manifest.json`` (it is no explain-dir output), or ``out`` is unusable.
+
+    Notes
+    -----
+    ``.npz`` files whose recorded manifest differs from ``manifest.json`` (or that are unreadable)
+    are left out of the cards and listed as skipped on the page and in ``data.json``.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "report"
+    if thumbnail_size < 8:
+        raise ReportError(f"thumbnail_size must be at least 8 pixels, got {thumbnail_size}.")
+    images = Path(images_dir) if images_dir is not None else None
+    if images is not None and not images.is_dir():
+        raise ReportError(f"--images {images} is not a folder (give the folder explain-dir read).")
+    run = _scan(run_dir, out)
+    staging = _prepare_destination(out)
+    try:
+        (staging / "thumbs").mkdir()
+        (staging / MARKER).write_text("written by tokenlrp report; replaced on every run\n", encoding="utf-8")
+        items = []
+        for index, entry in enumerate(run.entries):
+            photo = _photo(images / entry["name"] if images is not None else None)
+            thumbs = {}
+            for number, rule in enumerate(run.rules):
+                thumb = f"thumbs/{index:06d}_{number}.png"
+                _thumbnail(entry["maps"][rule], photo, thumbnail_size).save(staging / thumb, compress_level=1)
+                thumbs[rule] = thumb
+            items.append(
+                {
+                    "name": entry["name"],
+                    "npz": _url(os.path.relpath(entry["npz"].resolve(), out.resolve())),
+                    "thumbs": thumbs,
+                    "concentration": entry["concentration"],
+                    "class": entry["class"],
+                    "has_image": photo is not None,
+                }
+            )
+        data = {
+            "manifest": run.manifest,
+            "rules": run.rules,
+            "page_size": PAGE_SIZE,
+            "top_share": TOP_SHARE,
+            "images": items,
+            "skipped": run.skipped,
+        }
+        text = json.dumps(data, sort_keys=True)
+        (staging / "data.json").write_text(text, encoding="utf-8")
+        (staging / "data.js").write_text(f"window.REPORT_DATA = {text};\n", encoding="utf-8")
+        (staging / "index.html").write_text(_page(run, len(items)), encoding="utf-8")
+        os.chmod(staging, 0o777 & ~_umask())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _manifest_rows(manifest: Mapping) -> str:
+    shown = ["model", "model_class", "rules", "head_fusion", "target_token", "dtype", "version"]
+    shown += sorted(key for key in manifest if key not in shown)
+    rows = []
+    for key in shown:
+        if key not in manifest:
+            continue
+        value = manifest[key]
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(text)}</td></tr>")
+    return "\n".join(rows)
+
+
+def _page(run: _Run, count: int) -> str:
+    manifest = run.manifest
+    skipped = "".join(f"<li>{html.escape(item['name'])}: {html.escape(item['reason'])}</li>" for item in run.skipped)
+    skipped_block = (
+        f'<details id="skipped"><summary>{len(run.skipped)} file(s) skipped</summary><ul>{skipped}</ul></details>'
+        if run.skipped
+        else ""
+    )
+    title = f"tokenlrp report: {manifest.get('model', '?')}"
+    return (
+        _TEMPLATE.replace("%%TITLE%%", html.escape(title))
+        .replace("%%MANIFEST%%", _manifest_rows(manifest))
+        .replace("%%COUNT%%", str(count))
+        .replace("%%SKIPPED%%", skipped_block)
+        .replace("%%TOP%%", f"{round(TOP_SHARE * 100)}")
+    )
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>%%TITLE%%</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
+table.manifest { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
+table.manifest th { text-align: left; padding: 2px 1em 2px 0; color: #555; font-weight: 600; }
+table.manifest td { font-family: monospace; word-break: break-all; }
+#controls { display: flex; flex-wrap: wrap; gap: 0.8em; align-items: center; margin: 1em 0;
+            position: sticky; top: 0; background: #fff; padding: 0.5em 0; border-bottom: 1px solid #ddd; }
+#cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
+.card { border: 1px solid #ddd; border-radius: 4px; padding: 6px; font-size: 0.8em; background: #fafafa; }
+.card img { width: 100%; height: auto; image-rendering: pixelated; display: block; background: #000; }
+.card .name { word-break: break-all; margin: 4px 0 2px; }
+.card .score { color: #555; }
+.hidden { display: none !important; }
+</style>
+</head>
+<body>
+<h1>%%TITLE%%</h1>
+<table class="manifest" id="manifest">
+%%MANIFEST%%
+</table>
+<p>%%COUNT%% image(s). Concentration: the share of the map's absolute relevance held by its top %%TOP%% %
+of patches (about 0.1 for a uniform map, 1 when a few patches hold everything).</p>
+%%SKIPPED%%
+<div id="controls">
+  <label>Name <input id="filter" type="search" placeholder="filter by file name"></label>
+  <label id="class-control" class="hidden">Class
+    <select id="class-filter"><option value="">all</option></select></label>
+  <label id="rule-control" class="hidden">Rule <select id="rule"></select></label>
+  <label>Sort <select id="sort">
+    <option value="name-asc">name (A-Z)</option>
+    <option value="name-desc">name (Z-A)</option>
+    <option value="conc-desc">concentration (high first)</option>
+    <option value="conc-asc">concentration (low first)</option>
+  </select></label>
+  <button id="prev" type="button">&laquo; prev</button>
+  <span id="page-info"></span>
+  <button id="next" type="button">next &raquo;</button>
+</div>
+<div id="cards"></div>
+<noscript>This report needs JavaScript to list the images.</noscript>
+<script src="data.js"></script>
+<script>
+(function () {
+  "use strict";
+  var data = window.REPORT_DATA;
+  var all = data.images, pageSize = data.page_size, page = 0, shown = all;
+  var $ = function (id) { return document.getElementById(id); };
+  var rule = data.rules[0];
+  data.rules.forEach(function (r) {
+    var option = document.createElement("option"); option.value = r; option.textContent = r;
+    $("rule").appendChild(option);
+  });
+  if (data.rules.length > 1) { $("rule-control").classList.remove("hidden"); }
+  var classes = {};
+  all.forEach(function (item) { if (item["class"] !== null) { classes[item["class"]] = true; } });
+  var classNames = Object.keys(classes).sort();
+  classNames.forEach(function (c) {
+    var option = document.createElement("option"); option.value = c; option.textContent = c;
+    $("class-filter").appendChild(option);
+  });
+  if (classNames.length > 0) { $("class-control").classList.remove("hidden"); }
+
+  function compare(order) {
+    var byName = function (a, b) { return a.name < b.name ? -1 : (a.name > b.name ? 1 : 0); };
+    if (order === "name-asc") { return byName; }
+    if (order === "name-desc") { return function (a, b) { return byName(b, a); }; }
+    var sign = order === "conc-desc" ? -1 : 1;
+    return function (a, b) {
+      var d = a.concentration[rule] - b.concentration[rule];
+      return d !== 0 ? sign * d : byName(a, b);
+    };
+  }
+  function update(resetPage) {
+    var text = $("filter").value.trim().toLowerCase(), cls = $("class-filter").value;
+    shown = all.filter(function (item) {
+      return (!text || item.name.toLowerCase().indexOf(text) >= 0) && (!cls || item["class"] === cls);
+    });
+    shown.sort(compare($("sort").value));
+    if (resetPage) { page = 0; }
+    render();
+  }
+  function card(item) {
+    var div = document.createElement("div"); div.className = "card";
+    div.setAttribute("data-name", item.name);
+    div.setAttribute("data-concentration", String(item.concentration[rule]));
+    var link = document.createElement("a"); link.href = item.npz; link.className = "npz";
+    link.title = "relevance (.npz)";
+    var img = document.createElement("img");
+    img.loading = "lazy"; img.src = item.thumbs[rule]; img.alt = item.name; img.width = 128;
+    link.appendChild(img); div.appendChild(link);
+    var name = document.createElement("div"); name.className = "name"; name.textContent = item.name;
+    div.appendChild(name);
+    var score = document.createElement("div"); score.className = "score";
+    score.textContent = "concentration " + item.concentration[rule].toFixed(3) +
+      (item["class"] !== null ? " \\u00b7 " + item["class"] : "");
+    div.appendChild(score);
+    return div;
+  }
+  function render() {
+    var pages = Math.max(1, Math.ceil(shown.length / pageSize));
+    page = Math.min(Math.max(page, 0), pages - 1);
+    var fragment = document.createDocumentFragment();
+    shown.slice(page * pageSize, (page + 1) * pageSize).forEach(function (item) { fragment.appendChild(card(item)); });
+    var cards = $("cards"); cards.textContent = ""; cards.appendChild(fragment);
+    $("page-info").textContent = "page " + (page + 1) + " / " + pages + " (" + shown.length + " of " + all.length + ")";
+    $("prev").disabled = page === 0; $("next").disabled = page >= pages - 1;
+    document.body.setAttribute("data-rendered", String(Date.now()));
+  }
+  $("filter").addEventListener("input", function () { update(true); });
+  $("class-filter").addEventListener("change", function () { update(true); });
+  $("sort").addEventListener("change", function () { update(true); });
+  $("rule").addEventListener("change", function () { rule = $("rule").value; update(false); });
+  $("prev").addEventListener("click", function () { page -= 1; render(); window.scrollTo(0, 0); });
+  $("next").addEventListener("click", function () { page += 1; render(); window.scrollTo(0, 0); });
+  update(true);
+})();
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,232 @@
+"""``tokenlrp report``: the offline HTML report of an explain-dir run (data, thumbnails, links, a real browser)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from conftest import seeded, tiny_config
+from PIL import Image
+from test_cli import save_checkpoint, write_images
+from transformers import ViTModel
+
+from captum_tokenlrp.cli import atomic_save_npz, main
+from captum_tokenlrp.report import PAGE_SIZE, write_report
+
+COUNT = 1000
+RULES = ["i", "iv"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    """A real explain-dir run over 1 000 tiny images (two rules), and its report."""
+    root = tmp_path_factory.mktemp("report")
+    model = seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False), trained_norms=True)
+    checkpoint = save_checkpoint(root / "tiny-vit", model, 32)
+    images = root / "images"
+    write_images(images, COUNT, size=32)
+    out = root / "relevance"
+    args = ["explain-dir", str(images), "--model", str(checkpoint), "--out", str(out), "--quiet"]
+    assert main([*args, "--rules", *RULES, "--batch-size", "250"]) == 0
+    started = time.perf_counter()
+    index = write_report(out, images)
+    print(f"write_report: {COUNT} images, {len(RULES)} rules in {time.perf_counter() - started:.1f} s")
+    return {"images": images, "out": out, "index": index, "checkpoint": checkpoint}
+
+
+def load_data(index: Path) -> dict:
+    return json.loads((index.parent / "data.json").read_text(encoding="utf-8"))
+
+
+def expected_concentration(relevance: np.ndarray, special_tokens: int) -> float:
+    """Independent of the module: share of |relevance| in the top 10 % of the patch tokens."""
+    if relevance.ndim == 2:
+        relevance = relevance.mean(axis=0)
+    patches = np.abs(relevance[special_tokens:].astype(np.float64))
+    top = sorted(patches, reverse=True)[: math.ceil(len(patches) / 10)]
+    return sum(top) / patches.sum()
+
+
+def test_data_lists_every_image_with_its_concentration(run):
+    data = load_data(run["index"])
+    npz_files = sorted(run["out"].rglob("*.npz"))
+    assert len(npz_files) == COUNT
+    assert sorted(item["name"] for item in data["images"]) == sorted(
+        p.relative_to(run["out"]).as_posix()[: -len(".npz")] for p in npz_files
+    )
+    assert data["skipped"] == [] and data["rules"] == RULES and data["page_size"] == PAGE_SIZE
+    by_name = {item["name"]: item for item in data["images"]}
+    scores = []
+    for path in npz_files:
+        item = by_name[path.relative_to(run["out"]).as_posix()[: -len(".npz")]]
+        with np.load(path) as saved:
+            for rule in RULES:
+                expected = expected_concentration(saved[f"relevance_{rule}"], len(saved["special_tokens"]))
+                assert item["concentration"][rule] == pytest.approx(expected, abs=1e-6)
+                scores.append(expected)
+        assert item["has_image"] and item["class"] is None
+    assert 0.1 <= min(scores) < max(scores) <= 1.0
+
+
+def test_thumbnails_and_relative_links_point_to_existing_files(run):
+    report = run["index"].parent
+    data = load_data(run["index"])
+    for item in data["images"]:
+        for rule in RULES:
+            thumb = report / item["thumbs"][rule]
+            assert thumb.is_file()
+        assert not item["npz"].startswith(("/", "file:", "http")) and not os.path.isabs(item["npz"])
+        assert (report / unquote(item["npz"])).resolve() == (run["out"] / f"{item['name']}.npz").resolve()
+    with Image.open(report / data["images"][0]["thumbs"]["iv"]) as thumb:
+        assert thumb.size == (128, 128) and thumb.mode == "RGB"
+
+
+def test_html_shows_the_manifest_and_needs_no_network(run):
+    page = run["index"].read_text(encoding="utf-8")
+    manifest = json.loads((run["out"] / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["model"] in page and manifest["head_fusion"] in page and manifest["version"] in page
+    assert "i, iv" in page  # the rules row
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert '<script src="data.js"></script>' in page and "loading" in page
+    assert (run["index"].parent / "data.js").read_text(encoding="utf-8").startswith("window.REPORT_DATA = ")
+
+
+def test_a_folder_without_manifest_is_a_clear_cli_error(tmp_path, capsys):
+    (tmp_path / "a.png.npz").write_bytes(b"")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.json" in err and "explain-dir" in err and "Traceback" not in err
+    assert not (tmp_path / "report").exists()
+
+
+def small_run(tmp_path: Path, checkpoint: Path, count: int = 4) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    write_images(images, count, size=32)
+    out = tmp_path / "relevance"
+    assert main(["explain-dir", str(images), "--model", str(checkpoint), "--out", str(out), "--quiet"]) == 0
+    return images, out
+
+
+def test_other_manifests_are_skipped_and_a_rerun_replaces_the_report(tmp_path, run, capsys):
+    images, out = small_run(tmp_path, run["checkpoint"])
+    with np.load(out / "image_001.png.npz") as saved:
+        arrays = dict(saved)
+    other = json.loads(str(arrays["manifest"]))
+    other["rules"] = ["ii"]
+    arrays["manifest"] = np.array(json.dumps(other))
+    atomic_save_npz(out / "stale" / "other.png.npz", **arrays)
+    (out / "broken.png.npz").write_bytes(b"not a zip")
+    assert main(["report", str(out), "--images", str(images), "--thumbnail-size", "64"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    data = load_data(out / "report" / "index.html")
+    assert len(data["images"]) == 4
+    assert {item["name"] for item in data["skipped"]} == {"stale/other.png.npz", "broken.png.npz"}
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "2 file(s) skipped" in page and "stale/other.png.npz" in page
+    (out / "report" / "leftover.txt").write_text("from an earlier report")
+    shutil.rmtree(images)  # the photos are gone: the maps are drawn alone
+    write_report(out, None, thumbnail_size=64)
+    assert not (out / "report" / "leftover.txt").exists()
+    data = load_data(out / "report" / "index.html")
+    assert not any(item["has_image"] for item in data["images"])
+    with Image.open(out / "report" / data["images"][0]["thumbs"]["iv"]) as thumb:
+        assert thumb.size == (64, 64)
+    assert not list(out.glob(".tmp-report-*"))
+
+
+def test_a_foreign_report_folder_is_not_deleted(tmp_path, run, capsys):
+    _, out = small_run(tmp_path, run["checkpoint"], count=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["report", str(out), "--out", str(mine)]) == 2
+    assert "not written by 'tokenlrp report'" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_class_recorded_in_the_npz_files_is_offered_as_a_filter(tmp_path, run):
+    _, out = small_run(tmp_path, run["checkpoint"])
+    for number, path in enumerate(sorted(out.rglob("*.npz"))):
+        with np.load(path) as saved:
+            arrays = dict(saved)
+        atomic_save_npz(path, **arrays, predicted_class=np.array("cat" if number % 2 else "dog"))
+    data = load_data(write_report(out))
+    assert sorted(item["class"] for item in data["images"]) == ["cat", "cat", "dog", "dog"]
+
+
+# ------------------------------------------------------------------ a real browser
+def chrome_driver():
+    """Headless Chromium through the system chromedriver; skips with the reason when any piece is missing."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must download nothing
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[report-test]')")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_the_report_pages_sorts_and_filters_in_headless_chromium(run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = chrome_driver()
+    try:
+        started = time.perf_counter()
+        driver.get(run["index"].resolve().as_uri())
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cards .card")) == PAGE_SIZE)
+        loaded = time.perf_counter() - started
+        print(f"report of {COUNT} images: first page rendered {loaded:.2f} s after the page was opened")
+        assert "1 / 10" in driver.find_element(By.ID, "page-info").text
+
+        def names() -> list[str]:
+            return [card.get_attribute("data-name") for card in driver.find_elements(By.CSS_SELECTOR, "#cards .card")]
+
+        first = names()
+        assert first == sorted(first)
+        cards = driver.find_elements(By.CSS_SELECTOR, "#cards .card")
+        assert all(card.find_element(By.TAG_NAME, "img").get_attribute("loading") == "lazy" for card in cards)
+        driver.find_element(By.ID, "next").click()
+        second = names()
+        assert len(second) == PAGE_SIZE and not set(first) & set(second) and second[0] > first[-1]
+        assert "2 / 10" in driver.find_element(By.ID, "page-info").text
+
+        data = load_data(run["index"])
+        Select(driver.find_element(By.ID, "sort")).select_by_value("conc-desc")
+        top = driver.find_element(By.CSS_SELECTOR, "#cards .card")
+        best = max(item["concentration"]["i"] for item in data["images"])
+        assert float(top.get_attribute("data-concentration")) == pytest.approx(best)
+        assert "1 / 10" in driver.find_element(By.ID, "page-info").text
+        Select(driver.find_element(By.ID, "rule")).select_by_value("iv")
+        top = driver.find_element(By.CSS_SELECTOR, "#cards .card")
+        assert float(top.get_attribute("data-concentration")) == pytest.approx(
+            max(item["concentration"]["iv"] for item in data["images"])
+        )
+
+        driver.find_element(By.ID, "filter").send_keys("nested/image_00")
+        filtered = names()
+        expected = sorted(item["name"] for item in data["images"] if "nested/image_00" in item["name"])
+        assert sorted(filtered) == expected and 0 < len(filtered) < PAGE_SIZE
+        assert "hidden" in driver.find_element(By.ID, "class-control").get_attribute("class")
+        assert driver.find_element(By.ID, "next").get_attribute("disabled") is not None
+
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+    finally:
+        driver.quit()
