@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "captum_tokenlrp.data",
     "captum_tokenlrp.visualization",
     "captum_tokenlrp.images",
+    "captum_tokenlrp.report",
     "captum_tokenlrp.models",
 ]
 
