@@ -284,6 +284,19 @@ def class_name(model: torch.nn.Module, index: int) -> str:
     return str(labels.get(index, labels.get(str(index), f"class {index}")))
 
 
+def prediction(model: torch.nn.Module, logits: torch.Tensor) -> tuple[int, str, float]:
+    """A classifier's predicted class for one image's logits `(num_labels,)`: index, name, probability."""
+    probabilities = logits.float().softmax(dim=-1)
+    best = int(probabilities.argmax())
+    return best, class_name(model, best), float(probabilities[best])
+
+
+def prediction_arrays(model: torch.nn.Module, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    """The prediction as ``.npz`` entries: ``predicted_class``, ``class_name``, ``probability``."""
+    index, name, probability = prediction(model, logits)
+    return {"predicted_class": np.array(index), "class_name": np.array(name), "probability": np.array(probability)}
+
+
 # ------------------------------------------------------------------ explain
 def output_stems(paths: Sequence[Path]) -> list[str]:
     """Output names for the images given to ``explain``: the stem where it is unique, else the file name."""
@@ -331,17 +344,17 @@ def explain(args: argparse.Namespace) -> int:
             per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel), layout)
             arrays[f"rule_{rule}_fused"] = fused_rel
             arrays[f"rule_{rule}_per_head"] = head_rel
-        prediction = None
+        predicted = None
         if logits:
-            probabilities = logits[-1][0].softmax(dim=-1)
-            best = int(probabilities.argmax())
-            prediction = (class_name(loaded.model, best), float(probabilities[best]))
+            _, name, probability = prediction(loaded.model, logits[-1][0])
+            predicted = (name, probability)
+            arrays.update(prediction_arrays(loaded.model, logits[-1][0]))
         figure = plot_rule_grid(
             pixel_values[0].float().cpu(),
             fused,
             per_head,
             title=f"{stem} - {loaded.name}",
-            prediction=prediction,
+            prediction=predicted,
             scale=args.scale,
             processor=loaded.processor,
         )
@@ -465,13 +478,16 @@ def explain_dir(args: argparse.Namespace) -> int:
         failed += [(pending[index], error) for index, _, error in items if error is not None]
         if good:
             pixel_values = torch.stack([pixels for _, pixels in good]).to(args.device, DTYPES[args.dtype])
-            relevance, layout = relevance_by_rule(
-                lrp, pixel_values, rules, [args.head_fusion], args.target_token, forward_args
-            )
+            with keep_logits(loaded.model) as logits:  # a classifier's prediction, from the same forward pass
+                relevance, layout = relevance_by_rule(
+                    lrp, pixel_values, rules, [args.head_fusion], args.target_token, forward_args
+                )
             for row, (index, _) in enumerate(good):
                 maps = {f"relevance_{rule}": relevance[rule][args.head_fusion][row] for rule in rules}
                 if len(rules) == 1:
                     maps["relevance"] = maps[f"relevance_{rules[0]}"]
+                if logits:
+                    maps.update(prediction_arrays(loaded.model, logits[-1][row]))
                 atomic_save_npz(
                     output_path(out, root, pending[index]),
                     **maps,

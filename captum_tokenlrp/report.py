@@ -51,8 +51,9 @@ PAGE_SIZE = 100
 TOP_SHARE = 0.1
 #: Marks a folder written by :func:`write_report`, so that a rerun may replace it (and nothing else).
 MARKER = ".tokenlrp-report"
-#: Optional ``.npz`` keys read as the image's predicted class (explain-dir writes none today).
-CLASS_KEYS = ("predicted_class", "class_name", "label")
+#: ``.npz`` keys read as the image's predicted class, first found wins (explain-dir writes ``class_name``
+#: and ``predicted_class`` for a classifier).
+CLASS_KEYS = ("class_name", "predicted_class", "label")
 COLORMAP = "inferno"
 
 

@@ -230,3 +230,30 @@ def test_the_report_pages_sorts_and_filters_in_headless_chromium(run):
         assert severe == []
     finally:
         driver.quit()
+
+
+def test_a_classifier_run_records_predictions_and_the_report_filters_by_class(tmp_path):
+    import torch
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    labels = {0: "disc", 1: "star", 2: "ring"}
+    model = seeded(lambda: ViTForImageClassification(tiny_config(num_labels=3, id2label=labels)), trained_norms=True)
+    checkpoint = save_checkpoint(tmp_path / "clf", model, 32)
+    images = write_images(tmp_path / "in", 6, size=32)
+    out = tmp_path / "out"
+    assert main(["explain-dir", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(out), "--quiet"]) == 0
+    processor = ViTImageProcessor.from_pretrained(checkpoint)
+    names = set()
+    for image in images:
+        saved = np.load(out / image.relative_to(tmp_path / "in").with_suffix(".png.npz"))
+        with torch.no_grad():
+            logits = model(
+                processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+            ).logits
+        probabilities = logits[0].softmax(-1)
+        assert int(saved["predicted_class"]) == int(probabilities.argmax())
+        assert str(saved["class_name"]) == labels[int(probabilities.argmax())]
+        assert float(saved["probability"]) == pytest.approx(float(probabilities.max()), abs=1e-5)
+        names.add(str(saved["class_name"]))
+    data = load_data(write_report(out, tmp_path / "in"))
+    assert {item["class"] for item in data["images"]} == names
