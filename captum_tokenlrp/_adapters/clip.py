@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import AttentionSite, ModelAdapter, TokenLayout, register_adapter
-from .hf_vit_family import _pair
+from .hf_vit_family import ConfigTokens
 
 
-class _ContrastiveVisionAdapter(ModelAdapter):
+class _ContrastiveVisionAdapter(ConfigTokens, ModelAdapter):
     """Shared by CLIP and SigLIP: where the vision tower and its layers are, in 4.x and 5.x."""
 
     #: Names of the image-text classes (their forward also takes text).
@@ -75,21 +75,6 @@ class _ContrastiveVisionAdapter(ModelAdapter):
                 )
             )
         return sites
-
-    def special_token_names(self) -> tuple[str, ...]:
-        return ("cls",)
-
-    def token_layout(self, height: int, width: int) -> TokenLayout:
-        patch = _pair(self.config.patch_size)
-        return TokenLayout(self.special_token_names(), (height // patch[0], width // patch[1]), patch)
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.config.num_channels)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return _pair(self.config.image_size)
 
     def output_embedding(self, output: object) -> Tensor:
         """The image embedding: ``image_embeds`` (with projection), else the pooled output."""

@@ -27,7 +27,33 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(size), int(size)
 
 
-class HFViTFamilyAdapter(ModelAdapter):
+class ConfigTokens:
+    """Token layout, channels and image size read from a ViT-style ``self.config`` (``patch_size``,
+    ``num_channels``, ``image_size``): one CLS token before the patches unless a subclass says otherwise."""
+
+    config: object
+
+    def special_token_names(self) -> tuple[str, ...]:
+        return ("cls",)
+
+    def token_layout(self, height: int, width: int) -> TokenLayout:
+        patch = _pair(self.config.patch_size)
+        return TokenLayout(
+            special_token_names=self.special_token_names(),
+            grid=(height // patch[0], width // patch[1]),
+            patch_size=patch,
+        )
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.config.num_channels)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return _pair(self.config.image_size)
+
+
+class HFViTFamilyAdapter(ConfigTokens, ModelAdapter):
     """Base for HuggingFace ViT-like encoders: special tokens first, then patches in row-major order."""
 
     #: Attribute of a task model (classifier) that holds the base model.
@@ -98,26 +124,6 @@ class HFViTFamilyAdapter(ModelAdapter):
                 )
             )
         return sites
-
-    # ----------------------------------------------------------- tokens
-    def special_token_names(self) -> tuple[str, ...]:
-        return ("cls",)
-
-    def token_layout(self, height: int, width: int) -> TokenLayout:
-        patch = _pair(self.config.patch_size)
-        return TokenLayout(
-            special_token_names=self.special_token_names(),
-            grid=(height // patch[0], width // patch[1]),
-            patch_size=patch,
-        )
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.config.num_channels)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return _pair(self.config.image_size)
 
     @property
     def num_labels(self) -> int | None:
