@@ -505,6 +505,9 @@ def explain_dir(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.all_reduce(counts)
+        # Every rank past its last collective before any tears down: without it, rank 0 sometimes
+        # aborted at exit ("terminate called without an active exception", gloo, ~1 run in 6).
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         total_done, total_skipped, total_failed = (int(c) for c in counts)
