@@ -121,30 +121,6 @@ CASES = (
 
 
 # ------------------------------------------------------------------ reference
-def _vit_eager_attention_and_values(model: nn.Module, pixel_values: torch.Tensor):
-    """``families.eager_attention_and_values`` for a plain ViT (the families module knows only the new ones)."""
-    eager = eager_copy(model)
-    sites = attention_sites(eager)
-    probs, values, hooks = {}, {}, []
-    for index, site in enumerate(sites):
-
-        def read_probs(module, args, output, index=index):
-            probs[index] = output[1]
-
-        def read_values(module, args, output, index=index, site=site):
-            batch, tokens, _ = output.shape
-            values[index] = output.reshape(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2)
-
-        hooks += [site.module.register_forward_hook(read_probs), site.value.register_forward_hook(read_values)]
-    try:
-        with torch.no_grad():
-            eager(pixel_values=pixel_values.to(torch.float64), output_attentions=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [(probs[i].to(torch.float64), values[i].to(torch.float64)) for i in range(len(sites))]
-
-
 def reference_errors(model: nn.Module, family: str, pixel_values: torch.Tensor) -> dict[str, float]:
     lrp = TokenRelevanceLRP(model, rule="iv")
     layout = lrp.token_layout(pixel_values)
@@ -157,17 +133,15 @@ def reference_errors(model: nn.Module, family: str, pixel_values: torch.Tensor) 
         image_size=pixel_values.shape[-1],
         readout="",
     )
-    if family == "vit":
-        layers = _vit_eager_attention_and_values(model, pixel_values)
-    else:  # ViT-MAE: on every patch (families' references give it increasing noise; mask ratio 0 here)
-        ratio = getattr(model.config, "mask_ratio", None)
+    # ViT-MAE: on every patch (families' references give it increasing noise; mask ratio 0 here).
+    ratio = getattr(model.config, "mask_ratio", None)
+    if ratio is not None:
+        model.config.mask_ratio = 0.0
+    try:
+        layers = eager_attention_and_values(model, pixel_values)
+    finally:
         if ratio is not None:
-            model.config.mask_ratio = 0.0
-        try:
-            layers = eager_attention_and_values(model, pixel_values)
-        finally:
-            if ratio is not None:
-                model.config.mask_ratio = ratio
+            model.config.mask_ratio = ratio
     start = reference_start(model, info, pixel_values)
     errors = {}
     for mode, label in (("mean", "fused"), (None, "per head")):

@@ -133,7 +133,7 @@ def forward_kwargs(model: nn.Module, pixel_values: torch.Tensor) -> dict:
 # ------------------------------------------------------------------ builders
 def _family(model: nn.Module) -> str:
     model_type = model.config.model_type
-    for family in ("clip", "siglip", "beit", "vit_mae"):
+    for family in ("clip", "siglip", "beit", "vit_mae", "vit"):  # vit_mae before vit (a prefix of it)
         if model_type.startswith(family):
             return family
     raise TypeError(f"Not a family of this module: {type(model).__name__} ({model_type}).")
