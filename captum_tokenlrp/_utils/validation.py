@@ -299,26 +299,6 @@ def resolve_start(
     return default.expand(batch, layout.num_tokens).clone()
 
 
-def start_relevance(
-    target: TargetType,
-    initial_relevance: Tensor | None,
-    adapter: ModelAdapter,
-    layout: TokenLayout,
-    batch: int,
-    device: torch.device,
-) -> Tensor:
-    """The initial relevance ``R^(L)`` of shape `(batch_size, num_tokens)`, float32.
-
-    For a model without a head ``target`` is the output token (default: where its output is
-    read, :meth:`ModelAdapter.default_start`, CLS for ViTs); for a classifier it is a class index,
-    checked but not used (the rules do not depend on the class), and relevance starts where the
-    head reads. ``initial_relevance`` overrides the start for either kind. Call it after the
-    forward pass (an adapter's default start may depend on it).
-    """
-    explicit = explicit_start(target, initial_relevance, adapter, layout, batch, device)
-    return resolve_start(explicit, adapter, layout, batch, device)
-
-
 def _check_initial_relevance(relevance: object, batch: int, num_tokens: int, device: torch.device) -> Tensor:
     if not isinstance(relevance, Tensor):
         raise TypeError(

@@ -39,7 +39,7 @@ from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
 from .._core.capture import LayerProjections, record_layers
 from .._core.geometry import grid_to_tokens, patch_sums, tokens_to_grid
 from .._utils.stack import user_stacklevel
-from .._utils.validation import TargetType, TextPrompts, parse_targets, parse_text_target, start_relevance
+from .._utils.validation import TargetType, TextPrompts, parse_targets, parse_text_target
 
 #: Below this, in absolute value everywhere, a gradient map is reported as numerically zero.
 VANISHING = 1e-7
@@ -262,7 +262,7 @@ class GenericAttentionExplainability(_GradientAttribution):
             weighted.append((attention_gradient * attention).clamp_min(0).mean(dim=1))
             joint = joint + weighted[-1] @ joint
         # The explained token(s): CLS, or where the classifier reads (e.g. DeiT's two tokens).
-        start = start_relevance(None, None, self._adapter, prepared.layout, batch, pixel_values.device)
+        start = self._start(prepared, None)  # where the model's output is read
         relevance = self._check_finite(torch.bmm(start[:, None], joint)[:, 0], weighted, prepared)
         return self._warn_if_vanishing(relevance, prepared.layout.patch_slice)
 
