@@ -108,17 +108,22 @@ def propagate_chains(start: Tensor, layer_matrices: Sequence[Tensor], head_fusio
     """
     relevance = start
     for matrix in reversed(layer_matrices):
-        if matrix.dim() == 4:  # per head: split (or keep) one chain per head
-            relevance = (relevance if relevance.dim() == 4 else relevance.unsqueeze(1)) @ matrix
-        elif relevance.dim() == 3:
-            relevance = torch.bmm(relevance, matrix)
-        else:  # chains already split per head, fused layer: one batched product for all heads
-            batch, heads, starts, tokens = relevance.shape
-            relevance = torch.bmm(relevance.reshape(batch, heads * starts, tokens), matrix)
-            relevance = relevance.reshape(batch, heads, starts, tokens)
+        relevance = _through_layer(relevance, matrix)
     if head_fusion == "per_head_mean":
         return relevance.mean(dim=1)
     return relevance
+
+
+def _through_layer(relevance: Tensor, matrix: Tensor) -> Tensor:
+    """One step ``R^(l-1) = R^(l) M^(l)`` for chains `(batch, starts, N)` or `(batch, heads, starts, N)`."""
+    if matrix.dim() == 4:  # per head: split (or keep) one chain per head
+        return (relevance if relevance.dim() == 4 else relevance.unsqueeze(1)) @ matrix
+    if relevance.dim() == 3:
+        return torch.bmm(relevance, matrix)
+    # chains already split per head, fused layer: one batched product for all heads
+    batch, heads, starts, tokens = relevance.shape
+    relevance = torch.bmm(relevance.reshape(batch, heads * starts, tokens), matrix)
+    return relevance.reshape(batch, heads, starts, tokens)
 
 
 def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
@@ -136,3 +141,38 @@ def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str 
         per-head modes.
     """
     return propagate_chains(start.unsqueeze(1), layer_matrices, head_fusion).squeeze(-2)
+
+
+def propagate_by_layer(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
+    """Where the relevance sits at every depth: ``R^(l)`` for ``l = 0 .. L``.
+
+    ``R^(L)`` is ``start``; ``R^(l-1) = R^(l) M^(l)``; ``R^(0)`` is what :func:`propagate` returns.
+
+    Parameters
+    ----------
+    start : Tensor
+        Initial relevance ``R^(L)``, `(batch_size, num_tokens)`.
+    layer_matrices : sequence of Tensor
+        Output of :func:`reduce_layer` per layer, input side first.
+    head_fusion : str or None
+        The mode the matrices were reduced with.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size, L + 1, num_tokens)` for fused modes, `(batch_size, num_heads, L + 1, num_tokens)` for
+        per-head modes, index ``l`` holding ``R^(l)``. Depths above the first per-head layer (where every
+        head's chain still shares one vector) repeat that vector for each head.
+    """
+    relevance = start.unsqueeze(1)
+    depths = [relevance]
+    for matrix in reversed(layer_matrices):
+        relevance = _through_layer(relevance, matrix)
+        depths.append(relevance)
+    depths.reverse()  # index l holds R^(l)
+    if relevance.dim() == 3:
+        return torch.cat(depths, dim=1)
+    heads = relevance.shape[1]
+    split = [d if d.dim() == 4 else d.unsqueeze(1).expand(-1, heads, -1, -1) for d in depths]
+    by_layer = torch.cat(split, dim=2)
+    return by_layer.mean(dim=1) if head_fusion == "per_head_mean" else by_layer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, overload
@@ -22,6 +22,7 @@ from .propagation import (
     check_head_fusion,
     fuses_heads,
     propagate,
+    propagate_by_layer,
     propagate_chains,
     reduce_layer,
 )
@@ -296,8 +297,18 @@ class TokenRelevanceLRP(TokenAttribution):
 
     def _layer_matrices(self, prepared: PreparedInputs, head_fusion: str | None) -> list[Tensor]:
         """One forward pass; per layer the redistribution matrix the head mode needs."""
+        return self._record(prepared, self.attention_sites, self._layer_matrix(head_fusion))
+
+    def _layer_matrix(
+        self, head_fusion: str | None, default: TokenRule | None = None
+    ) -> Callable[[LayerProjections], Tensor]:
+        """Turns one layer's projections into the redistribution matrix ``head_fusion`` keeps.
+
+        ``default`` replaces :attr:`rule` where no rule is set on the layer's module. The function
+        also serves projections kept from an earlier forward (the explorer app replays them).
+        """
         sites = self.attention_sites
-        rules = [self._rule_for(site) for site in sites]
+        rules = [self._rule_for(site, default) for site in sites]
         last_layer = len(sites) - 1
 
         workspace = Workspace()
@@ -313,7 +324,7 @@ class TokenRelevanceLRP(TokenAttribution):
             chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
             return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 
-        return self._record(prepared, sites, layer_matrix)
+        return layer_matrix
 
     def all_token_relevance(
         self,
@@ -344,6 +355,39 @@ class TokenRelevanceLRP(TokenAttribution):
         batch, tokens = len(prepared.pixel_values), prepared.layout.num_tokens
         identity = torch.eye(tokens, device=prepared.pixel_values.device).expand(batch, tokens, tokens)
         return self._check_finite(propagate_chains(identity, kept, head_fusion), kept, prepared)
+
+    def token_relevance_by_layer(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        initial_relevance: Tensor | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> Tensor:
+        """Where the relevance sits after each layer, from the output (``R^(L)``) down to the input (``R^(0)``).
+
+        The propagation computes these vectors anyway; ``result[:, 0]`` is :meth:`token_relevance`'s
+        map and ``result[:, -1]`` the start. Every depth sums to the initial total.
+
+        Parameters
+        ----------
+        inputs, target, additional_forward_args, initial_relevance, head_fusion
+            As in :meth:`token_relevance`.
+
+        Returns
+        -------
+        Tensor
+            float32, `(batch_size, num_layers + 1, num_tokens)` for the fused modes, `(batch_size,
+            num_heads, num_layers + 1, num_tokens)` per head; index ``l`` holds ``R^(l)``, the relevance
+            of the tokens entering layer ``l`` (0-based, input side first), and index ``num_layers`` the start.
+        """
+        head_fusion = check_head_fusion(head_fusion)
+        prepared = self._prepare(inputs, additional_forward_args)
+        explicit = self._check_start(prepared, target, initial_relevance)
+        kept = self._layer_matrices(prepared, head_fusion)
+        start = self._start(prepared, explicit)
+        return self._check_finite(propagate_by_layer(start, kept, head_fusion), kept, prepared)
 
     # ---------------------------------------------------------- attribution
     @overload
