@@ -4,6 +4,8 @@
     tokenlrp explain-dir DIR --out OUT [--batch-size 32] [--workers 2]
     torchrun --nproc_per_node 2 -m captum_tokenlrp.cli explain-dir DIR --out OUT
     tokenlrp shapes OUT --count 1000 --seed 5     # a folder of shapes images, masks and labels
+    tokenlrp report OUT                           # an offline HTML report of an explain-dir run
+    tokenlrp app [--model bundled]                # a local web app (pip install 'captum-tokenlrp[app]')
 
 ``--model`` takes a hub id (default ``facebook/dino-vits16``), a local checkpoint
 directory, or ``bundled`` (the small shapes ViT that ships with the package, offline).
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from . import TokenRelevanceLRP, __version__
-from ._adapters import TokenLayout, adapter_for
+from ._adapters import TokenLayout
 from ._core.propagation import HEAD_MODES
 from ._utils.loaded import (
     DTYPES,
@@ -39,8 +41,8 @@ from ._utils.loaded import (
     prediction,
     prediction_arrays,
     preprocess,
+    prompt_explainer,
 )
-from .baselines import GenericAttentionExplainability
 from .images import load_image
 from .models import bundled_sample_image
 from .visualization import patch_grid, plot_method_comparison, plot_rule_grid
@@ -263,28 +265,6 @@ def explain(args: argparse.Namespace) -> int:
         atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout), manifest=np.array(manifest_text))
         print(f"Wrote {out / f'{stem}.png'} and {out / f'{stem}.npz'}")
     return 0
-
-
-def prompt_explainer(loaded: LoadedModel, prompts: Sequence[str] | None):
-    """GAE on the image-text similarity, with the checkpoint's own tokenizer, for ``--prompts``."""
-    if not prompts:
-        return None
-    if not getattr(adapter_for(loaded.model), "has_text", False):
-        raise CliError(
-            f"--prompts needs an image-text model (CLIPModel, SiglipModel); {type(loaded.model).__name__} has no "
-            "text tower."
-        )
-    from transformers import AutoTokenizer
-
-    source = loaded.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise CliError(
-            f"--prompts: no tokenizer for {source} ({str(error).splitlines()[0]}). Save it beside the model: "
-            "processor.save_pretrained(checkpoint_dir)."
-        ) from None
-    return GenericAttentionExplainability(loaded.model, tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------ explain-dir
@@ -539,14 +519,45 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument(
         "--thumbnail-size", type=int, default=128, help="thumbnail width in pixels (default: %(default)s)"
     )
+    explorer = commands.add_parser(
+        "app", help="a local web app to explore token relevance by looking (needs the [app] extra: Gradio)"
+    )
+    explorer.add_argument(
+        "--model",
+        default="bundled",
+        help="'bundled' (offline shapes ViT), a local save_pretrained directory, or a hub id (default: %(default)s)",
+    )
+    explorer.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 exposes the app (default: %(default)s)"
+    )
+    explorer.add_argument(
+        "--port", type=int, default=None, help="port (default: the first free one from 7860, as Gradio picks)"
+    )
+    explorer.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: %(default)s)")
+    explorer.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="model dtype; relevance is float32 anyway"
+    )
     return parser
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from .app import launch
+
+    launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "head_fusion", None) == "none":
         args.head_fusion = None
-    commands = {"explain": explain, "explain-dir": explain_dir, "shapes": write_shapes, "report": report}
+    commands = {
+        "explain": explain,
+        "explain-dir": explain_dir,
+        "shapes": write_shapes,
+        "report": report,
+        "app": run_app,
+    }
     try:
         return commands[args.command](args)
     except CliError as error:

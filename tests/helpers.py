@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
 import torch
 import transformers
 from conftest import TINY, seeded
@@ -51,3 +55,23 @@ def build(name):
             if "lambda1" in module_name:
                 parameter.copy_(0.5 + torch.rand_like(parameter))
     return model, specials
+
+
+def chrome_driver(window: str = "1400,2200"):
+    """Headless Chromium through the system chromedriver; skips with the reason when any piece is missing."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must download nothing
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[report-test]')")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={window}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from conftest import seeded, tiny_config
+from helpers import chrome_driver
 from PIL import Image
 from test_cli import save_checkpoint, write_images
 from transformers import ViTModel
@@ -162,26 +163,6 @@ def test_a_class_recorded_in_the_npz_files_is_offered_as_a_filter(tmp_path, run)
 
 
 # ------------------------------------------------------------------ a real browser
-def chrome_driver():
-    """Headless Chromium through the system chromedriver; skips with the reason when any piece is missing."""
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must download nothing
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[report-test]')")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if browser is None or driver_path is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 def test_the_report_pages_sorts_and_filters_in_headless_chromium(run):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait

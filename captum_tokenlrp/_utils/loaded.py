@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._adapters import adapter_for
+from ..baselines import GenericAttentionExplainability
 from ..models import BUNDLED_MODEL_DIR, load_bundled_model
 from ..models import load_model as load_checkpoint
 
@@ -135,3 +136,25 @@ def prediction_arrays(model: torch.nn.Module, logits: torch.Tensor) -> dict[str,
     """The prediction as ``.npz`` entries: ``predicted_class``, ``class_name``, ``probability``."""
     index, name, probability = prediction(model, logits)
     return {"predicted_class": np.array(index), "class_name": np.array(name), "probability": np.array(probability)}
+
+
+def prompt_explainer(loaded: LoadedModel, prompts: Sequence[str] | None):
+    """GAE on the image-text similarity, with the checkpoint's own tokenizer, for ``--prompts``."""
+    if not prompts:
+        return None
+    if not getattr(adapter_for(loaded.model), "has_text", False):
+        raise CliError(
+            f"--prompts needs an image-text model (CLIPModel, SiglipModel); {type(loaded.model).__name__} has no "
+            "text tower."
+        )
+    from transformers import AutoTokenizer
+
+    source = loaded.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise CliError(
+            f"--prompts: no tokenizer for {source} ({str(error).splitlines()[0]}). Save it beside the model: "
+            "processor.save_pretrained(checkpoint_dir)."
+        ) from None
+    return GenericAttentionExplainability(loaded.model, tokenizer=tokenizer)

@@ -1,0 +1,865 @@
+"""``tokenlrp app``: explore token relevance by looking, in a local web app.
+
+    tokenlrp app [--model bundled] [--host 127.0.0.1] [--port 7860]
+
+Two layers, so that the views can be tested and timed without a browser:
+
+* :class:`Explorer` holds the model and, per image, one :class:`Capture` of its forward pass: every
+  attention layer's projections and a classifier's logits. Every view (the paper's figure, the overlay,
+  the relevance after each layer, the top patches, the mass on a known object) is computed from the
+  capture, so changing the rule, the head mode, the head, the start token, the layer or the opacity
+  never runs the model again. Captures and relevance are cached (least recently used first out).
+* :func:`build_app` lays the views out with Gradio (the optional extra ``captum-tokenlrp[app]``) and
+  :func:`launch` serves them on 127.0.0.1, with no network access (no analytics, no web fonts).
+
+GAE (Chefer et al. 2021), offered beside the rules for a class or a text prompt as target, needs a
+backward pass per target: it runs once per (image, target) and is cached like the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from . import TokenRelevanceLRP, __version__
+from ._adapters import TokenLayout, adapter_for
+from ._core.base import PreparedInputs
+from ._core.geometry import patch_grid
+from ._core.propagation import FUSED_HEAD_MODES, propagate_by_layer
+from ._utils.loaded import (
+    CliError,
+    LoadedModel,
+    keep_logits,
+    load_model,
+    prompt_explainer,
+)
+from .baselines import GenericAttentionExplainability
+from .evaluation import relevance_mass
+from .images import ImageGeometry, _pil_layout_kwargs, load_image, map_to_original, processor_geometry
+from .rules import available_rules, get_rule
+from .visualization import plot_rule_grid
+
+__all__ = ["Capture", "Explorer", "build_app", "launch"]
+
+#: Uploads above this many pixels are refused (a decompression bomb or a photo far beyond any ViT's input).
+MAX_PIXELS = 40_000_000
+#: In "native size" mode the image is first shrunk to this longest side, so the token count stays interactive.
+NATIVE_MAX_SIDE = 448
+#: The method name under which the app offers GAE (class- or prompt-sensitive) beside the rules.
+GAE = "GAE"
+#: Head modes offered for the fused map (the per-head maps are always computed for the figure).
+HEAD_FUSIONS = (*FUSED_HEAD_MODES, "last_layer_per_head")
+SIZE_MODES = ("processor", "native")
+
+
+class AppInputError(ValueError):
+    """A problem with what the user gave the app (shown on the page; the app keeps running)."""
+
+
+# ------------------------------------------------------------------------------------- the capture
+@dataclass
+class Capture:
+    """One image's forward pass, kept so that every view can be recomputed without the model.
+
+    Attributes
+    ----------
+    key : str
+        sha256 of the image's pixels and the size mode.
+    image : PIL.Image.Image
+        The image as loaded (RGB, upright); the overlays are drawn on it.
+    pixel_values : Tensor
+        `(1, channels, H_in, W_in)`, what the model received.
+    layers : list
+        Every attention layer's projections (:class:`~captum_tokenlrp.LayerProjections`), input side first.
+    prepared : PreparedInputs
+        The inputs as the attribution prepared them (for the start vector).
+    layout : TokenLayout
+        Special tokens, grid and patch size.
+    geometry : ImageGeometry
+        Where the model input lies in the original image.
+    logits : Tensor or None
+        `(num_labels,)` for a classifier.
+    mask : np.ndarray or None
+        bool `(H_orig, W_orig)`: the object's pixels, for the bundled shapes samples.
+    forward_seconds : float
+        Wall time of the forward pass that made this capture.
+    """
+
+    key: str
+    image: Image.Image
+    pixel_values: Tensor
+    layers: list
+    prepared: PreparedInputs
+    layout: TokenLayout
+    geometry: ImageGeometry
+    logits: Tensor | None
+    mask: np.ndarray | None
+    forward_seconds: float
+    results: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+
+def image_key(image: Image.Image) -> str:
+    """sha256 of an RGB image's size and pixels: equal pictures get equal keys, whatever file they came in."""
+    digest = hashlib.sha256(f"{image.width}x{image.height}".encode())
+    digest.update(np.asarray(image.convert("RGB")).tobytes())
+    return digest.hexdigest()
+
+
+def _check_upload(image: object) -> Image.Image:
+    """The uploaded image, loaded like the CLI loads files; an :class:`AppInputError` saying what is wrong."""
+    if image is None:
+        raise AppInputError("No image: upload one, drop one on the image box, or pick a bundled sample.")
+    if isinstance(image, UnreadableUpload):
+        raise AppInputError(
+            f"The upload is not an image this app can read ({image.reason}). Upload a PNG, JPEG, WebP, BMP, GIF "
+            "or TIFF file."
+        )
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image) and image.width * image.height > MAX_PIXELS:
+        raise AppInputError(
+            f"The image has {image.width} x {image.height} pixels, more than the app takes ({MAX_PIXELS:,}); "
+            "shrink it first (a ViT sees a few hundred pixels a side anyway)."
+        )
+    try:
+        return load_image(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise AppInputError(f"Cannot read the upload as an image: {error}") from None
+
+
+# ------------------------------------------------------------------------------------------ explorer
+class Explorer:
+    """The model side of the app: captures per image, relevance per (rule, head mode, start), the views.
+
+    Parameters
+    ----------
+    model : str, default "bundled"
+        ``"bundled"`` (offline), a local checkpoint folder, or a hub id; any family the package explains.
+    device, dtype : str
+        Where and in which precision the model runs (relevance is float32 anyway).
+    cache_size : int
+        Images whose forward pass is kept.
+
+    Raises
+    ------
+    CliError
+        When the model or its image processor cannot be loaded (the message says why and what to do).
+    """
+
+    def __init__(self, model: str = "bundled", *, device: str = "cpu", dtype: str = "float32", cache_size: int = 8):
+        self.loaded: LoadedModel = load_model(model, device, dtype)
+        self.lrp = TokenRelevanceLRP(self.loaded.model)
+        self.adapter = adapter_for(self.loaded.model)
+        self.sites = self.lrp.attention_sites
+        self.num_layers = len(self.sites)
+        self.num_heads = self.sites[-1].num_heads
+        self.has_text = bool(getattr(self.adapter, "has_text", False))
+        self.is_classifier = bool(self.adapter.is_classifier)
+        self.cache_size = cache_size
+        self._captures: OrderedDict[str, Capture] = OrderedDict()
+        self._gae: GenericAttentionExplainability | None = None
+        self.masks: dict[str, np.ndarray] = {}
+
+    # ---------------------------------------------------------------- descriptions
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def class_names(self) -> list[str]:
+        """A classifier's labels by index (``config.id2label``); empty for other models."""
+        if not self.is_classifier:
+            return []
+        labels = getattr(self.loaded.model.config, "id2label", None) or {}
+        count = int(getattr(self.loaded.model.config, "num_labels", len(labels)))
+        return [str(labels.get(index, labels.get(str(index), f"class {index}"))) for index in range(count)]
+
+    @property
+    def methods(self) -> list[str]:
+        """Rules by name (the four of the paper and any registered one), then GAE where it has a target."""
+        rules = list(available_rules())
+        return rules + ([GAE] if self.is_classifier or self.has_text else [])
+
+    def describe(self) -> str:
+        """One line on the model for the page's header."""
+        model = self.loaded.model
+        kind = "classifier" if self.is_classifier else ("image-text model" if self.has_text else "backbone")
+        return (
+            f"**{self.name}** - {type(model).__name__} ({kind}), {self.num_layers} layers x {self.num_heads} heads, "
+            f"captum-tokenlrp {__version__}"
+        )
+
+    # ---------------------------------------------------------------- capture
+    def capture(self, image: object, size_mode: str = "processor") -> Capture:
+        """The image's forward pass (cached): projections of every layer, logits, geometry.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image, ndarray, str or os.PathLike
+            What the user gave; read with :func:`~captum_tokenlrp.images.load_image`.
+        size_mode : {"processor", "native"}
+            ``"processor"``: the model's image processor resizes and crops, as in training.
+            ``"native"``: the image at its own size (longest side at most :data:`NATIVE_MAX_SIDE`),
+            cut to whole patches, with interpolated position embeddings.
+
+        Raises
+        ------
+        AppInputError
+            For an unreadable, empty or huge image, or a model that cannot take native sizes.
+        """
+        if size_mode not in SIZE_MODES:
+            raise AppInputError(f"Unknown image-size mode {size_mode!r}; expected one of {SIZE_MODES}.")
+        loaded = _check_upload(image)
+        pixels_key = image_key(loaded)
+        key = f"{pixels_key}:{size_mode}"
+        if key in self._captures:
+            self._captures.move_to_end(key)
+            return self._captures[key]
+        pixel_values, geometry, forward_args = self._model_input(loaded, size_mode)
+        prepared = self.lrp._prepare(pixel_values, forward_args)
+        began = time.perf_counter()
+        with keep_logits(self.loaded.model) as logits:
+            layers = self.lrp._record(prepared, self.sites, lambda layer: layer)
+        seconds = time.perf_counter() - began
+        layout = self.lrp.token_layout(pixel_values, forward_args)
+        capture = Capture(
+            key=key,
+            image=loaded,
+            pixel_values=pixel_values,
+            layers=layers,
+            prepared=prepared,
+            layout=layout,
+            geometry=geometry,
+            logits=logits[-1][0] if logits else None,
+            mask=self.masks.get(pixels_key),
+            forward_seconds=seconds,
+        )
+        self._captures[key] = capture
+        while len(self._captures) > self.cache_size:
+            self._captures.popitem(last=False)
+        return capture
+
+    def _model_input(self, image: Image.Image, size_mode: str) -> tuple[Tensor, ImageGeometry, dict | None]:
+        processor = getattr(self.loaded.processor, "image_processor", self.loaded.processor)
+        parameter = next(p for p in self.loaded.model.parameters() if p.is_floating_point())
+        if size_mode == "processor":
+            pixel_values = processor(images=image, return_tensors="pt", **_pil_layout_kwargs(processor))["pixel_values"]
+            geometry = processor_geometry(processor, (image.height, image.width))
+            return pixel_values.to(parameter.device, parameter.dtype), geometry, None
+        if not (self.adapter.any_image_size or "interpolate_pos_encoding" in _forward_parameters(self.loaded.model)):
+            raise AppInputError(
+                f"{type(self.loaded.model).__name__} cannot take images of another size than it was trained on; "
+                "use the 'processor' image size."
+            )
+        scale = min(1.0, NATIVE_MAX_SIDE / max(image.width, image.height))
+        resized = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+        patch_h, patch_w = self.adapter.token_layout(*resized).patch_size
+        if resized[0] < patch_h or resized[1] < patch_w:
+            raise AppInputError(
+                f"The image ({image.width} x {image.height}) is smaller than one {patch_w} x {patch_h} patch; "
+                "use the 'processor' image size."
+            )
+        native = copy.copy(processor)
+        for attribute in ("do_resize", "do_center_crop", "do_pad"):
+            if hasattr(native, attribute):
+                setattr(native, attribute, False)
+        shrunk = image.resize((resized[1], resized[0]), Image.Resampling.BICUBIC) if scale < 1 else image
+        pixel_values = native(images=shrunk, return_tensors="pt", **_pil_layout_kwargs(native))["pixel_values"]
+        rows, cols = resized[0] // patch_h, resized[1] // patch_w
+        pixel_values = pixel_values[..., : rows * patch_h, : cols * patch_w]
+        geometry = ImageGeometry(
+            original=(image.height, image.width),
+            resized=resized,
+            crop=(0, 0, rows * patch_h, cols * patch_w),
+            input=(rows * patch_h, cols * patch_w),
+        )
+        forward_args = None if self.adapter.any_image_size else {"interpolate_pos_encoding": True}
+        return pixel_values.to(parameter.device, parameter.dtype), geometry, forward_args
+
+    # ---------------------------------------------------------------- relevance
+    def relevance_by_layer(
+        self, capture: Capture, rule: str, head_fusion: str | None, start_token: int | None = None
+    ) -> Tensor:
+        """``R^(l)`` at every depth for one rule and head mode, from the capture (no forward pass).
+
+        Returns
+        -------
+        Tensor
+            `(L + 1, num_tokens)` for the fused modes, `(num_heads, L + 1, num_tokens)` per head; index 0 is
+            the map on the input tokens, index L the start.
+        """
+        key = ("rule", rule, head_fusion, start_token)
+        if key not in capture.results:
+            if start_token is not None and not 0 <= start_token < capture.layout.num_tokens:
+                raise AppInputError(
+                    f"Start token {start_token} is out of range: the model has {capture.layout.num_tokens} tokens "
+                    f"(0 .. {capture.layout.num_tokens - 1})."
+                )
+            layer_matrix = self.lrp._layer_matrix(head_fusion, get_rule(rule))
+            matrices = [layer_matrix(layer) for layer in capture.layers]
+            explicit = None
+            if start_token is not None:
+                explicit = torch.zeros(1, capture.layout.num_tokens, device=capture.pixel_values.device)
+                explicit[0, start_token] = 1.0
+            start = self.lrp._start(capture.prepared, explicit)
+            by_layer = propagate_by_layer(start, matrices, head_fusion)[0]
+            self._remember(capture, key, by_layer.float().cpu())
+        return capture.results[key]
+
+    def gae(self, capture: Capture, target: int | str) -> Tensor:
+        """GAE's map `(num_tokens,)` for a class index or a text prompt (one forward and backward, cached)."""
+        key = ("gae", target)
+        if key not in capture.results:
+            if self._gae is None:
+                try:
+                    self._gae = prompt_explainer(self.loaded, ["prompt"]) if self.has_text else None
+                except CliError as error:
+                    raise AppInputError(str(error)) from None
+                self._gae = self._gae or GenericAttentionExplainability(self.loaded.model)
+            forward_args = capture.prepared.kwargs or None
+            relevance = self._gae.token_relevance(capture.pixel_values, target, forward_args).detach()
+            self._remember(capture, key, relevance.reshape(-1, relevance.shape[-1])[0].float().cpu())
+        return capture.results[key]
+
+    def _remember(self, capture: Capture, key: tuple, value: Tensor) -> None:
+        capture.results[key] = value
+        while len(capture.results) > 64:
+            capture.results.popitem(last=False)
+
+    # ---------------------------------------------------------------- numbers
+    def predictions(self, capture: Capture, top: int = 5) -> dict[str, float]:
+        """A classifier's most probable classes with their probabilities (sigmoid for multi-label heads)."""
+        if capture.logits is None:
+            return {}
+        multi_label = getattr(self.loaded.model.config, "problem_type", None) == "multi_label_classification"
+        probabilities = capture.logits.sigmoid() if multi_label else capture.logits.softmax(dim=-1)
+        names = self.class_names
+        best = probabilities.argsort(descending=True)[:top]
+        return {names[int(index)]: float(probabilities[index]) for index in best}
+
+    def top_patches(self, capture: Capture, relevance: Tensor, k: int = 10) -> list[list]:
+        """The ``k`` most relevant patch tokens: rank, token index, grid row, grid column, share of the total (%)."""
+        layout = capture.layout
+        patches = relevance[layout.patch_slice]
+        total = float(relevance.sum())
+        order = patches.argsort(descending=True)[:k]
+        rows = []
+        for rank, index in enumerate(order.tolist(), start=1):
+            row, col = divmod(index, layout.grid[1])
+            share = 100.0 * float(patches[index]) / total if total else 0.0
+            rows.append([rank, layout.num_special_tokens + index, row, col, round(share, 2)])
+        return rows
+
+    def mass_on_object(self, capture: Capture, relevance: Tensor) -> float | None:
+        """Share of the map (on the original image) that falls on the sample's object, or None without a mask."""
+        if capture.mask is None:
+            return None
+        original = self.original_map(capture, relevance)
+        return float(relevance_mass(original[None], torch.from_numpy(capture.mask)[None])[0])
+
+    def original_map(self, capture: Capture, relevance: Tensor) -> Tensor:
+        """Token relevance `(num_tokens,)` as a map on the original image `(H_orig, W_orig)`."""
+        grid = patch_grid(relevance, capture.layout)
+        return map_to_original(grid, capture.geometry, patch_size=capture.layout.patch_size)
+
+
+def _forward_parameters(model: torch.nn.Module) -> Sequence[str]:
+    import inspect
+
+    return list(inspect.signature(model.forward).parameters)
+
+
+# ------------------------------------------------------------------------------------------- views
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the user chose on the page."""
+
+    rules: tuple[str, ...] = ("i", "ii", "iii", "iv")
+    method: str = "iv"
+    head_fusion: str = "mean"
+    head: str = "fused"
+    start_token: int | None = None
+    target: str | None = None
+    opacity: float = 0.6
+    depth: int = 0
+    size_mode: str = "processor"
+
+
+@dataclass
+class Views:
+    """Everything the page shows for one image and one set of choices."""
+
+    figure: Image.Image
+    overlay: Image.Image
+    layer_view: Image.Image | None
+    top_patches: list[list]
+    predictions: dict[str, float]
+    mask: Image.Image | None
+    summary: str
+    arrays: dict[str, np.ndarray]
+    seconds: float
+
+
+def _figure_image(figure) -> Image.Image:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=100, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def overlay_image(
+    image: Image.Image, relevance_map: Tensor, opacity: float, title: str, side: int = 480
+) -> Image.Image:
+    """The map blended over the image, scaled so that its longer side is ``side``, with a labelled colour bar.
+
+    Drawn with PIL rather than matplotlib (about 10 ms instead of 200), since the sliders redraw it live.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        The original image, `(H, W)`.
+    relevance_map : Tensor
+        `(H, W)`: relevance on the original pixels (:meth:`Explorer.original_map`).
+    opacity : float
+        Weight of the colour map over the image, in [0, 1].
+    title : str
+        Written above the panel.
+    """
+    from matplotlib import colormaps
+    from PIL import ImageDraw
+
+    if not 0.0 <= opacity <= 1.0:
+        raise AppInputError(f"Opacity must lie in [0, 1], got {opacity}.")
+    values = relevance_map.double().numpy()
+    low, high = float(values.min()), float(values.max())
+    spread = high - low
+    normalised = (values - low) / spread if spread > 0 else np.zeros_like(values)
+    colours = Image.fromarray((colormaps["inferno"](normalised)[..., :3] * 255).astype(np.uint8))
+    scale = side / max(image.width, image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    blended = Image.blend(image.convert("RGB").resize(size, resample), colours.resize(size, resample), opacity)
+    bar_width, margin, header = 16, 70, 22
+    canvas = Image.new("RGB", (size[0] + bar_width + margin, size[1] + header), "white")
+    canvas.paste(blended, (0, header))
+    ramp = np.linspace(1.0, 0.0, size[1])[:, None].repeat(bar_width, axis=1)
+    bar = Image.fromarray((colormaps["inferno"](ramp)[..., :3] * 255).astype(np.uint8))
+    canvas.paste(bar, (size[0] + 6, header))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill="black")
+    draw.text((size[0] + bar_width + 10, header), f"{high:.3g}", fill="black")
+    draw.text((size[0] + bar_width + 10, header + size[1] - 12), f"{low:.3g}", fill="black")
+    return canvas
+
+
+def _head_index(head: str, num_heads: int) -> int | None:
+    if head in (None, "", "fused"):
+        return None
+    try:
+        index = int(str(head).removeprefix("head").strip())
+    except ValueError:
+        raise AppInputError(f"Unknown head {head!r}; expected 'fused' or 'head 0' .. 'head {num_heads - 1}'.") from None
+    if not 0 <= index < num_heads:
+        raise AppInputError(f"Head {index} does not exist: the model has {num_heads} heads (0 .. {num_heads - 1}).")
+    return index
+
+
+def _gae_target(explorer: Explorer, capture: Capture, target: str | None) -> int | str:
+    """GAE's target from the page: a class by name (default: the predicted one) or a text prompt."""
+    if explorer.has_text:
+        if not target or not str(target).strip():
+            raise AppInputError("GAE on an image-text model explains a text prompt: type one in the target box.")
+        return str(target).strip()
+    names = explorer.class_names
+    if not target or target == "predicted":
+        return int(capture.logits.argmax()) if capture.logits is not None else 0
+    if target in names:
+        return names.index(target)
+    raise AppInputError(f"Unknown class {target!r}; expected 'predicted' or one of the model's classes.")
+
+
+def _fused_and_heads(explorer: Explorer, capture: Capture, rule: str, settings: ViewSettings) -> tuple[Tensor, Tensor]:
+    """A rule's fused map `(num_tokens,)` (a per-head fused mode averaged) and per-head maps `(heads, num_tokens)`."""
+    fused = explorer.relevance_by_layer(capture, rule, settings.head_fusion, settings.start_token)[..., 0, :]
+    heads = explorer.relevance_by_layer(capture, rule, None, settings.start_token)[:, 0]
+    return (fused.mean(dim=0) if fused.dim() == 2 else fused), heads
+
+
+def _paper_figure(
+    explorer: Explorer, capture: Capture, settings: ViewSettings, prediction: tuple[str, float] | None
+) -> Image.Image:
+    """The paper's figure (rules x (image, fused, heads)) as an image."""
+    fused, per_head = {}, {}
+    for rule in settings.rules:
+        fused_rel, head_rel = _fused_and_heads(explorer, capture, rule, settings)
+        fused[f"rule ({rule})"] = patch_grid(fused_rel, capture.layout)
+        per_head[f"rule ({rule})"] = patch_grid(head_rel, capture.layout)
+    drawn = plot_rule_grid(
+        capture.pixel_values[0].float().cpu(),
+        fused,
+        per_head,
+        title=f"{explorer.name} - fused: {settings.head_fusion}",
+        prediction=prediction,
+        processor=explorer.loaded.processor,
+    )
+    return _figure_image(drawn)
+
+
+def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figure: bool = True) -> Views:
+    """Every view for ``capture`` under ``settings``; no forward pass unless GAE needs its backward.
+
+    ``figure=False`` skips the paper's figure (for choices that do not change it: opacity, layer).
+    """
+    began = time.perf_counter()
+    layout, heads = capture.layout, explorer.num_heads
+    head = _head_index(settings.head, heads)
+    if not 0 <= settings.depth <= explorer.num_layers:
+        raise AppInputError(f"Layer {settings.depth} is out of range 0 .. {explorer.num_layers}.")
+    arrays: dict[str, np.ndarray] = {}
+    # The selected method's map at every depth (rules) or at the input (GAE).
+    by_layer: Tensor | None = None
+    if settings.method == GAE:
+        target = _gae_target(explorer, capture, settings.target)
+        selected = explorer.gae(capture, target)
+        label = f"GAE, target {target!r}"
+        arrays["gae"] = selected.numpy()
+    else:
+        if head is None:
+            by_layer = explorer.relevance_by_layer(capture, settings.method, settings.head_fusion, settings.start_token)
+            if by_layer.dim() == 3:  # a per-head fused mode ("last_layer_per_head"): show the heads' mean
+                by_layer = by_layer.mean(dim=0)
+            label = f"rule ({settings.method}), {settings.head_fusion}"
+        else:
+            by_layer = explorer.relevance_by_layer(capture, settings.method, None, settings.start_token)[head]
+            label = f"rule ({settings.method}), head {head}"
+        selected = by_layer[0]
+        arrays[f"rule_{settings.method}_by_layer"] = by_layer.numpy()
+    arrays["selected"] = selected.numpy()
+    prediction = None
+    predictions = explorer.predictions(capture)
+    if predictions:
+        name, probability = next(iter(predictions.items()))
+        prediction = (name, probability)
+
+    figure_image = None
+    if figure and settings.rules:
+        figure_key = ("figure", settings.rules, settings.head_fusion, settings.start_token)
+        if figure_key not in capture.results:
+            explorer._remember(capture, figure_key, _paper_figure(explorer, capture, settings, prediction))
+        figure_image = capture.results[figure_key]
+    for rule in settings.rules:
+        fused_rel, head_rel = _fused_and_heads(explorer, capture, rule, settings)
+        arrays[f"rule_{rule}_fused"] = fused_rel.numpy()
+        arrays[f"rule_{rule}_per_head"] = head_rel.numpy()
+
+    original = explorer.original_map(capture, selected)
+    overlay = overlay_image(capture.image, original, settings.opacity, label)
+    layer_view = None
+    if by_layer is not None:
+        depth_map = explorer.original_map(capture, by_layer[settings.depth])
+        where = "the input tokens (the final map)" if settings.depth == 0 else f"entering layer {settings.depth}"
+        if settings.depth == explorer.num_layers:
+            where = "the start"
+        layer_view = overlay_image(capture.image, depth_map, settings.opacity, f"R({settings.depth}): {where}", 320)
+    mask_image = None
+    mass = explorer.mass_on_object(capture, selected)
+    if capture.mask is not None:
+        mask_image = Image.fromarray((capture.mask * 255).astype(np.uint8)).convert("RGB")
+        scale = max(1, 256 // max(mask_image.size))
+        mask_image = mask_image.resize((mask_image.width * scale, mask_image.height * scale), Image.Resampling.NEAREST)
+    special = float(selected[: layout.num_special_tokens].sum())
+    total = float(selected.sum())
+    parts = [
+        f"{label}: {100 * special / total:.1f} % of the relevance stays on the special tokens"
+        f" ({', '.join(layout.special_token_names)})."
+        if total
+        else f"{label}: the map is empty."
+    ]
+    if mass is not None:
+        parts.append(f"Mass on the object: **{mass:.3f}** (its area share: {capture.mask.mean():.3f}).")
+    seconds = time.perf_counter() - began
+    parts.append(f"Forward pass {1000 * capture.forward_seconds:.0f} ms (cached); these views {1000 * seconds:.0f} ms.")
+    arrays["grid"] = np.array(layout.grid)
+    arrays["special_tokens"] = np.array(layout.special_token_names)
+    arrays["patch_size"] = np.array(layout.patch_size)
+    if capture.logits is not None:
+        arrays["logits"] = capture.logits.numpy()
+    return Views(
+        figure=figure_image,
+        overlay=overlay,
+        layer_view=layer_view,
+        top_patches=explorer.top_patches(capture, selected),
+        predictions=predictions,
+        mask=mask_image,
+        summary=" ".join(parts),
+        arrays=arrays,
+        seconds=seconds,
+    )
+
+
+# ------------------------------------------------------------------------------------- samples
+def bundled_samples(folder: Path, count: int = 6, seed: int = 1) -> dict[str, np.ndarray]:
+    """Write ``count`` shapes images (one per class, the held-out stream ``seed``) as PNGs into ``folder``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        :func:`image_key` of each sample -> its object mask, bool `(64, 64)`.
+    """
+    from .data.shapes import generate_shapes
+
+    images, masks, labels = generate_shapes(count, seed)
+    found = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    from .data.shapes import SHAPE_CLASSES
+
+    for index, (pixels, mask, label) in enumerate(zip(images, masks, labels, strict=True)):
+        image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+        image.save(folder / f"{index:02d}-{SHAPE_CLASSES[int(label)]}.png")
+        found[image_key(image)] = mask
+    return found
+
+
+# ------------------------------------------------------------------------------------------- Gradio
+def _gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise CliError(
+            "tokenlrp app needs Gradio, an optional dependency: pip install 'captum-tokenlrp[app]'."
+        ) from None
+    return gradio
+
+
+@dataclass(frozen=True)
+class UnreadableUpload:
+    """What the image box hands the handler when Gradio could not decode the upload (the reason, for the page)."""
+
+    reason: str
+
+
+def _image_box(gr, **options):
+    """Gradio's image box, except that an upload it cannot decode reaches the handler as an
+    :class:`UnreadableUpload` (so the page says what is wrong) instead of failing before it.
+
+    The instance's ``preprocess`` is wrapped rather than the class subclassed: Gradio writes a ``.pyi``
+    stub beside the module of every component subclass.
+    """
+    box = gr.Image(**options)
+    decode = box.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except Exception as error:  # any decoding failure: the page explains it, the app keeps running
+            # Gradio's cache path means nothing to the user: name the file only.
+            reason = re.sub(r"'[^']*/([^/']+)'", r"'\1'", str(error))
+            return UnreadableUpload(f"{type(error).__name__}: {reason}")
+
+    box.preprocess = preprocess
+    return box
+
+
+def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
+    """The Gradio page for ``explorer``.
+
+    Parameters
+    ----------
+    explorer : Explorer
+        The model side.
+    sample_dir : Path, optional
+        Where the bundled shapes samples are written (a temporary folder by default).
+
+    Returns
+    -------
+    gradio.Blocks
+    """
+    gr = _gradio()
+    sample_dir = Path(sample_dir or tempfile.mkdtemp(prefix="tokenlrp-samples-"))
+    explorer.masks.update(bundled_samples(sample_dir))
+    downloads = Path(tempfile.mkdtemp(prefix="tokenlrp-downloads-"))
+    heads = ["fused"] + [f"head {index}" for index in range(explorer.num_heads)]
+
+    def settings_from(rules, method, head_fusion, head, start_token, target, opacity, depth, size_mode):
+        start = None if start_token in (None, "") or int(start_token) < 0 else int(start_token)
+        return ViewSettings(
+            rules=tuple(rules or ()),
+            method=method,
+            head_fusion=head_fusion,
+            head=head,
+            start_token=start,
+            target=target,
+            opacity=float(opacity),
+            depth=int(depth),
+            size_mode=size_mode,
+        )
+
+    def outputs_of(views: Views, capture: Capture, full: bool):
+        stem = capture.key[:12]
+        files = []
+        if full and views.figure is not None:
+            figure_path = downloads / f"tokenlrp-{stem}-figure.png"
+            views.figure.save(figure_path)
+            files.append(str(figure_path))
+        npz_path = downloads / f"tokenlrp-{stem}-relevance.npz"
+        np.savez(npz_path, **views.arrays)
+        files.append(str(npz_path))
+        figure_out = views.figure if full else gr.skip()
+        return (
+            figure_out,
+            views.overlay,
+            views.layer_view,
+            views.top_patches,
+            views.predictions or None,
+            views.mask,
+            views.summary,
+            files if full else gr.skip(),
+        )
+
+    def guarded(full: bool) -> Callable:
+        def handler(image, size_mode, *choices):
+            if image is None:
+                return (None, None, None, [], None, None, "Upload an image or pick a bundled sample.", None)
+            try:
+                capture = explorer.capture(image, size_mode)
+                views = render(explorer, capture, settings_from(*choices, size_mode), figure=full)
+            except AppInputError as error:
+                raise gr.Error(str(error)) from None
+            return outputs_of(views, capture, full)
+
+        return handler
+
+    with gr.Blocks(title="tokenlrp explorer", analytics_enabled=False) as app:
+        gr.Markdown(f"# Token relevance explorer\n{explorer.describe()}")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = _image_box(
+                    gr, type="pil", label="Image", sources=["upload", "clipboard"], elem_id="image-input", height=280
+                )
+                gr.Examples(
+                    examples=[[str(path)] for path in sorted(sample_dir.glob("*.png"))],
+                    inputs=image,
+                    label="Bundled shapes samples (with object masks)",
+                )
+                size_mode = gr.Radio(
+                    list(SIZE_MODES),
+                    value="processor",
+                    label="Image size",
+                    elem_id="size-mode",
+                    info="processor: resized and cropped as in training; native: own size, interpolated positions",
+                )
+                rules = gr.CheckboxGroup(
+                    list(available_rules()),
+                    value=["i", "ii", "iii", "iv"],
+                    label="Rules in the figure",
+                    elem_id="rules",
+                )
+                method = gr.Radio(explorer.methods, value="iv", label="Method of the overlay", elem_id="method")
+                head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion", elem_id="fusion")
+                head = gr.Radio(heads, value="fused", label="Head of the overlay", elem_id="head")
+                start_token = gr.Number(
+                    value=-1,
+                    precision=0,
+                    label="Start token (-1: where the model's output is read)",
+                    elem_id="start-token",
+                )
+                if explorer.has_text:
+                    target = gr.Textbox(value="", label="GAE target: a text prompt", elem_id="target")
+                else:
+                    target = gr.Dropdown(
+                        ["predicted", *explorer.class_names],
+                        value="predicted",
+                        label="GAE target class",
+                        elem_id="target",
+                        visible=explorer.is_classifier,
+                    )
+                opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity", elem_id="opacity")
+                depth = gr.Slider(
+                    0,
+                    explorer.num_layers,
+                    value=0,
+                    step=1,
+                    elem_id="depth",
+                    label=f"Relevance entering layer l (0: the input tokens, {explorer.num_layers}: the start)",
+                )
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="summary")
+                overlay = gr.Image(label="Overlay", show_label=False, elem_id="overlay", format="png")
+                with gr.Row():
+                    layer_view = gr.Image(label="Layer by layer", show_label=False, elem_id="layer-view", format="png")
+                    mask = gr.Image(label="Object mask (bundled samples)", elem_id="mask", format="png")
+                predictions = gr.Label(label="Predicted classes", num_top_classes=5, visible=explorer.is_classifier)
+                top = gr.Dataframe(
+                    headers=["rank", "token", "row", "col", "share %"], label="Top patches", elem_id="top-patches"
+                )
+                figure = gr.Image(label="The paper's figure: rules x (fused, heads)", elem_id="figure", format="png")
+                files = gr.File(label="Download: figure (PNG) and relevance (.npz)", file_count="multiple")
+        choices = [rules, method, head_fusion, head, start_token, target, opacity, depth]
+        outputs = [figure, overlay, layer_view, top, predictions, mask, summary, files]
+        full, light = guarded(True), guarded(False)
+        for component in (image, size_mode, rules, method, head_fusion, head, start_token, target):
+            component.change(full, [image, size_mode, *choices], outputs)
+        for component in (opacity, depth):
+            component.release(light, [image, size_mode, *choices], outputs)
+    return app
+
+
+def _theme(gr):
+    """System fonts only: the default theme would fetch web fonts, and the app must need no network."""
+    fonts = ["ui-sans-serif", "system-ui", "sans-serif"]
+    return gr.themes.Default(font=fonts, font_mono=["ui-monospace", "monospace"])
+
+
+def launch(
+    model: str | Explorer = "bundled",
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    block: bool = True,
+):
+    """Load the model, build the page and serve it; prints the local URL.
+
+    ``model`` is what :class:`Explorer` takes, or an :class:`Explorer` already built.
+
+    Returns
+    -------
+    (gradio.Blocks, str)
+        The running app and its URL (with ``block=False``; otherwise serves until interrupted).
+    """
+    gr = _gradio()
+    explorer = model if isinstance(model, Explorer) else Explorer(model, device=device, dtype=dtype)
+    app = build_app(explorer)
+    _, url, _ = app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        share=False,
+        theme=_theme(gr),
+        max_file_size="50mb",
+        footer_links=[],
+        ssr_mode=False,
+    )
+    print(f"tokenlrp app: {explorer.name} at {url} (Ctrl+C to stop)", flush=True)
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return app, url

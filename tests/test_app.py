@@ -1,0 +1,279 @@
+"""``tokenlrp app``: the explorer's numbers (against the attribution itself), its caching, its messages,
+and the page in a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import seeded, tiny_config
+from helpers import chrome_driver
+from PIL import Image
+from test_cli import save_checkpoint
+from transformers import ViTModel
+
+from captum_tokenlrp import TokenRelevanceLRP, app
+from captum_tokenlrp.app import AppInputError, Explorer, UnreadableUpload, ViewSettings, bundled_samples, render
+from captum_tokenlrp.baselines import GenericAttentionExplainability
+from captum_tokenlrp.cli import main
+from captum_tokenlrp.data.shapes import generate_shapes
+from captum_tokenlrp.evaluation import relevance_mass
+from captum_tokenlrp.images import map_to_original
+
+RULES = ["i", "ii", "iii", "iv"]
+MODES = ["mean", "max", "min", "per_head_mean", "last_layer_per_head", None]
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("samples")
+    return folder, bundled_samples(folder)
+
+
+@pytest.fixture(scope="module")
+def bundled(samples) -> Explorer:
+    explorer = Explorer("bundled")
+    explorer.masks.update(samples[1])
+    return explorer
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Explorer:
+    """A tiny DINO-style backbone (no head) saved and loaded like a user's checkpoint."""
+    model = seeded(lambda: ViTModel(tiny_config(), add_pooling_layer=False), trained_norms=True)
+    return Explorer(str(save_checkpoint(tmp_path_factory.mktemp("tiny") / "vit", model, 32)))
+
+
+def sample_image(samples, index: int = 0) -> Image.Image:
+    return Image.open(sorted(samples[0].glob("*.png"))[index]).convert("RGB")
+
+
+def counting_forwards(model: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    return calls, model.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_and_mode_equals_the_attribution_on_the_same_input(bundled, samples, rule):
+    capture = bundled.capture(sample_image(samples))
+    lrp = TokenRelevanceLRP(bundled.loaded.model, rule=rule)
+    for mode in MODES:
+        replayed = bundled.relevance_by_layer(capture, rule, mode)
+        direct = lrp.token_relevance_by_layer(capture.pixel_values, head_fusion=mode)[0]
+        torch.testing.assert_close(replayed, direct, atol=1e-6, rtol=1e-5)
+        final = replayed[..., 0, :]
+        torch.testing.assert_close(final, lrp.token_relevance(capture.pixel_values, head_fusion=mode)[0])
+
+
+def test_a_start_token_on_a_backbone_is_the_one_hot_start(backbone, samples):
+    capture = backbone.capture(sample_image(samples, 2))
+    lrp = TokenRelevanceLRP(backbone.loaded.model, rule="iii")
+    for token in (0, 5, capture.layout.num_tokens - 1):
+        replayed = backbone.relevance_by_layer(capture, "iii", "mean", start_token=token)[0]
+        torch.testing.assert_close(replayed, lrp.token_relevance(capture.pixel_values, target=token)[0])
+    with pytest.raises(AppInputError, match="out of range"):
+        backbone.relevance_by_layer(capture, "iii", "mean", start_token=capture.layout.num_tokens)
+
+
+def test_changing_rule_head_layer_or_opacity_never_runs_the_model_again(bundled, samples):
+    image = sample_image(samples, 1)
+    calls, handle = counting_forwards(bundled.loaded.model)
+    try:
+        capture = bundled.capture(image)
+        assert calls[0] == 1
+        for settings in (
+            ViewSettings(),
+            ViewSettings(method="ii"),
+            ViewSettings(method="i", head="head 3"),
+            ViewSettings(head_fusion="max", rules=("i", "iv")),
+            ViewSettings(head_fusion="last_layer_per_head", depth=4, opacity=0.2),
+            ViewSettings(start_token=7),
+        ):
+            render(bundled, bundled.capture(image), settings)
+        assert calls[0] == 1, "a view of the cached capture ran the model again"
+        assert bundled.capture(image.copy()) is capture  # equal pixels, same capture
+    finally:
+        handle.remove()
+
+
+def test_views_show_what_the_numbers_say(bundled, samples):
+    image = sample_image(samples, 3)
+    capture = bundled.capture(image)
+    views = render(bundled, capture, ViewSettings(method="ii", depth=2))
+    selected = bundled.relevance_by_layer(capture, "ii", "mean")[0]
+    np.testing.assert_allclose(views.arrays["selected"], selected.numpy())
+    # Top patches: the largest patch tokens, in order, with their share of the total.
+    patches = selected[capture.layout.patch_slice]
+    order = patches.argsort(descending=True)[:10].tolist()
+    assert [row[1] - capture.layout.num_special_tokens for row in views.top_patches] == order
+    assert views.top_patches[0][4] == pytest.approx(100 * float(patches.max() / selected.sum()), abs=0.01)
+    # Mass on the object, from the sample's own mask, as the evaluation module computes it.
+    _, masks, _ = generate_shapes(6, 1)
+    assert np.array_equal(capture.mask, masks[3])
+    original = map_to_original(
+        selected[capture.layout.patch_slice].reshape(capture.layout.grid),
+        capture.geometry,
+        patch_size=capture.layout.patch_size,
+    )
+    mass = float(relevance_mass(original[None], torch.from_numpy(masks[3])[None])[0])
+    assert f"**{mass:.3f}**" in views.summary
+    # Predictions: the bundled classifier's softmax, best first, named by its labels.
+    probabilities = capture.logits.softmax(-1)
+    assert list(views.predictions.values()) == pytest.approx(sorted(probabilities.tolist(), reverse=True)[:5])
+    assert next(iter(views.predictions)) == bundled.class_names[int(probabilities.argmax())]
+    assert views.figure.size[0] > views.figure.size[1] > 100
+    assert views.layer_view is not None and views.mask is not None
+
+
+def test_gae_takes_the_class_by_name_and_is_cached(bundled, samples):
+    capture = bundled.capture(sample_image(samples, 4))
+    name = bundled.class_names[2]
+    views = render(bundled, capture, ViewSettings(method="GAE", target=name))
+    expected = GenericAttentionExplainability(bundled.loaded.model).token_relevance(capture.pixel_values, target=2)
+    np.testing.assert_allclose(views.arrays["gae"], expected[0].numpy(), atol=1e-6, rtol=1e-5)
+    predicted = render(bundled, capture, ViewSettings(method="GAE", target="predicted")).arrays["gae"]
+    expected = GenericAttentionExplainability(bundled.loaded.model).token_relevance(
+        capture.pixel_values, target=int(capture.logits.argmax())
+    )
+    np.testing.assert_allclose(predicted, expected[0].numpy(), atol=1e-6, rtol=1e-5)
+    with pytest.raises(AppInputError, match="Unknown class"):
+        render(bundled, capture, ViewSettings(method="GAE", target="unicorn"))
+
+
+def test_native_size_runs_the_image_at_its_own_resolution(backbone):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 57, 3), dtype=np.uint8))
+    capture = backbone.capture(image, "native")
+    assert tuple(capture.pixel_values.shape[-2:]) == (40, 56)  # cut to whole 8-pixel patches
+    assert capture.layout.grid == (5, 7)
+    lrp = TokenRelevanceLRP(backbone.loaded.model, rule="iv")
+    direct = lrp.token_relevance(capture.pixel_values, additional_forward_args={"interpolate_pos_encoding": True})
+    torch.testing.assert_close(backbone.relevance_by_layer(capture, "iv", "mean")[0], direct[0])
+    # The map on the original image keeps the patches' relevance (the cut border column gets none).
+    original = backbone.original_map(capture, direct[0])
+    assert original.shape == (40, 57)
+    assert float(original.sum()) == pytest.approx(float(direct[0, 1:].sum()), rel=1e-5)
+    assert float(original[:, 56:].abs().sum()) == 0.0
+
+
+def test_bad_uploads_get_a_clear_message(bundled, tmp_path, monkeypatch):
+    with pytest.raises(AppInputError, match="No image"):
+        bundled.capture(None)
+    with pytest.raises(AppInputError, match=r"not an image this app can read.*UnidentifiedImageError"):
+        bundled.capture(UnreadableUpload("UnidentifiedImageError: cannot identify image file 'bad.png'"))
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AppInputError, match="Cannot read the upload"):
+        bundled.capture(str(empty))
+    with pytest.raises(AppInputError, match="Unknown image-size mode"):
+        bundled.capture(Image.new("RGB", (8, 8)), "stretched")
+    with pytest.raises(AppInputError, match="Head 9 does not exist"):
+        render(bundled, bundled.capture(Image.new("RGB", (64, 64))), ViewSettings(head="head 9"))
+    monkeypatch.setattr(app, "MAX_PIXELS", 100)
+    with pytest.raises(AppInputError, match=r"11 x 10 pixels, more than the app takes \(100\)"):
+        bundled.capture(Image.new("RGB", (11, 10)))
+
+
+def test_the_model_is_left_as_found(bundled, samples):
+    model = bundled.loaded.model
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    hooks = sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in model.modules())
+    implementation = model.config._attn_implementation
+    render(bundled, bundled.capture(sample_image(samples, 5)), ViewSettings(method="GAE"))
+    with pytest.raises(AppInputError):
+        render(bundled, bundled.capture(sample_image(samples, 5)), ViewSettings(depth=99))
+    assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
+    assert sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in model.modules()) == hooks
+    assert model.config._attn_implementation == implementation
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_the_cli_says_how_to_install_gradio_when_it_is_missing(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gradio(name, *args, **kwargs):
+        if name == "gradio":
+            raise ImportError("No module named 'gradio'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    assert main(["app", "--model", "bundled"]) == 2
+    assert "pip install 'captum-tokenlrp[app]'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- the browser
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, tmp_path):
+    pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome_driver()
+    explorer = Explorer("bundled")  # its own: no capture cached by the other tests
+    calls, handle = counting_forwards(explorer.loaded.model)
+    server, url = app.launch(explorer, port=free_port(), block=False)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        wait = WebDriverWait(driver, 60)
+        driver.get(url)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input input[type=file]"))
+
+        def source(element_id: str) -> str | None:
+            found = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
+            return found[0].get_attribute("src") if found else None
+
+        def changed(element_id: str, before: str | None) -> str:
+            wait.until(lambda d: source(element_id) not in (None, before))
+            return source(element_id)
+
+        def choose(element_id: str, value: str) -> None:
+            driver.find_element(By.CSS_SELECTOR, f"#{element_id} input[type=radio][value='{value}']").click()
+
+        upload = driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]")
+        upload.send_keys(str(sorted(samples[0].glob("*.png"))[0]))
+        overlay, figure = changed("overlay", None), changed("figure", None)
+        wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
+        forwards = calls[0]
+        assert forwards == 1
+
+        choose("method", "ii")
+        overlay = changed("overlay", overlay)
+        wait.until(lambda d: "rule (ii), mean" in d.find_element(By.ID, "summary").text)
+        choose("head", "head 2")
+        overlay = changed("overlay", overlay)
+        wait.until(lambda d: "rule (ii), head 2" in d.find_element(By.ID, "summary").text)
+        choose("fusion", "max")
+        figure = changed("figure", figure)
+        assert calls[0] == forwards, "changing the rule, head or fusion ran the model again"
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+
+        # A file that is not an image: a message on the page, and the app goes on working.
+        bad = tmp_path / "not-an-image.png"
+        bad.write_text("plain text")
+        driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]").send_keys(str(bad))
+        wait.until(lambda d: "not an image this app can read" in d.find_element(By.TAG_NAME, "body").text)
+        assert "not-an-image.png" in driver.find_element(By.TAG_NAME, "body").text
+        driver.get(url)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input input[type=file]"))
+        driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]").send_keys(
+            str(sorted(samples[0].glob("*.png"))[1])
+        )
+        wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
+    finally:
+        handle.remove()
+        server.close()
+        driver.quit()
