@@ -80,10 +80,12 @@ dist-check: $(BIN)/.dist-installed
 bench: install
 	$(BIN)/python benchmarks/bench_speed.py
 	$(BIN)/python benchmarks/bench_families.py
+	$(BIN)/python benchmarks/bench_app.py --screenshots
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_families.py --quick > /dev/null
+	$(BIN)/python benchmarks/bench_app.py --quick > /dev/null
 
 # Explanation quality of every method on the bundled model: writes benchmarks/RESULTS.md (~15 min).
 quality: install

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import re
 import tempfile
 import time
@@ -50,9 +49,20 @@ from .baselines import GenericAttentionExplainability
 from .evaluation import relevance_mass
 from .images import ImageGeometry, _pil_layout_kwargs, load_image, map_to_original, processor_geometry
 from .rules import available_rules, get_rule
-from .visualization import plot_rule_grid
 
-__all__ = ["Capture", "Explorer", "build_app", "launch"]
+__all__ = [
+    "AppInputError",
+    "Capture",
+    "Explorer",
+    "UnreadableUpload",
+    "ViewSettings",
+    "Views",
+    "build_app",
+    "bundled_samples",
+    "launch",
+    "overlay_image",
+    "render",
+]
 
 #: Uploads above this many pixels are refused (a decompression bomb or a photo far beyond any ViT's input).
 MAX_PIXELS = 40_000_000
@@ -63,6 +73,8 @@ GAE = "GAE"
 #: Head modes offered for the fused map (the per-head maps are always computed for the figure).
 HEAD_FUSIONS = (*FUSED_HEAD_MODES, "last_layer_per_head")
 SIZE_MODES = ("processor", "native")
+#: Opacity of the maps in the paper's figure (the overlay's slider leaves the figure as it is).
+FIGURE_OPACITY = 0.6
 
 
 class AppInputError(ValueError):
@@ -413,14 +425,6 @@ class Views:
     seconds: float
 
 
-def _figure_image(figure) -> Image.Image:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, dpi=100, format="png")
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        return image.convert("RGB")
-
-
 def overlay_image(
     image: Image.Image, relevance_map: Tensor, opacity: float, title: str, side: int = 480
 ) -> Image.Image:
@@ -439,16 +443,13 @@ def overlay_image(
     title : str
         Written above the panel.
     """
-    from matplotlib import colormaps
     from PIL import ImageDraw
 
     if not 0.0 <= opacity <= 1.0:
         raise AppInputError(f"Opacity must lie in [0, 1], got {opacity}.")
     values = relevance_map.double().numpy()
     low, high = float(values.min()), float(values.max())
-    spread = high - low
-    normalised = (values - low) / spread if spread > 0 else np.zeros_like(values)
-    colours = Image.fromarray((colormaps["inferno"](normalised)[..., :3] * 255).astype(np.uint8))
+    colours = Image.fromarray(_colours(values, low, high))
     scale = side / max(image.width, image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
@@ -457,7 +458,7 @@ def overlay_image(
     canvas = Image.new("RGB", (size[0] + bar_width + margin, size[1] + header), "white")
     canvas.paste(blended, (0, header))
     ramp = np.linspace(1.0, 0.0, size[1])[:, None].repeat(bar_width, axis=1)
-    bar = Image.fromarray((colormaps["inferno"](ramp)[..., :3] * 255).astype(np.uint8))
+    bar = Image.fromarray(_colours(ramp, 0.0, 1.0))
     canvas.paste(bar, (size[0] + 6, header))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill="black")
@@ -499,24 +500,58 @@ def _fused_and_heads(explorer: Explorer, capture: Capture, rule: str, settings: 
     return (fused.mean(dim=0) if fused.dim() == 2 else fused), heads
 
 
+def _colours(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`(H, W)` values -> `(H, W, 3)` uint8 inferno colours on the scale ``low .. high``."""
+    from matplotlib import colormaps
+
+    spread = high - low
+    normalised = np.clip((values - low) / spread, 0.0, 1.0) if spread > 0 else np.zeros_like(values)
+    return (colormaps["inferno"](normalised)[..., :3] * 255).astype(np.uint8)
+
+
 def _paper_figure(
-    explorer: Explorer, capture: Capture, settings: ViewSettings, prediction: tuple[str, float] | None
+    explorer: Explorer, capture: Capture, settings: ViewSettings, prediction: tuple[str, float] | None, tile: int = 96
 ) -> Image.Image:
-    """The paper's figure (rules x (image, fused, heads)) as an image."""
-    fused, per_head = {}, {}
-    for rule in settings.rules:
+    """The paper's figure: one row per rule with the model input, the fused map, then one map per head.
+
+    Drawn with PIL (a few tens of ms, where matplotlib's :func:`~captum_tokenlrp.visualization.plot_rule_grid`
+    takes seconds), one colour scale per row as that function's default, stated under the panels.
+    """
+    from PIL import ImageDraw
+
+    from .visualization import image_for_display
+
+    background = image_for_display(capture.pixel_values[0].float().cpu(), processor=explorer.loaded.processor)
+    photo = Image.fromarray((background * 255).round().astype(np.uint8)).resize((tile, tile), Image.Resampling.BILINEAR)
+    rows = list(settings.rules)
+    columns = ["image", "fused", *(f"head {index}" for index in range(explorer.num_heads))]
+    left, top, gap, bottom = 64, 44, 4, 22
+    width = left + len(columns) * (tile + gap)
+    canvas = Image.new("RGB", (width, top + len(rows) * (tile + gap) + bottom), "white")
+    draw = ImageDraw.Draw(canvas)
+    title = f"{explorer.name} - fused: {settings.head_fusion}"
+    if prediction is not None:
+        title += f" - predicted: {prediction[0]} (p = {prediction[1]:.2f})"
+    draw.text((4, 4), title, fill="black")
+    for column, name in enumerate(columns):
+        draw.text((left + column * (tile + gap) + 2, top - 14), name, fill="black")
+    for row, rule in enumerate(rows):
         fused_rel, head_rel = _fused_and_heads(explorer, capture, rule, settings)
-        fused[f"rule ({rule})"] = patch_grid(fused_rel, capture.layout)
-        per_head[f"rule ({rule})"] = patch_grid(head_rel, capture.layout)
-    drawn = plot_rule_grid(
-        capture.pixel_values[0].float().cpu(),
-        fused,
-        per_head,
-        title=f"{explorer.name} - fused: {settings.head_fusion}",
-        prediction=prediction,
-        processor=explorer.loaded.processor,
+        grids = [patch_grid(fused_rel, capture.layout), *patch_grid(head_rel, capture.layout)]
+        maps = [grid.double().numpy() for grid in grids]
+        low, high = min(m.min() for m in maps), max(m.max() for m in maps)
+        y = top + row * (tile + gap)
+        draw.text((4, y + tile // 2 - 6), f"rule ({rule})", fill="black")
+        canvas.paste(photo, (left, y))
+        for column, values in enumerate(maps, start=1):
+            colours = Image.fromarray(_colours(values, low, high)).resize((tile, tile), Image.Resampling.NEAREST)
+            canvas.paste(Image.blend(photo, colours, FIGURE_OPACITY), (left + column * (tile + gap), y))
+    draw.text(
+        (left, canvas.height - bottom + 4),
+        "colour scale: one per row (rule), its minimum to maximum; inferno: dark = low, bright = high",
+        fill="black",
     )
-    return _figure_image(drawn)
+    return canvas
 
 
 def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figure: bool = True) -> Views:
