@@ -173,6 +173,7 @@ class Explorer:
 
     def __init__(self, model: str = "bundled", *, device: str = "cpu", dtype: str = "float32", cache_size: int = 8):
         self.loaded: LoadedModel = load_model(model, device, dtype)
+        self.device, self.dtype = device, dtype
         self.lrp = TokenRelevanceLRP(self.loaded.model)
         self.adapter = adapter_for(self.loaded.model)
         self.sites = self.lrp.attention_sites
@@ -727,9 +728,17 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
     sample_dir = Path(sample_dir or tempfile.mkdtemp(prefix="tokenlrp-samples-"))
     explorer.masks.update(bundled_samples(sample_dir))
     downloads = Path(tempfile.mkdtemp(prefix="tokenlrp-downloads-"))
-    heads = ["fused"] + [f"head {index}" for index in range(explorer.num_heads)]
+    current = {"explorer": explorer}  # the model the page explains; the Load button replaces it
 
-    def settings_from(rules, method, head_fusion, head, start_token, target, opacity, depth, size_mode):
+    def heads_of(explorer: Explorer) -> list[str]:
+        return ["fused"] + [f"head {index}" for index in range(explorer.num_heads)]
+
+    def depth_label(explorer: Explorer) -> str:
+        return f"Relevance entering layer l (0: the input tokens, {explorer.num_layers}: the start)"
+
+    def settings_from(
+        rules, method, head_fusion, head, start_token, target_class, target_prompt, opacity, depth, size_mode
+    ):
         start = None if start_token in (None, "") or int(start_token) < 0 else int(start_token)
         return ViewSettings(
             rules=tuple(rules or ()),
@@ -737,7 +746,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
             head_fusion=head_fusion,
             head=head,
             start_token=start,
-            target=target,
+            target=target_prompt if current["explorer"].has_text else target_class,
             opacity=float(opacity),
             depth=int(depth),
             size_mode=size_mode,
@@ -769,6 +778,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         def handler(image, size_mode, *choices):
             if image is None:
                 return (None, None, None, [], None, None, "Upload an image or pick a bundled sample.", None)
+            explorer = current["explorer"]
             try:
                 capture = explorer.capture(image, size_mode)
                 views = render(explorer, capture, settings_from(*choices, size_mode), figure=full)
@@ -778,8 +788,34 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
 
         return handler
 
+    def load_other(name: str):
+        previous = current["explorer"]
+        try:
+            other = Explorer(name.strip(), device=previous.device, dtype=previous.dtype)
+        except (CliError, ValueError, TypeError) as error:
+            raise gr.Error(f"Could not load {name!r}: {error}") from None
+        other.masks.update(previous.masks)
+        current["explorer"] = other
+        return (
+            f"# Token relevance explorer\n{other.describe()}",
+            gr.update(choices=other.methods, value="iv"),
+            gr.update(choices=heads_of(other), value="fused"),
+            gr.update(choices=["predicted", *other.class_names], value="predicted", visible=other.is_classifier),
+            gr.update(visible=other.has_text),
+            gr.update(maximum=other.num_layers, value=0, label=depth_label(other)),
+            gr.update(visible=other.is_classifier),
+        )
+
     with gr.Blocks(title="tokenlrp explorer", analytics_enabled=False) as app:
-        gr.Markdown(f"# Token relevance explorer\n{explorer.describe()}")
+        header = gr.Markdown(f"# Token relevance explorer\n{explorer.describe()}")
+        with gr.Row():
+            model_name = gr.Textbox(
+                value=explorer.name,
+                label="Model: 'bundled', a local checkpoint folder or a hub id",
+                elem_id="model",
+                scale=4,
+            )
+            load = gr.Button("Load model", elem_id="load-model", scale=1)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = _image_box(
@@ -805,23 +841,23 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 )
                 method = gr.Radio(explorer.methods, value="iv", label="Method of the overlay", elem_id="method")
                 head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion", elem_id="fusion")
-                head = gr.Radio(heads, value="fused", label="Head of the overlay", elem_id="head")
+                head = gr.Radio(heads_of(explorer), value="fused", label="Head of the overlay", elem_id="head")
                 start_token = gr.Number(
                     value=-1,
                     precision=0,
                     label="Start token (-1: where the model's output is read)",
                     elem_id="start-token",
                 )
-                if explorer.has_text:
-                    target = gr.Textbox(value="", label="GAE target: a text prompt", elem_id="target")
-                else:
-                    target = gr.Dropdown(
-                        ["predicted", *explorer.class_names],
-                        value="predicted",
-                        label="GAE target class",
-                        elem_id="target",
-                        visible=explorer.is_classifier,
-                    )
+                target_class = gr.Dropdown(
+                    ["predicted", *explorer.class_names],
+                    value="predicted",
+                    label="GAE target class",
+                    elem_id="target-class",
+                    visible=explorer.is_classifier,
+                )
+                target_prompt = gr.Textbox(
+                    value="", label="GAE target: a text prompt", elem_id="target-prompt", visible=explorer.has_text
+                )
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity", elem_id="opacity")
                 depth = gr.Slider(
                     0,
@@ -829,7 +865,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                     value=0,
                     step=1,
                     elem_id="depth",
-                    label=f"Relevance entering layer l (0: the input tokens, {explorer.num_layers}: the start)",
+                    label=depth_label(explorer),
                 )
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="summary")
@@ -843,11 +879,14 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 )
                 figure = gr.Image(label="The paper's figure: rules x (fused, heads)", elem_id="figure", format="png")
                 files = gr.File(label="Download: figure (PNG) and relevance (.npz)", file_count="multiple")
-        choices = [rules, method, head_fusion, head, start_token, target, opacity, depth]
+        choices = [rules, method, head_fusion, head, start_token, target_class, target_prompt, opacity, depth]
         outputs = [figure, overlay, layer_view, top, predictions, mask, summary, files]
         full, light = guarded(True), guarded(False)
-        for component in (image, size_mode, rules, method, head_fusion, head, start_token, target):
+        changed_by_load = [header, method, head, target_class, target_prompt, depth, predictions]
+        load.click(load_other, [model_name], changed_by_load).success(full, [image, size_mode, *choices], outputs)
+        for component in (image, size_mode, rules, method, head_fusion, head, start_token, target_class):
             component.change(full, [image, size_mode, *choices], outputs)
+        target_prompt.submit(full, [image, size_mode, *choices], outputs)
         for component in (opacity, depth):
             component.release(light, [image, size_mode, *choices], outputs)
     return app

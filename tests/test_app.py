@@ -216,7 +216,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, tmp_path):
+def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, backbone, tmp_path):
     pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -272,6 +272,24 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]").send_keys(
             str(sorted(samples[0].glob("*.png"))[1])
         )
+        wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
+
+        # Another model from the page: a name that does not load gets a message, a checkpoint folder loads.
+        def load_model(name: str) -> None:
+            box = driver.find_element(By.CSS_SELECTOR, "#model textarea, #model input")
+            box.clear()
+            box.send_keys(name)
+            # A JavaScript click: the previous error's toast may cover the button.
+            driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "load-model"))
+
+        load_model(str(tmp_path / "no-such-model"))
+        wait.until(lambda d: "Could not load" in d.find_element(By.TAG_NAME, "body").text)
+        overlay = source("overlay")
+        load_model(backbone.name)
+        wait.until(lambda d: "ViTModel (backbone), 3 layers x 4 heads" in d.find_element(By.TAG_NAME, "body").text)
+        heads = driver.find_elements(By.CSS_SELECTOR, "#head input[type=radio]")
+        assert [radio.get_attribute("value") for radio in heads] == ["fused", "head 0", "head 1", "head 2", "head 3"]
+        changed("overlay", overlay)  # the image on the page, explained by the new model
         wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
     finally:
         handle.remove()
