@@ -819,12 +819,21 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = _image_box(
-                    gr, type="pil", label="Image", sources=["upload", "clipboard"], elem_id="image-input", height=280
+                    gr,
+                    type="pil",
+                    label="Image",
+                    sources=["upload", "clipboard"],
+                    elem_id="image-input",
+                    format="png",  # lossless: a sample set by the radio keeps its pixels (and its mask) height=280
                 )
-                gr.Examples(
-                    examples=[[str(path)] for path in sorted(sample_dir.glob("*.png"))],
-                    inputs=image,
-                    label="Bundled shapes samples (with object masks)",
+                # Radio buttons rather than gr.Examples, whose sample grid throws in the browser on the
+                # Gradio 6 releases that transformers 4.x can install.
+                sample_paths = {path.stem: path for path in sorted(sample_dir.glob("*.png"))}
+                samples = gr.Radio(
+                    list(sample_paths),
+                    value=None,
+                    label="Or a bundled shapes sample (its object mask is known)",
+                    elem_id="samples",
                 )
                 size_mode = gr.Radio(
                     list(SIZE_MODES),
@@ -887,6 +896,14 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         for component in (image, size_mode, rules, method, head_fusion, head, start_token, target_class):
             component.change(full, [image, size_mode, *choices], outputs)
         target_prompt.submit(full, [image, size_mode, *choices], outputs)
+
+        def pick_sample(name: str | None):
+            if not name:
+                return gr.skip()
+            with Image.open(sample_paths[name]) as picked:
+                return picked.convert("RGB")
+
+        samples.change(pick_sample, samples, image)
         for component in (opacity, depth):
             component.release(light, [image, size_mode, *choices], outputs)
     return app

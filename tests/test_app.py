@@ -261,6 +261,12 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
 
+        # A bundled sample picked on the page: its mask is known, so the mass on the object is shown.
+        driver.find_element(By.CSS_SELECTOR, "#samples input[type=radio][value='03-ring']").click()
+        overlay = changed("overlay", overlay)
+        wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
+        assert calls[0] == forwards + 1
+
         # A file that is not an image: a message on the page, and the app goes on working.
         bad = tmp_path / "not-an-image.png"
         bad.write_text("plain text")
