@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import re
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -141,15 +143,16 @@ def _check_upload(image: object) -> Image.Image:
         )
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    if isinstance(image, Image.Image) and image.width * image.height > MAX_PIXELS:
-        raise AppInputError(
-            f"The image has {image.width} x {image.height} pixels, more than the app takes ({MAX_PIXELS:,}); "
-            "shrink it first (a ViT sees a few hundred pixels a side anyway)."
-        )
     try:
-        return load_image(image)
+        loaded = load_image(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise AppInputError(f"Cannot read the upload as an image: {error}") from None
+    if loaded.width * loaded.height > MAX_PIXELS:  # a file path: its size is known once it is read
+        raise AppInputError(
+            f"The image has {loaded.width} x {loaded.height} pixels, more than the app takes ({MAX_PIXELS:,}); "
+            "shrink it first (a ViT sees a few hundred pixels a side anyway)."
+        )
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------ explorer
@@ -185,6 +188,9 @@ class Explorer:
         self._captures: OrderedDict[str, Capture] = OrderedDict()
         self._gae: GenericAttentionExplainability | None = None
         self.masks: dict[str, np.ndarray] = {}
+        # Gradio runs the handlers of different events in parallel threads; a forward pass records through
+        # hooks on the shared model, and the caches are shared: one model computation at a time.
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- descriptions
     @property
@@ -236,6 +242,10 @@ class Explorer:
         if size_mode not in SIZE_MODES:
             raise AppInputError(f"Unknown image-size mode {size_mode!r}; expected one of {SIZE_MODES}.")
         loaded = _check_upload(image)
+        with self._lock:
+            return self._capture(loaded, size_mode)
+
+    def _capture(self, loaded: Image.Image, size_mode: str) -> Capture:
         pixels_key = image_key(loaded)
         key = f"{pixels_key}:{size_mode}"
         if key in self._captures:
@@ -315,37 +325,49 @@ class Explorer:
             the map on the input tokens, index L the start.
         """
         key = ("rule", rule, head_fusion, start_token)
-        if key not in capture.results:
-            if start_token is not None and not 0 <= start_token < capture.layout.num_tokens:
-                raise AppInputError(
-                    f"Start token {start_token} is out of range: the model has {capture.layout.num_tokens} tokens "
-                    f"(0 .. {capture.layout.num_tokens - 1})."
-                )
-            layer_matrix = self.lrp._layer_matrix(head_fusion, get_rule(rule))
-            matrices = [layer_matrix(layer) for layer in capture.layers]
-            explicit = None
-            if start_token is not None:
-                explicit = torch.zeros(1, capture.layout.num_tokens, device=capture.pixel_values.device)
-                explicit[0, start_token] = 1.0
-            start = self.lrp._start(capture.prepared, explicit)
-            by_layer = propagate_by_layer(start, matrices, head_fusion)[0]
-            self._remember(capture, key, by_layer.float().cpu())
-        return capture.results[key]
+        with self._lock:
+            if key not in capture.results:
+                self._replay(capture, key, rule, head_fusion, start_token)
+            return capture.results[key]
+
+    def _replay(
+        self, capture: Capture, key: tuple, rule: str, head_fusion: str | None, start_token: int | None
+    ) -> None:
+        """Replay the kept projections through ``rule`` (no forward pass) and cache ``R^(l)`` at every depth."""
+        if start_token is not None and not 0 <= start_token < capture.layout.num_tokens:
+            raise AppInputError(
+                f"Start token {start_token} is out of range: the model has {capture.layout.num_tokens} tokens "
+                f"(0 .. {capture.layout.num_tokens - 1})."
+            )
+        layer_matrix = self.lrp._layer_matrix(head_fusion, get_rule(rule))
+        matrices = [layer_matrix(layer) for layer in capture.layers]
+        explicit = None
+        if start_token is not None:
+            explicit = torch.zeros(1, capture.layout.num_tokens, device=capture.pixel_values.device)
+            explicit[0, start_token] = 1.0
+        start = self.lrp._start(capture.prepared, explicit)
+        by_layer = propagate_by_layer(start, matrices, head_fusion)[0]
+        self._remember(capture, key, by_layer.float().cpu())
 
     def gae(self, capture: Capture, target: int | str) -> Tensor:
         """GAE's map `(num_tokens,)` for a class index or a text prompt (one forward and backward, cached)."""
         key = ("gae", target)
-        if key not in capture.results:
-            if self._gae is None:
-                try:
-                    self._gae = prompt_explainer(self.loaded, ["prompt"]) if self.has_text else None
-                except CliError as error:
-                    raise AppInputError(str(error)) from None
-                self._gae = self._gae or GenericAttentionExplainability(self.loaded.model)
-            forward_args = capture.prepared.kwargs or None
-            relevance = self._gae.token_relevance(capture.pixel_values, target, forward_args).detach()
-            self._remember(capture, key, relevance.reshape(-1, relevance.shape[-1])[0].float().cpu())
-        return capture.results[key]
+        with self._lock:
+            if key not in capture.results:
+                self._gae_map(capture, key, target)
+            return capture.results[key]
+
+    def _gae_map(self, capture: Capture, key: tuple, target: int | str) -> None:
+        """GAE (a forward and a backward pass) for ``target``, cached."""
+        if self._gae is None:
+            try:
+                self._gae = prompt_explainer(self.loaded, ["prompt"]) if self.has_text else None
+            except CliError as error:
+                raise AppInputError(str(error)) from None
+            self._gae = self._gae or GenericAttentionExplainability(self.loaded.model)
+        forward_args = capture.prepared.kwargs or None
+        relevance = self._gae.token_relevance(capture.pixel_values, target, forward_args).detach()
+        self._remember(capture, key, relevance.reshape(-1, relevance.shape[-1])[0].float().cpu())
 
     def _remember(self, capture: Capture, key: tuple, value: Tensor) -> None:
         capture.results[key] = value
@@ -390,8 +412,6 @@ class Explorer:
 
 
 def _forward_parameters(model: torch.nn.Module) -> Sequence[str]:
-    import inspect
-
     return list(inspect.signature(model.forward).parameters)
 
 

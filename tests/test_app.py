@@ -4,6 +4,7 @@ and the page in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,32 @@ def test_bad_uploads_get_a_clear_message(bundled, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "MAX_PIXELS", 100)
     with pytest.raises(AppInputError, match=r"11 x 10 pixels, more than the app takes \(100\)"):
         bundled.capture(Image.new("RGB", (11, 10)))
+    Image.new("RGB", (12, 10)).save(tmp_path / "big.png")
+    with pytest.raises(AppInputError, match=r"12 x 10 pixels"):
+        bundled.capture(str(tmp_path / "big.png"))
+
+
+def test_parallel_handlers_give_the_results_of_sequential_ones(samples):
+    """Gradio runs the handlers of different events in threads: the explorer serialises the model's work."""
+    explorer = Explorer("bundled")
+    images = [sample_image(samples, index) for index in range(6)]
+    results: dict[int, np.ndarray] = {}
+
+    def work(index: int) -> None:
+        capture = explorer.capture(images[index])
+        results[index] = render(explorer, capture, ViewSettings(method=RULES[index % 4])).arrays["selected"]
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, image in enumerate(images):
+        lrp = TokenRelevanceLRP(explorer.loaded.model, rule=RULES[index % 4])
+        expected = lrp.token_relevance(explorer.capture(image).pixel_values)[0]
+        np.testing.assert_allclose(results[index], expected.numpy(), atol=1e-6, rtol=1e-5)
+    hooks = sum(len(module._forward_hooks) for module in explorer.loaded.model.modules())
+    assert hooks == 0
 
 
 def test_the_model_is_left_as_found(bundled, samples):
