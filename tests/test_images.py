@@ -297,8 +297,8 @@ def test_cmyk(tmp_path):
 
 
 def test_ycbcr_lab_hsv(tmp_path):
-    ycbcr = tmp_path / "ycbcr.tif"
-    Image.fromarray(np.array([[[30, 128, 128], [200, 128, 128]]], np.uint8), "YCbCr").save(ycbcr)
+    # An image in memory: Pillow 12.3 cannot read back the YCbCr TIFFs it writes ("image file is truncated").
+    ycbcr = Image.fromarray(np.array([[[30, 128, 128], [200, 128, 128]]], np.uint8), "YCbCr")
     assert_reaches_model(load_image(ycbcr), grey(np.array([[30, 200]])))
 
     lab = tmp_path / "lab.tif"  # Pillow's 8-bit LAB: L 0..255 for 0..100, a and b signed bytes
