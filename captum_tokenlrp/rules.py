@@ -345,12 +345,11 @@ def normalize_rows_(contributions: Tensor) -> Tensor:
     """In-place :func:`normalize_rows`; returns ``contributions``."""
     row_sums = contributions.sum(dim=-1, keepdim=True)
     empty = row_sums == 0
-    if bool(empty.any()):
-        row_sums.masked_fill_(empty, 1.0)
-        contributions.div_(row_sums)
-        identity = torch.eye(contributions.shape[-1], dtype=contributions.dtype, device=contributions.device)
-        return contributions.copy_(torch.where(empty, identity, contributions))
-    return contributions.div_(row_sums)
+    # Without a data-dependent branch (a GPU would wait for the host at every layer): an empty row is all
+    # zero (contributions are non-negative), so dividing it by 1 and adding 1 on its diagonal gives the identity row.
+    contributions.div_(row_sums.masked_fill_(empty, 1.0))
+    contributions.diagonal(dim1=-2, dim2=-1).add_(empty.squeeze(-1).to(contributions.dtype))
+    return contributions
 
 
 def _check_component(rule: TokenRule, role: str, tensor: object, expected_shape: torch.Size) -> None:

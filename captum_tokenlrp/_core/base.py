@@ -111,6 +111,11 @@ class TokenAttribution(Attribution):
     #: Keyword options of :meth:`token_relevance` and :meth:`attribute`, with their defaults.
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
+    #: How each forward pass obtains the attention probabilities (see :mod:`.capture`): ``"exact"``
+    #: leaves the model's outputs bitwise its own; ``"fast"`` computes every layer's attention once,
+    #: in float32 (outputs within float32 rounding of the model's kernel; the fastest on sdpa models).
+    attention_capture: str = "exact"
+
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer
         self._adapter = adapter_for(model)
@@ -283,12 +288,12 @@ class TokenAttribution(Attribution):
         token_counts: list[int] = []
 
         def counted(layer: LayerProjections):
-            token_counts.append(layer.query.shape[1])
+            token_counts.append(layer.num_tokens)
             return compute(layer)
 
         kwargs = {**self._adapter.forward_kwargs(prepared.pixel_values), **prepared.kwargs}
         with evaluation_mode(self.model), torch.no_grad(), self._adapter.explaining():
-            with record_layers(sites, counted) as kept:
+            with record_layers(sites, counted, capture=self.attention_capture) as kept:
                 self._adapter.forward_module(prepared.pixel_values, *prepared.args, **kwargs)
         unrecorded = [site.layer_index for site, value in zip(sites, kept, strict=True) if value is None]
         if unrecorded:

@@ -1,19 +1,41 @@
 """Record every layer's redistribution matrix during one forward pass.
 
-Forward hooks on each layer's query, key and value projections keep their
-outputs; a hook on the module that owns them fires when the layer is done,
-recomputes the attention probabilities in float32 from ``q`` and ``k`` with the
-module's own scaling (so the result does not depend on the attention
-implementation: eager, sdpa, flash, ...) and hands them to the caller, which
-keeps only what it needs (a rule's redistribution matrix, fused or per head;
-the raw attention). Hooks are removed on exit, also on error.
+Every path gives the caller the float32 attention probabilities of each recorded layer; they
+differ in how the model's own attention runs (``record_layers(..., capture=...)``):
+
+- ``"exact"`` (the default): the model's computation is untouched, its outputs are bitwise its
+  own. A layer whose attention runs eagerly in float32 hands over the probabilities it computed
+  (captured: the attention function the model calls through transformers'
+  ``ALL_ATTENTION_FUNCTIONS`` is wrapped for the call); any other layer (sdpa, flash, half
+  precision) is recomputed, see below.
+- ``"fast"``: each recorded layer's attention runs once, here: its probabilities are computed in
+  float32 from the hooked query and key, handed to the caller's computation, and the layer's
+  output is formed from the same probabilities (``probs.to(dtype) @ v``, as the models' eager
+  attention does), a group of heads at a time. The model's own kernel (e.g. sdpa) does not run for
+  that layer, so nothing is computed twice; the outputs equal the model's own within float32
+  rounding (its kernel's, e.g. sdpa's blocked softmax, and ours differ in summation order).
+- ``"recompute"``: the model runs its own attention; a hook on the module that owns the
+  projections recomputes the probabilities in float32 from ``q`` and ``k`` with the module's own
+  scaling once the layer is done (needed where gradients must flow through the model's kernel).
+
+Capture works where the attention module calls the registry with ``(module, query, key, value,
+attention_mask, scaling=..., dropout=...)``: ViT, DeiT, DINOv2 (with registers), ViT-MAE, CLIP and
+SigLIP vision towers on transformers 4.57 and 5.x, and BEiT on 5.x (its relative position bias
+arrives as the additive ``attention_mask``; the hooked bias is used, as in the recomputation).
+BEiT on transformers 4.x picks its attention class at construction and never calls the registry:
+its layers are recomputed, automatically (a layer the attention function did not serve falls back
+to the recomputation, as does one called with a mask, dropout or another scaling). For the call,
+the attention modules' configs point ``_attn_implementation`` at a function registered under a
+unique name; configs, registry and every hook are restored on exit, also on error.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +63,11 @@ class LayerProjections:
     def layer_index(self) -> int:
         """The layer's index, 0 nearest to the input."""
         return self.site.layer_index
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image, ``N``."""
+        return self.query.shape[1]
 
     def _heads(self, projection: Tensor, heads: slice, scale: float = 1.0) -> Tensor:
         """`(batch, N, heads * head_dim)` -> a new, contiguous float32 `(batch, heads, N, head_dim)`.
@@ -100,8 +127,141 @@ class LayerProjections:
             yield self.state(slice(first, first + step), workspace)
 
 
+@dataclass(frozen=True)
+class _CapturedLayer(LayerProjections):
+    """A layer whose attention runs here: each :meth:`state` also writes those heads' output.
+
+    ``model_values`` is the value tensor the model handed its attention function, `(batch,
+    num_heads, N, head_dim)` in the model's dtype; ``output`` the layer's attention output
+    `(batch, N, num_heads, head_dim)` that the model receives back, filled head by head.
+    """
+
+    model_values: Tensor | None = None
+    output: Tensor | None = None
+    done: list[bool] = field(default_factory=list)
+    #: ``"exact"``: the float32 probabilities the model's own attention computed, `(batch, num_heads, N, N)`.
+    probabilities: Tensor | None = None
+
+    def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
+        if self.probabilities is not None:
+            attention = self.probabilities[:, heads]
+            if workspace is not None:  # the built-in kernels overwrite it: never the model's own tensor
+                attention = workspace.get("attention", tuple(attention.shape), attention).copy_(attention)
+            return AttentionState(attention, self._heads(self.value, heads), self.site.layer_index)
+        state = super().state(heads, workspace)
+        # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
+        values = self.model_values[:, heads]
+        mixed = torch.matmul(state.attention.to(values.dtype), values)
+        self.output[:, :, heads] = mixed.transpose(1, 2)
+        for head in range(self.site.num_heads)[heads]:
+            self.done[head] = True
+        return state
+
+    def complete(self, max_elements: int) -> Tensor:
+        """``"fast"``: the full output, computing the heads the caller's computation did not ask for."""
+        batch, tokens, _ = self.query.shape
+        step = max(1, min(self.site.num_heads, max_elements // (batch * tokens * tokens)))
+        first = 0
+        while first < self.site.num_heads:
+            if self.done[first]:
+                first += 1
+                continue
+            last = first
+            while last < min(self.site.num_heads, first + step) and not self.done[last]:
+                last += 1
+            self.state(slice(first, last))
+            first = last
+        return self.output
+
+
+#: Largest `(batch, heads, N, N)` group of heads the capture computes at once for heads the
+#: caller's computation did not ask for (e.g. layers of the raw-attention baseline left unread).
+_COMPLETION_ELEMENTS = 2**25
+_call_ids = itertools.count()
+#: Values of ``record_layers(capture=...)``, the default first.
+CAPTURE_MODES = ("exact", "fast", "recompute")
+
+
+def _registry():
+    """transformers' attention-function registry, or None where this release has none."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:  # pragma: no cover - transformers without the registry (< 4.48)
+        return None
+    return ALL_ATTENTION_FUNCTIONS
+
+
+def _own_attention(module: nn.Module, implementation: str | None, registry) -> Callable | None:
+    """The attention function ``module`` would call itself under ``implementation``, or None if unknown."""
+    if implementation not in (None, "eager") and implementation in registry:
+        return registry[implementation]
+    # "eager" is each modeling file's own function, not a registry entry.
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
 @contextmanager
-def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjections], object]) -> Iterator[list]:
+def _attention_function(sites: Sequence[AttentionSite], capture: Callable) -> Iterator[bool]:
+    """Point the sites' attention configs at ``capture`` for the duration; yields whether it did.
+
+    ``capture(module, query, key, value, attention_mask, own, **kwargs)`` serves every attention
+    module that reads one of these configs; ``own`` is the function the module would have called.
+    Nothing changes (yields False) where the registry is missing or a module's config or own
+    attention cannot be found; the configs' ``_attn_implementation`` and the registry are restored
+    on exit, also on error.
+    """
+    registry = _registry()
+    configs = {id(site.module): getattr(site.module, "config", None) for site in sites}
+    usable = registry is not None and all(
+        config is not None and "_attn_implementation_internal" in vars(config) for config in configs.values()
+    )
+    own: dict[int, Callable] = {}
+    if usable:
+        for site in sites:
+            function = _own_attention(site.module, configs[id(site.module)]._attn_implementation, registry)
+            if function is None:
+                usable = False
+                break
+            own[id(site.module)] = function
+    if not usable:
+        yield False
+        return
+    name = f"captum_tokenlrp_capture_{next(_call_ids)}"  # unique: calls may nest or run side by side
+    distinct = {id(config): config for config in configs.values()}
+    saved = {key: vars(config)["_attn_implementation_internal"] for key, config in distinct.items()}
+
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
+        function = own.get(id(module))
+        if function is None:  # another module reading the same config: its own implementation
+            config_key = id(getattr(module, "config", None))
+            function = _own_attention(module, saved.get(config_key), registry)
+            if function is None:
+                raise RuntimeError(
+                    f"{type(module).__name__} called the attention registry during an explanation, but its own "
+                    "attention function could not be found; pass a model whose attention modules read "
+                    "config._attn_implementation."
+                )
+            return function(module, query, key, value, attention_mask, **kwargs)
+        return capture(module, query, key, value, attention_mask, function, **kwargs)
+
+    try:
+        # The instance's own mapping, not transformers' global one: removed below, visible to every model.
+        registry[name] = attention
+        for config in distinct.values():
+            config._attn_implementation_internal = name
+        yield True
+    finally:
+        for key, config in distinct.items():
+            config._attn_implementation_internal = saved[key]
+        try:
+            del registry[name]
+        except KeyError:  # pragma: no cover - never registered (failed before the assignment)
+            pass
+
+
+@contextmanager
+def record_layers(
+    sites: Sequence[AttentionSite], compute: Callable[[LayerProjections], object], *, capture: str = "exact"
+) -> Iterator[list]:
     """Hook the model so that one forward fills a list with ``compute(projections)`` for each layer.
 
     Parameters
@@ -113,6 +273,12 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
         redistribution matrix, its attention, ...); called during the forward pass, so
         only what it returns stays in memory. ``projections.state()`` gives the float32
         attention probabilities and values of every head.
+    capture : {"exact", "fast", "recompute"}, default "exact"
+        How the probabilities are obtained (see the module docstring): ``"exact"`` keeps the
+        model's outputs bitwise its own (eager float32 layers hand over their probabilities, the
+        others are recomputed); ``"fast"`` computes each layer's attention once, here (outputs
+        within float32 rounding of the model's own kernel); ``"recompute"`` always recomputes
+        (gradients flow through the model's own kernel).
 
     Yields
     ------
@@ -121,6 +287,7 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
     """
     kept: list[Tensor | None] = [None] * len(sites)
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    slots: dict[int, tuple[int, AttentionSite, dict]] = {}
 
     def store(slot: dict[str, Tensor], name: str, copy: bool = False) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
@@ -128,39 +295,89 @@ def record_layers(sites: Sequence[AttentionSite], compute: Callable[[LayerProjec
 
         return hook
 
+    def projections(site: AttentionSite, slot: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The layer's hooked query, key and value (taken out of the slot) and its score bias."""
+        missing = {"query", "key", "value"} - slot.keys()
+        if missing:
+            raise RuntimeError(
+                f"Layer {site.layer_index}: the attention module ran without its "
+                f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
+            )
+        bias = None
+        for index, module in enumerate(site.score_bias):
+            value = slot.get(f"score_bias_{index}")
+            if value is None:
+                raise RuntimeError(
+                    f"Layer {site.layer_index}: its score bias {type(module).__name__} did not run before the "
+                    "attention finished; the adapter's score_bias does not match the model's forward."
+                )
+            bias = value.float() if bias is None else bias + value.float()
+        return slot.pop("query"), slot.pop("key"), slot.pop("value"), bias
+
     def finish(position: int, site: AttentionSite, slot: dict[str, Tensor]) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, _output: object) -> None:
-            missing = {"query", "key", "value"} - slot.keys()
-            if missing:
-                raise RuntimeError(
-                    f"Layer {site.layer_index}: the attention module ran without its "
-                    f"{sorted(missing)} projection(s); the model's layout is not the one the adapter expects."
-                )
-            bias = None
-            for index, module in enumerate(site.score_bias):
-                value = slot.get(f"score_bias_{index}")
-                if value is None:
-                    raise RuntimeError(
-                        f"Layer {site.layer_index}: its score bias {type(module).__name__} did not run before the "
-                        "attention finished; the adapter's score_bias does not match the model's forward."
-                    )
-                bias = value.float() if bias is None else bias + value.float()
-            projections = LayerProjections(site, slot.pop("query"), slot.pop("key"), slot.pop("value"), bias)
-            kept[position] = compute(projections)
+            if slot.pop("captured", False):
+                return
+            kept[position] = compute(LayerProjections(site, *projections(site, slot)))
 
         return hook
 
+    def captured(module, query, key, value, attention_mask, own, *, scaling=None, dropout=0.0, **kwargs):
+        position, site, slot = slots[id(module)]
+        unusual = [
+            what
+            for what, present in (
+                ("dropout", bool(dropout)),
+                ("a causal mask", bool(kwargs.get("is_causal"))),
+                ("an attention mask", attention_mask is not None and not site.score_bias),
+                ("another scaling", scaling is not None and abs(float(scaling) - site.scaling) > 1e-6 * site.scaling),
+                ("another layout", tuple(value.shape[1:2]) != (site.num_heads,)),
+            )
+            if present
+        ]
+        if unusual or capture == "exact":  # the model's own attention; unusual calls are recomputed by the hook
+            output, weights = own(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+            batch, heads, tokens, _ = value.shape
+            if (
+                unusual
+                or weights is None
+                or weights.dtype != torch.float32
+                or weights.shape != (batch, heads, tokens, tokens)
+            ):
+                return output, weights
+            layer = _CapturedLayer(site, *projections(site, slot), probabilities=weights.detach())
+            slot["captured"] = True
+            kept[position] = compute(layer)
+            return output, weights
+        batch, heads, tokens, head_dim = value.shape
+        layer = _CapturedLayer(
+            site,
+            *projections(site, slot),
+            model_values=value,
+            output=torch.empty(batch, tokens, heads, head_dim, dtype=value.dtype, device=value.device),
+            done=[False] * heads,
+        )
+        slot["captured"] = True
+        kept[position] = compute(layer)
+        return layer.complete(_COMPLETION_ELEMENTS), None
+
     try:
-        for position, site in enumerate(sites):
-            slot: dict[str, Tensor] = {}
-            for name in ("query", "key", "value"):
-                handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
-            # A shared bias: each layer keeps its latest output. A copy, since a model may add into it in
-            # place (transformers 4.x BEiT adds the shared bias into the layer's own bias tensor).
-            for index, bias_module in enumerate(site.score_bias):
-                handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}", copy=True)))
-            handles.append(site.module.register_forward_hook(finish(position, site, slot)))
-        yield kept
+        with ExitStack() as stack:
+            for position, site in enumerate(sites):
+                slot: dict[str, Tensor] = {}
+                slots[id(site.module)] = (position, site, slot)
+                for name in ("query", "key", "value"):
+                    handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
+                # A shared bias: each layer keeps its latest output. A copy, since a model may add into it in
+                # place (transformers 4.x BEiT adds the shared bias into the layer's own bias tensor).
+                for index, bias_module in enumerate(site.score_bias):
+                    handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}", copy=True)))
+                handles.append(site.module.register_forward_hook(finish(position, site, slot)))
+            if capture not in CAPTURE_MODES:
+                raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {capture!r}.")
+            if capture != "recompute":
+                stack.enter_context(_attention_function(sites, captured))
+            yield kept
     finally:
         for handle in handles:
             handle.remove()

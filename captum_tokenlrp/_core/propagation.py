@@ -74,8 +74,13 @@ def reduce_layer(head_chunks: Iterable[Tensor], head_fusion: str | None, is_last
     fused: Tensor | None = None
     for chunk in head_chunks:
         if how == "mean":
-            part = chunk.sum(dim=1)
-            fused = part if fused is None else fused.add_(part)
+            if fused is None:  # a copy of a single head: summing over a length-1 axis costs two passes
+                fused = (
+                    chunk[:, 0].clone(memory_format=torch.contiguous_format) if chunk.shape[1] == 1 else chunk.sum(1)
+                )
+            else:  # head by head, in place: no (batch, N, N) temporary per chunk
+                for head in range(chunk.shape[1]):
+                    fused.add_(chunk[:, head])
         else:
             part = chunk.amax(dim=1) if how == "max" else chunk.amin(dim=1)
             combine = torch.maximum if how == "max" else torch.minimum

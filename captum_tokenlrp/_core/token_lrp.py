@@ -15,7 +15,7 @@ from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs
 from ..rules import TokenRule, get_rule
 from .base import PreparedInputs, TokenAttribution
-from .capture import LayerProjections
+from .capture import CAPTURE_MODES, LayerProjections
 from .kernels import builtin_kernel, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
@@ -27,6 +27,12 @@ from .propagation import (
     reduce_layer,
 )
 from .workspace import Workspace
+
+#: Largest group of heads, in `(batch, heads, N, N)` elements, whose fused-mode work buffers are formed at
+#: once (8 MB of float32): DINO ViT-S/8 at batch 8 then works one head at a time (+4 % of the kept matrices
+#: per buffer instead of +50 %); small sequences keep all heads in one group. CPU only: on a GPU each group
+#: costs kernel launches, and its memory is counted in gigabytes.
+FUSED_CHUNK_ELEMENTS = 2**21
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
@@ -78,6 +84,14 @@ class TokenRelevanceLRP(TokenAttribution):
         whose head axis may be a group of heads.
     tokenizer : tokenizer or processor, optional
         Tokenizes prompt strings given as ``target`` to an image-text model (CLIP, SigLIP).
+    attention_capture : {"exact", "fast", "recompute"}, default "exact"
+        How the forward pass yields each layer's attention probabilities. ``"exact"``: the
+        model's outputs stay bitwise its own (a float32 eager model hands over the probabilities
+        it computed; other implementations, e.g. sdpa, are recomputed from q and k). ``"fast"``:
+        each layer's attention is computed once, in float32, by the explanation, which also forms
+        the layer's output from it (the model's outputs equal its own within float32 rounding;
+        on sdpa models this saves one attention per layer). ``"recompute"``: always recompute.
+        The relevance is the same in all three within float32 rounding.
 
     Notes
     -----
@@ -113,8 +127,15 @@ class TokenRelevanceLRP(TokenAttribution):
         *,
         max_chunk_elements: int = 2**25,
         tokenizer: Any = None,
+        attention_capture: str = "exact",
     ) -> None:
         super().__init__(model, tokenizer=tokenizer)
+        if attention_capture not in CAPTURE_MODES:
+            raise ValueError(
+                f'attention_capture must be one of {CAPTURE_MODES}, got {attention_capture!r}; "fast" computes '
+                "each layer's attention once (outputs within float32 rounding of the model's own kernel)."
+            )
+        self.attention_capture = attention_capture
         self.rule = get_rule(rule)
         if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
             raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")
@@ -320,7 +341,13 @@ class TokenRelevanceLRP(TokenAttribution):
             # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
             # own) and the rule is built in (user code never sees buffers that change under it).
             reuse = workspace if kernel is not None and fuses_heads(head_fusion, is_last) else None
-            states = layer.head_chunks(self.max_chunk_elements, reuse)
+            limit = self.max_chunk_elements
+            if fuses_heads(head_fusion, is_last) and layer.query.device.type == "cpu":
+                # Fused: the buffers need not hold every head. Groups of at most FUSED_CHUNK_ELEMENTS (one
+                # head if larger) keep the work memory a small share of the L x B x N^2 fused matrices kept.
+                per_head = layer.query.shape[0] * layer.num_tokens**2
+                limit = min(limit, max(per_head, FUSED_CHUNK_ELEMENTS))
+            states = layer.head_chunks(limit, reuse)
             chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
             return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 

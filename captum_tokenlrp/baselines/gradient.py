@@ -247,7 +247,9 @@ class GenericAttentionExplainability(_GradientAttribution):
         handles = [site.output.register_forward_pre_hook(keep_context) for site in sites]
         pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
         try:
-            with evaluation_mode(self.model), torch.enable_grad(), record_layers(sites, keep_attention) as layers:
+            # "recompute": the gradient must flow through the model's own attention kernel.
+            recording = record_layers(sites, keep_attention, capture="recompute")
+            with evaluation_mode(self.model), torch.enable_grad(), recording as layers:
                 scalar = self._scalar(explained(pixel_values), targets)
                 gradients = torch.autograd.grad(scalar.sum(), contexts)
         finally:
