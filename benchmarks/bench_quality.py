@@ -19,7 +19,9 @@ Metrics, per image (then mean and 95 % CI over images):
 - sanity: cascading parameter randomisation (Adebayo et al. 2018) on the first images; Spearman
   correlation with the intact model's patch map after randomising the head and the last block,
   and after randomising everything (lower = the map depends more on the model);
-- cost: the method's time on the whole set divided by one forward pass over it, same run.
+- cost: the method's time on the whole set divided by one forward pass over it, same run. The
+  eight rule maps (four rules, two head modes) come from one ``token_relevance_by_rule`` call per
+  batch, one forward pass for all of them: each rule row shows that shared cost.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class Method:
     family: str
     build: Callable[[nn.Module], Any]
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``(rule, head mode)`` of a rule method, whose maps come from the shared one-forward call.
+    by_rule: tuple[str, str] | None = None
 
     def token_relevance(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
         return self.build(model).token_relevance(images, target=target, **self.options)
@@ -87,8 +91,14 @@ class Method:
 
 def methods(ig_steps: int) -> list[Method]:
     rules = [
-        Method(f"rule ({rule}) {label}", "token relevance", partial(TokenRelevanceLRP, rule=rule), {"head_fusion": how})
-        for rule in ("i", "ii", "iii", "iv")
+        Method(
+            f"rule ({rule}) {label}",
+            "token relevance",
+            partial(TokenRelevanceLRP, rule=rule),
+            {"head_fusion": how},
+            by_rule=(rule, how),
+        )
+        for rule in RULES
         for how, label in (("mean", "fused"), ("per_head_mean", "per-head mean"))
     ]
     return [
@@ -100,6 +110,26 @@ def methods(ig_steps: int) -> list[Method]:
         Method("GradCAM", "gradient", TokenGradCAM),
         Method("random", "control", RandomRelevance),
     ]
+
+
+RULES = ("i", "ii", "iii", "iv")
+HEAD_MODES = ("mean", "per_head_mean")
+
+
+def rule_maps(model: nn.Module, images: Tensor, batch_size: int) -> tuple[dict[tuple[str, str], Tensor], float]:
+    """Every rule's map in both head modes, one ``token_relevance_by_rule`` call (one forward) per batch.
+
+    Returns ``({(rule, head mode): (count, tokens)}, seconds)``.
+    """
+    by_rule = partial(TokenRelevanceLRP(model).token_relevance_by_rule, rules=RULES, head_fusions=HEAD_MODES)
+    parts: dict[tuple[str, str], list[Tensor]] = {(rule, mode): [] for rule in RULES for mode in HEAD_MODES}
+    seconds = 0.0
+    for start, size in _batches(images.shape[0], batch_size):
+        maps, elapsed = _timed(by_rule, images[start : start + size])
+        seconds += elapsed
+        for key, values in parts.items():
+            values.append(maps[key[0]][key[1]])
+    return {key: torch.cat(values) for key, values in parts.items()}, seconds
 
 
 def _batches(count: int, size: int):
@@ -127,13 +157,19 @@ def evaluate(model: nn.Module, count: int, batch_size: int, sanity_count: int, i
     forward_seconds = sorted(passes)[1]  # median of three passes over the whole set
     layout = TokenRelevanceLRP(model).token_layout(images[:1])
     results: dict[str, dict] = {}
+    shared_maps, shared_seconds = None, 0.0
     for method in methods(ig_steps):
         print(f"  {method.name} ...", flush=True, file=sys.stderr)
+        if method.by_rule is not None and shared_maps is None:
+            shared_maps, shared_seconds = rule_maps(model, images, batch_size)
         grids, pixel_maps, seconds = [], [], 0.0
         for start, size in _batches(count, batch_size):
             chunk, target = images[start : start + size], predicted[start : start + size]
-            relevance, elapsed = _timed(method.token_relevance, model, chunk, target)
-            seconds += elapsed
+            if method.by_rule is not None:  # from the shared call: one forward for every rule and mode
+                relevance = shared_maps[method.by_rule][start : start + size]
+            else:
+                relevance, elapsed = _timed(method.token_relevance, model, chunk, target)
+                seconds += elapsed
             grids.append(patch_relevance_grid(relevance.detach().float(), layout))
             pixel_maps.append(method.pixel_map(model, chunk, target).detach().float().sum(dim=1))
         grid, pixels = torch.cat(grids), torch.cat(pixel_maps)
@@ -165,7 +201,7 @@ def evaluate(model: nn.Module, count: int, batch_size: int, sanity_count: int, i
                 "rand_all": sanity.spearman[-1],
             },
             "curves": curves,
-            "cost": seconds / forward_seconds,
+            "cost": (shared_seconds if method.by_rule is not None else seconds) / forward_seconds,
         }
     return {
         "results": results,
