@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Median wall time over "
         f"{repeats} repeats of the app's handler (model side and every image it sends: the figure is drawn "
-        "with matplotlib, the overlays with PIL), without the browser's transfer and drawing. Every repeat "
+        "and the overlays with PIL), without the browser's transfer and drawing. Every repeat "
         "starts from a new image; the rows below the first replay the cached forward pass (no model run), "
         "except GAE's first target, which needs a backward pass.",
         "",
