@@ -19,6 +19,8 @@ from transformers import (
     Dinov2Model,
 )
 
+from captum_tokenlrp.rules import AttentionWeight
+
 SMALL = TINY
 
 # name -> (factory, special tokens)
@@ -75,3 +77,14 @@ def chrome_driver(window: str = "1400,2200"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+# A rule weight that fails inside the forward pass (layer 1): the model must be left as found.
+class Boom(RuntimeError):
+    pass
+
+
+def exploding_weight(state):
+    if state.layer_index == 1:
+        raise Boom("failure inside the forward pass")
+    return AttentionWeight()(state)

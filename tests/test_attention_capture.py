@@ -17,7 +17,7 @@ import torch
 import transformers
 from conftest import seeded, tiny_config, with_attention
 from families import NAMES, build, forward_kwargs
-from helpers import FAMILIES
+from helpers import FAMILIES, Boom, exploding_weight
 from helpers import build as build_vit_family
 from reference import reference_relevance
 from test_families import BOUND, IMAGES, reference_inputs, reference_maps, relative_error
@@ -28,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from captum_tokenlrp import TokenRelevanceLRP, TokenRule
 from captum_tokenlrp._core import capture
-from captum_tokenlrp.rules import AttentionWeight, UnitActivation
+from captum_tokenlrp.rules import UnitActivation
 
 TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 #: Families whose attention never calls the registry on this transformers release (their layers are recomputed).
@@ -184,16 +184,6 @@ def test_exact_capture_of_an_eager_model_matches_the_reference(tiny_images):
 
 
 # ------------------------------------------------------------------ the model is left as found
-class Boom(RuntimeError):
-    pass
-
-
-def exploding_weight(state):
-    if state.layer_index == 1:
-        raise Boom("failure inside the forward pass")
-    return AttentionWeight()(state)
-
-
 @pytest.mark.parametrize("how", ["exact", "fast"])
 @pytest.mark.parametrize("name", ["CLIPModel", "SiglipVisionModel", "BeitModel-shared-bias", "ViTMAEModel"])
 def test_model_left_as_found_after_exception_mid_forward(name, how):

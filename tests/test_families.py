@@ -34,6 +34,7 @@ from families import (
     siglip_pooling_attention,
     vision_root,
 )
+from helpers import Boom, exploding_weight
 from PIL import Image
 from reference import reference_redistribution_from_probs
 from torch import nn
@@ -43,7 +44,7 @@ from captum_tokenlrp.baselines import AttentionRollout, RawAttention
 from captum_tokenlrp.cli import main
 from captum_tokenlrp.images import load_image
 from captum_tokenlrp.models import load_model
-from captum_tokenlrp.rules import AttentionWeight, UnitActivation
+from captum_tokenlrp.rules import UnitActivation
 
 DOUBLE = torch.float64
 RULES = ("i", "ii", "iii", "iv")
@@ -254,16 +255,6 @@ def test_model_unchanged_after_calls(name):
     lrp.attribute(IMAGES, return_convergence_delta=True)
     assert len(calls) == 4  # the user's hook stayed and fired on every forward pass
     assert_same(before, snapshot(model))
-
-
-class Boom(RuntimeError):
-    pass
-
-
-def exploding_weight(state):
-    if state.layer_index == 1:
-        raise Boom("failure inside the forward pass")
-    return AttentionWeight()(state)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import vit_layers
+from helpers import Boom, exploding_weight
 
 from captum_tokenlrp import RULE_II, TokenRelevanceLRP, TokenRule
-from captum_tokenlrp.rules import AttentionWeight, UnitActivation
+from captum_tokenlrp.rules import UnitActivation
 
 
 def snapshot(model, images):
@@ -54,16 +55,6 @@ def test_model_unchanged_after_calls(tiny_model, tiny_images):
     lrp.attribute(tiny_images, return_convergence_delta=True)
     assert len(calls) == 4  # the user's hook stayed and fired on every forward
     assert_same(before, snapshot(tiny_model, tiny_images))
-
-
-class Boom(RuntimeError):
-    pass
-
-
-def exploding_weight(state):
-    if state.layer_index == 1:
-        raise Boom("failure inside the forward pass")
-    return AttentionWeight()(state)
 
 
 def test_model_unchanged_after_exception_mid_forward(tiny_model, tiny_images):
