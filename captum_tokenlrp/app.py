@@ -345,9 +345,11 @@ class Explorer:
         if start_token is not None:
             explicit = torch.zeros(1, capture.layout.num_tokens, device=capture.pixel_values.device)
             explicit[0, start_token] = 1.0
-        start = self.lrp._start(capture.prepared, explicit)
-        by_layer = propagate_by_layer(start, matrices, head_fusion)[0]
-        self._remember(capture, key, by_layer.float().cpu())
+        try:
+            replayed = self.lrp._propagated(capture.prepared, explicit, matrices, head_fusion, propagate_by_layer)
+        except ValueError as error:  # non-finite relevance: say where, never draw it
+            raise AppInputError(str(error)) from None
+        self._remember(capture, key, replayed.relevance[0].float().cpu())
 
     def gae(self, capture: Capture, target: int | str) -> Tensor:
         """GAE's map `(num_tokens,)` for a class index or a text prompt (one forward and backward, cached)."""

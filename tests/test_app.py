@@ -3,6 +3,7 @@ and the page in a real browser (headless Chromium)."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from pathlib import Path
@@ -182,6 +183,15 @@ def test_bad_uploads_get_a_clear_message(bundled, tmp_path, monkeypatch):
     Image.new("RGB", (12, 10)).save(tmp_path / "big.png")
     with pytest.raises(AppInputError, match=r"12 x 10 pixels"):
         bundled.capture(str(tmp_path / "big.png"))
+
+
+def test_a_non_finite_map_is_refused_not_drawn(samples):
+    explorer = Explorer("bundled")
+    capture = explorer.capture(sample_image(samples, 0))
+    layer = capture.layers[2]
+    capture.layers[2] = dataclasses.replace(layer, value=torch.full_like(layer.value, float("nan")))
+    with pytest.raises(AppInputError, match="non-finite in layer 2"):
+        render(explorer, capture, ViewSettings(method="iv"))
 
 
 def test_parallel_handlers_give_the_results_of_sequential_ones(samples):

@@ -235,13 +235,30 @@ class TokenRelevanceLRP(TokenAttribution):
         return self._relevance(prepared, target, initial_relevance, head_fusion).relevance
 
     def _relevance(
-        self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None, head_fusion: object
+        self,
+        prepared: PreparedInputs,
+        target: TargetType,
+        initial_relevance: Tensor | None,
+        head_fusion: object,
+        propagation: Callable[[Tensor, Sequence[Tensor], str | None], Tensor] = propagate,
     ) -> _Relevance:
         head_fusion = check_head_fusion(head_fusion)
         explicit = self._check_start(prepared, target, initial_relevance)
         kept = self._layer_matrices(prepared, head_fusion)
+        return self._propagated(prepared, explicit, kept, head_fusion, propagation)
+
+    def _propagated(
+        self,
+        prepared: PreparedInputs,
+        explicit: Tensor | None,
+        kept: Sequence[Tensor],
+        head_fusion: str | None,
+        propagation: Callable[[Tensor, Sequence[Tensor], str | None], Tensor] = propagate,
+    ) -> _Relevance:
+        """Move the start down through ``kept`` (this forward's matrices, or matrices replayed from kept
+        projections, as the explorer app does); a non-finite result raises the ValueError naming its layer."""
         start = self._start(prepared, explicit)
-        return _Relevance(self._check_finite(propagate(start, kept, head_fusion), kept, prepared), start, prepared)
+        return _Relevance(self._check_finite(propagation(start, kept, head_fusion), kept, prepared), start, prepared)
 
     def token_relevance_by_rule(
         self,
@@ -409,12 +426,8 @@ class TokenRelevanceLRP(TokenAttribution):
             num_heads, num_layers + 1, num_tokens)` per head; index ``l`` holds ``R^(l)``, the relevance
             of the tokens entering layer ``l`` (0-based, input side first), and index ``num_layers`` the start.
         """
-        head_fusion = check_head_fusion(head_fusion)
         prepared = self._prepare(inputs, additional_forward_args)
-        explicit = self._check_start(prepared, target, initial_relevance)
-        kept = self._layer_matrices(prepared, head_fusion)
-        start = self._start(prepared, explicit)
-        return self._check_finite(propagate_by_layer(start, kept, head_fusion), kept, prepared)
+        return self._relevance(prepared, target, initial_relevance, head_fusion, propagate_by_layer).relevance
 
     # ---------------------------------------------------------- attribution
     @overload
