@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app]"
+	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app,text]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -40,7 +40,7 @@ $(VENV4)/bin/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app]"
+	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app,text]"
 	touch $@
 
 test-transformers4: $(VENV4)/bin/.installed

@@ -1,7 +1,10 @@
-"""captum-tokenlrp: token relevance redistribution for Vision Transformers, as a Captum attribution.
+"""captum-tokenlrp: token relevance redistribution for Transformers, as a Captum attribution.
 
 Implements Sawaki & Murata, "Redistribution of inter-token relevance in
-Transformer models" (JSAI 2025) over HuggingFace ``transformers`` vision Transformers.
+Transformer models" (JSAI 2025) over HuggingFace ``transformers`` vision Transformers
+(:class:`TokenRelevanceLRP`) and text Transformers (:class:`TextTokenRelevanceLRP`: BERT-style
+encoders, GPT-2 and Llama-style decoders; text adapters are :class:`TextModelAdapter` subclasses
+registered with :func:`register_text_adapter`).
 
 The extension contract is public: :class:`ModelAdapter` (with :class:`AttentionSite` and
 :class:`TokenLayout`) describes an architecture, registered with :func:`register_adapter`;
@@ -18,9 +21,12 @@ from ._adapters import (
     supported_model_classes,
     supported_model_types,
 )
+from ._adapters.text import TextModelAdapter, register_text_adapter, supported_text_model_classes
 from ._core.base import PreparedInputs, TokenAttribution
 from ._core.capture import LayerProjections
 from ._core.propagation import HEAD_MODES
+from ._core.text_base import PreparedText, TextTokenAttribution
+from ._core.text_lrp import TextTokenRelevanceLRP
 from ._core.token_lrp import TokenRelevanceLRP
 from ._utils.validation import TextPrompts
 from ._version import __version__ as __version__  # re-exported; defined once, in _version.py
@@ -49,7 +55,11 @@ __all__ = [
     "LayerProjections",
     "ModelAdapter",
     "PreparedInputs",
+    "PreparedText",
+    "TextModelAdapter",
     "TextPrompts",
+    "TextTokenAttribution",
+    "TextTokenRelevanceLRP",
     "TokenActivation",
     "TokenAttribution",
     "TokenLayout",
@@ -60,6 +70,8 @@ __all__ = [
     "get_rule",
     "register_adapter",
     "register_rule",
+    "register_text_adapter",
     "supported_model_classes",
     "supported_model_types",
+    "supported_text_model_classes",
 ]

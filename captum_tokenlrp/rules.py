@@ -71,6 +71,11 @@ class AttentionState:
         of shape `(batch_size, num_heads, num_tokens, head_dim)`.
     layer_index : int
         Index of the layer, 0 for the one nearest to the input.
+    token_mask : Tensor, optional
+        `(batch_size, num_tokens)` bool, True for real tokens and False for padding (text
+        batches). The value mean ``v_mean`` is then taken over the real tokens only, so a padded
+        sentence gets the same redistribution as the sentence alone. None: every token is real.
+
     Notes
     -----
     Derived quantities (centred values, pairwise value distances) are computed
@@ -80,6 +85,7 @@ class AttentionState:
     attention: Tensor
     values: Tensor
     layer_index: int = 0
+    token_mask: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -88,11 +94,16 @@ class AttentionState:
 
     @cached_property
     def centered_values(self) -> Tensor:
-        """``v_j - v_mean``, the mean over all tokens of the image, layer and head.
+        """``v_j - v_mean``, the mean over all tokens of the input (the real ones where a
+        ``token_mask`` is given), layer and head.
 
         Shape `(batch_size, num_heads, num_tokens, head_dim)`.
         """
-        return self.values - self.values.mean(dim=-2, keepdim=True)
+        if self.token_mask is None:
+            return self.values - self.values.mean(dim=-2, keepdim=True)
+        weights = self.token_mask.to(self.values.dtype)[:, None, :, None]  # (batch, 1, N, 1)
+        mean = (self.values * weights).sum(dim=-2, keepdim=True) / weights.sum(dim=-2, keepdim=True).clamp(min=1)
+        return self.values - mean
 
     @cached_property
     def centered_norms(self) -> Tensor:

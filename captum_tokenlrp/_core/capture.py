@@ -50,7 +50,9 @@ class LayerProjections:
     """One layer's query, key and value projections, `(batch, N, num_heads * head_dim)` each.
 
     ``score_bias`` is what the layer adds to the scaled scores before the softmax, broadcastable
-    to `(batch, num_heads, N, N)` (BEiT's relative position bias), or None.
+    to `(batch, num_heads, N, N)` (BEiT's relative position bias, a text batch's padding), or None.
+    ``token_mask`` `(batch, N)` marks the real tokens of a padded text batch (see
+    :class:`~captum_tokenlrp.rules.AttentionState`), None where every token is real.
     """
 
     site: AttentionSite
@@ -58,6 +60,7 @@ class LayerProjections:
     key: Tensor
     value: Tensor
     score_bias: Tensor | None = None
+    token_mask: Tensor | None = None
 
     @property
     def layer_index(self) -> int:
@@ -66,8 +69,18 @@ class LayerProjections:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per image, ``N``."""
+        """Tokens per input, ``N``."""
         return self.query.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        """Inputs in the batch."""
+        return self.query.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the layer's tensors live."""
+        return self.query.device
 
     def _heads(self, projection: Tensor, heads: slice, scale: float = 1.0) -> Tensor:
         """`(batch, N, heads * head_dim)` -> a new, contiguous float32 `(batch, heads, N, head_dim)`.
@@ -104,6 +117,7 @@ class LayerProjections:
             attention=attention,
             values=self._heads(self.value, heads),
             layer_index=self.site.layer_index,
+            token_mask=self.token_mask,
         )
 
     def _bias(self, heads: slice) -> Tensor | None:
@@ -147,7 +161,7 @@ class _CapturedLayer(LayerProjections):
             attention = self.probabilities[:, heads]
             if workspace is not None:  # the built-in kernels overwrite it: never the model's own tensor
                 attention = workspace.get("attention", tuple(attention.shape), attention).copy_(attention)
-            return AttentionState(attention, self._heads(self.value, heads), self.site.layer_index)
+            return AttentionState(attention, self._heads(self.value, heads), self.site.layer_index, self.token_mask)
         state = super().state(heads, workspace)
         # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
         values = self.model_values[:, heads]
@@ -191,6 +205,20 @@ def _registry():
     return ALL_ATTENTION_FUNCTIONS
 
 
+def _mask_registry():
+    """transformers' attention-mask registry (``masking_utils``), or None where this release has none."""
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    except ImportError:  # pragma: no cover - transformers without masking_utils (< 4.53)
+        return None
+    return ALL_MASK_ATTENTION_FUNCTIONS
+
+
+def _calls_registry(module: nn.Module) -> bool:
+    """Whether ``module``'s modeling code looks its attention function up in transformers' registry."""
+    return "ALL_ATTENTION_FUNCTIONS" in vars(sys.modules.get(type(module).__module__, sys))
+
+
 def _own_attention(module: nn.Module, implementation: str | None, registry) -> Callable | None:
     """The attention function ``module`` would call itself under ``implementation``, or None if unknown."""
     if implementation not in (None, "eager") and implementation in registry:
@@ -214,6 +242,9 @@ def _attention_function(sites: Sequence[AttentionSite], capture: Callable) -> It
     usable = registry is not None and all(
         config is not None and "_attn_implementation_internal" in vars(config) for config in configs.values()
     )
+    # Only modules whose modeling code calls the registry: elsewhere (BERT on transformers 4.x) the
+    # implementation name also selects mask formats, which another name would silently change.
+    usable = usable and all(_calls_registry(site.module) for site in sites)
     own: dict[int, Callable] = {}
     if usable:
         for site in sites:
@@ -243,19 +274,32 @@ def _attention_function(sites: Sequence[AttentionSite], capture: Callable) -> It
             return function(module, query, key, value, attention_mask, **kwargs)
         return capture(module, query, key, value, attention_mask, function, **kwargs)
 
+    masks = _mask_registry()
     try:
         # The instance's own mapping, not transformers' global one: removed below, visible to every model.
         registry[name] = attention
+        if masks is not None:
+            # Mask creation skips implementations it does not know (no mask at all: no causal or padding
+            # mask for text models), so the name builds the masks the model's own implementation builds.
+            implementations = {saved_name or "eager" for saved_name in saved.values()}
+            own_masks = {masks._global_mapping.get(implementation) for implementation in implementations}
+            if len(own_masks) != 1:
+                raise ValueError(
+                    f"The attention layers use implementations {sorted(implementations)} whose attention masks "
+                    "differ; load the model with one attn_implementation (e.g. 'eager' or 'sdpa')."
+                )
+            own_mask = own_masks.pop()
+            if own_mask is not None:  # an implementation without a mask function gets none from the model either
+                masks._global_mapping[name] = own_mask
         for config in distinct.values():
             config._attn_implementation_internal = name
         yield True
     finally:
         for key, config in distinct.items():
             config._attn_implementation_internal = saved[key]
-        try:
-            del registry[name]
-        except KeyError:  # pragma: no cover - never registered (failed before the assignment)
-            pass
+        for mapping in (registry, None if masks is None else masks._global_mapping):
+            if mapping is not None and name in mapping:
+                del mapping[name]
 
 
 @contextmanager

@@ -44,7 +44,147 @@ class _Relevance:
     prepared: PreparedInputs
 
 
-class TokenRelevanceLRP(TokenAttribution):
+class RedistributionRules:
+    """The rules side of token relevance redistribution, shared by the image and the text attribution.
+
+    It knows the default rule, the rules set on layers, and how one layer's recorded projections
+    become the redistribution matrix a head mode keeps. The host class provides
+    :attr:`attention_sites`.
+    """
+
+    rule: TokenRule
+    max_chunk_elements: int
+    attention_sites: list[AttentionSite]
+
+    def _configure_rules(self, rule: str | TokenRule, max_chunk_elements: int) -> None:
+        self.rule = get_rule(rule)
+        if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
+            raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")
+        self.max_chunk_elements = max_chunk_elements
+
+    def layer_rules(self) -> list[TokenRule]:
+        """The rule each layer will use now: its module's ``rule`` if set, else the default.
+
+        Raises
+        ------
+        TypeError
+            If a module's ``rule`` is not a :class:`TokenRule`.
+        ValueError
+            If the two modules of one layer (transformers 4.x) carry different rules.
+        """
+        return [self._rule_for(site) for site in self.attention_sites]
+
+    def _rule_for(self, site: AttentionSite, default: TokenRule | None = None) -> TokenRule:
+        found = []
+        for module in site.rule_modules:
+            rule = getattr(module, "rule", None)
+            if rule is None:
+                continue
+            if not isinstance(rule, TokenRule):
+                raise TypeError(
+                    f"Layer {site.layer_index}: {type(module).__name__}.rule must be a TokenRule "
+                    f"(e.g. captum_tokenlrp.RULE_II), got {type(rule).__name__} {rule!r}."
+                )
+            found.append(rule)
+        if len(found) == 2 and found[0] is not found[1]:
+            raise ValueError(
+                f"Layer {site.layer_index} has two different rules set ({found[0]!r} and {found[1]!r}) "
+                "on its attention modules; set it on one of them."
+            )
+        if found:
+            return found[0]
+        return self.rule if default is None else default
+
+    def _rule_set(
+        self, rules: Sequence[str | TokenRule], head_fusions: Sequence[HeadFusion]
+    ) -> tuple[list[str], list[TokenRule], list[str | None]]:
+        """Check the arguments of ``token_relevance_by_rule``: `(names, default rules, head modes)`."""
+        if isinstance(rules, (str, TokenRule)) or not rules:
+            raise TypeError(f"rules must be a non-empty sequence of rule names or TokenRules, got {rules!r}.")
+        if isinstance(head_fusions, str) or head_fusions is None or not head_fusions:
+            raise TypeError(f"head_fusions must be a non-empty sequence of head modes, got {head_fusions!r}.")
+        names = [rule if isinstance(rule, str) else (getattr(rule, "name", None) or repr(rule)) for rule in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rules must be distinct, got {names}.")
+        modes = list(dict.fromkeys(check_head_fusion(mode) for mode in head_fusions))
+        return names, [get_rule(rule) for rule in rules], modes
+
+    def _rule_set_matrices(
+        self, defaults: Sequence[TokenRule], modes: Sequence[str | None]
+    ) -> Callable[[LayerProjections], dict[tuple[int, HeadFusion], Tensor]]:
+        """Per layer, ``{(rule position, head mode): kept matrix}`` for several default rules at once."""
+        sites = self.attention_sites
+        layer_rules = [[self._rule_for(site, default) for default in defaults] for site in sites]
+        last_layer = len(sites) - 1
+
+        def redistributions(layer: LayerProjections) -> dict[tuple[int, HeadFusion], Tensor]:
+            rules_here = layer_rules[layer.layer_index]
+            distinct = list({id(rule): rule for rule in rules_here}.values())
+            chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
+            for state in layer.head_chunks(self.max_chunk_elements):
+                for rule in distinct:  # one state per chunk: rules share its cached norms and distances
+                    chunks[id(rule)].append(redistribution(rule, state))
+            is_last = layer.layer_index == last_layer
+            return {
+                (position, mode): reduce_layer(chunks[id(rule)], mode, is_last, layer.site.num_heads)
+                for position, rule in enumerate(rules_here)
+                for mode in modes
+            }
+
+        return redistributions
+
+    @staticmethod
+    def _rule_set_relevance(
+        names: Sequence[str],
+        modes: Sequence[str | None],
+        kept: Sequence[dict[tuple[int, HeadFusion], Tensor]],
+        start: Tensor,
+        check_finite: Callable[[Tensor, list[Tensor]], Tensor],
+    ) -> dict[str, dict[HeadFusion, Tensor]]:
+        """``{rule name: {head mode: relevance}}`` from the matrices of :meth:`_rule_set_matrices`."""
+        result: dict[str, dict[HeadFusion, Tensor]] = {}
+        for position, name in enumerate(names):
+            result[name] = {}
+            for mode in modes:
+                layers = [matrices[position, mode] for matrices in kept]
+                result[name][mode] = check_finite(propagate(start, layers, mode), layers)
+        return result
+
+    def _layer_matrix(
+        self, head_fusion: str | None, default: TokenRule | None = None
+    ) -> Callable[[LayerProjections], Tensor]:
+        """Turns one layer's projections into the redistribution matrix ``head_fusion`` keeps.
+
+        ``default`` replaces :attr:`rule` where no rule is set on the layer's module. The function
+        also serves projections kept from an earlier forward (the explorer app replays them).
+        """
+        sites = self.attention_sites
+        rules = [self._rule_for(site, default) for site in sites]
+        last_layer = len(sites) - 1
+
+        workspace = Workspace()
+
+        def layer_matrix(layer: LayerProjections) -> Tensor:
+            rule = rules[layer.layer_index]
+            is_last = layer.layer_index == last_layer
+            kernel = builtin_kernel(rule)
+            # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
+            # own) and the rule is built in (user code never sees buffers that change under it).
+            reuse = workspace if kernel is not None and fuses_heads(head_fusion, is_last) else None
+            limit = self.max_chunk_elements
+            if fuses_heads(head_fusion, is_last) and layer.device.type == "cpu":
+                # Fused: the buffers need not hold every head. Groups of at most FUSED_CHUNK_ELEMENTS (one
+                # head if larger) keep the work memory a small share of the L x B x N^2 fused matrices kept.
+                per_head = layer.batch_size * layer.num_tokens**2
+                limit = min(limit, max(per_head, FUSED_CHUNK_ELEMENTS))
+            states = layer.head_chunks(limit, reuse)
+            chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
+            return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
+
+        return layer_matrix
+
+
+class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace ViTs.
 
     Layer-wise Relevance Propagation between tokens: in every layer the
@@ -136,44 +276,7 @@ class TokenRelevanceLRP(TokenAttribution):
                 "each layer's attention once (outputs within float32 rounding of the model's own kernel)."
             )
         self.attention_capture = attention_capture
-        self.rule = get_rule(rule)
-        if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
-            raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")
-        self.max_chunk_elements = max_chunk_elements
-
-    # ------------------------------------------------------------------ rules
-    def layer_rules(self) -> list[TokenRule]:
-        """The rule each layer will use now: its module's ``rule`` if set, else the default.
-
-        Raises
-        ------
-        TypeError
-            If a module's ``rule`` is not a :class:`TokenRule`.
-        ValueError
-            If the two modules of one layer (transformers 4.x) carry different rules.
-        """
-        return [self._rule_for(site) for site in self.attention_sites]
-
-    def _rule_for(self, site: AttentionSite, default: TokenRule | None = None) -> TokenRule:
-        found = []
-        for module in site.rule_modules:
-            rule = getattr(module, "rule", None)
-            if rule is None:
-                continue
-            if not isinstance(rule, TokenRule):
-                raise TypeError(
-                    f"Layer {site.layer_index}: {type(module).__name__}.rule must be a TokenRule "
-                    f"(e.g. captum_tokenlrp.RULE_II), got {type(rule).__name__} {rule!r}."
-                )
-            found.append(rule)
-        if len(found) == 2 and found[0] is not found[1]:
-            raise ValueError(
-                f"Layer {site.layer_index} has two different rules set ({found[0]!r} and {found[1]!r}) "
-                "on its attention modules; set it on one of them."
-            )
-        if found:
-            return found[0]
-        return self.rule if default is None else default
+        self._configure_rules(rule, max_chunk_elements)
 
     # -------------------------------------------------------------- relevance
     def token_relevance(
@@ -294,81 +397,18 @@ class TokenRelevanceLRP(TokenAttribution):
             ``{rule name: {head mode: relevance}}``; the rule name is the string given, or the
             rule's ``name`` (its ``repr`` when unnamed). Shapes as in :meth:`token_relevance`.
         """
-        if isinstance(rules, (str, TokenRule)) or not rules:
-            raise TypeError(f"rules must be a non-empty sequence of rule names or TokenRules, got {rules!r}.")
-        if isinstance(head_fusions, str) or head_fusions is None or not head_fusions:
-            raise TypeError(f"head_fusions must be a non-empty sequence of head modes, got {head_fusions!r}.")
-        names = [rule if isinstance(rule, str) else (getattr(rule, "name", None) or repr(rule)) for rule in rules]
-        if len(set(names)) != len(names):
-            raise ValueError(f"rules must be distinct, got {names}.")
-        defaults = [get_rule(rule) for rule in rules]
-        modes = list(dict.fromkeys(check_head_fusion(mode) for mode in head_fusions))
+        names, defaults, modes = self._rule_set(rules, head_fusions)
         prepared = self._prepare(inputs, additional_forward_args)
         explicit = self._check_start(prepared, target, initial_relevance)
-        sites = self.attention_sites
-        layer_rules = [[self._rule_for(site, default) for default in defaults] for site in sites]
-        last_layer = len(sites) - 1
-
-        def redistributions(layer: LayerProjections) -> dict[tuple[int, HeadFusion], Tensor]:
-            rules_here = layer_rules[layer.layer_index]
-            distinct = list({id(rule): rule for rule in rules_here}.values())
-            chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
-            for state in layer.head_chunks(self.max_chunk_elements):
-                for rule in distinct:  # one state per chunk: rules share its cached norms and distances
-                    chunks[id(rule)].append(redistribution(rule, state))
-            is_last = layer.layer_index == last_layer
-            return {
-                (position, mode): reduce_layer(chunks[id(rule)], mode, is_last, layer.site.num_heads)
-                for position, rule in enumerate(rules_here)
-                for mode in modes
-            }
-
-        kept = self._record(prepared, sites, redistributions)
+        kept = self._record(prepared, self.attention_sites, self._rule_set_matrices(defaults, modes))
         start = self._start(prepared, explicit)
-        result: dict[str, dict[HeadFusion, Tensor]] = {}
-        for position, name in enumerate(names):
-            result[name] = {}
-            for mode in modes:
-                layers = [matrices[position, mode] for matrices in kept]
-                result[name][mode] = self._check_finite(propagate(start, layers, mode), layers, prepared)
-        return result
+        return self._rule_set_relevance(
+            names, modes, kept, start, lambda relevance, layers: self._check_finite(relevance, layers, prepared)
+        )
 
     def _layer_matrices(self, prepared: PreparedInputs, head_fusion: str | None) -> list[Tensor]:
         """One forward pass; per layer the redistribution matrix the head mode needs."""
         return self._record(prepared, self.attention_sites, self._layer_matrix(head_fusion))
-
-    def _layer_matrix(
-        self, head_fusion: str | None, default: TokenRule | None = None
-    ) -> Callable[[LayerProjections], Tensor]:
-        """Turns one layer's projections into the redistribution matrix ``head_fusion`` keeps.
-
-        ``default`` replaces :attr:`rule` where no rule is set on the layer's module. The function
-        also serves projections kept from an earlier forward (the explorer app replays them).
-        """
-        sites = self.attention_sites
-        rules = [self._rule_for(site, default) for site in sites]
-        last_layer = len(sites) - 1
-
-        workspace = Workspace()
-
-        def layer_matrix(layer: LayerProjections) -> Tensor:
-            rule = rules[layer.layer_index]
-            is_last = layer.layer_index == last_layer
-            kernel = builtin_kernel(rule)
-            # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
-            # own) and the rule is built in (user code never sees buffers that change under it).
-            reuse = workspace if kernel is not None and fuses_heads(head_fusion, is_last) else None
-            limit = self.max_chunk_elements
-            if fuses_heads(head_fusion, is_last) and layer.query.device.type == "cpu":
-                # Fused: the buffers need not hold every head. Groups of at most FUSED_CHUNK_ELEMENTS (one
-                # head if larger) keep the work memory a small share of the L x B x N^2 fused matrices kept.
-                per_head = layer.query.shape[0] * layer.num_tokens**2
-                limit = min(limit, max(per_head, FUSED_CHUNK_ELEMENTS))
-            states = layer.head_chunks(limit, reuse)
-            chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
-            return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
-
-        return layer_matrix
 
     def all_token_relevance(
         self,
