@@ -286,3 +286,10 @@ def test_padding_as_target_is_refused_and_unsupported_models_are_named():
         TextTokenRelevanceLRP(model).token_relevance(ids, target=4, additional_forward_args={"attention_mask": mask})
     with pytest.raises(TypeError, match="TokenRelevanceLRP"):
         TextTokenRelevanceLRP(torch.nn.Linear(2, 2))
+
+
+def test_the_image_class_points_text_models_to_the_text_class():
+    from captum_tokenlrp import TokenRelevanceLRP
+
+    with pytest.raises(TypeError, match="TextTokenRelevanceLRP"):
+        TokenRelevanceLRP(build_text_model("distilbert"))

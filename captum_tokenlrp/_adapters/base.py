@@ -264,6 +264,13 @@ def adapter_for(model: object) -> ModelAdapter:
     for adapter in _ADAPTERS:
         if adapter.handles(model):
             return adapter(model)
+    from .text import text_adapter_class  # text adapters import this module
+
+    if text_adapter_class(model) is not None:
+        raise TypeError(
+            f"{type(model).__name__} is a text Transformer: explain it with captum_tokenlrp.TextTokenRelevanceLRP "
+            "(token ids as inputs); TokenRelevanceLRP explains vision Transformers."
+        )
     raise TypeError(
         f"Unsupported model class {type(model).__name__}. Supported: "
         f"{', '.join(supported_model_classes())}. Other architectures need an adapter "
