@@ -293,3 +293,18 @@ def test_the_image_class_points_text_models_to_the_text_class():
 
     with pytest.raises(TypeError, match="TextTokenRelevanceLRP"):
         TokenRelevanceLRP(build_text_model("distilbert"))
+
+
+def test_token_type_ids_pass_through():
+    """Sentence pairs: segment ids change BERT's embeddings and so its attention; both sides agree."""
+    model = build_text_model("bert")
+    ids = token_ids(2, 8)
+    segments = torch.zeros_like(ids)
+    segments[:, 4:] = 1
+    layers = eager_attention_and_values(model, ids, token_type_ids=segments)
+    expected = reference_text_relevance(layers, torch.ones_like(ids, dtype=torch.bool), default_start("bert", ids), "iv")
+    lrp = TextTokenRelevanceLRP(model)
+    ours = lrp.token_relevance({"input_ids": ids, "token_type_ids": segments})
+    torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(lrp.token_relevance(ids, additional_forward_args=(None, segments)), ours)
+    assert float((ours - lrp.token_relevance(ids)).abs().max()) > 1e-3  # the segments do matter

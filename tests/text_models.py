@@ -117,7 +117,9 @@ def _attention_module(model: nn.Module, layer: int) -> nn.Module:
     return base.layers[layer].self_attn
 
 
-def eager_attention_and_values(model: nn.Module, input_ids, attention_mask=None, position_ids=None, dtype=DOUBLE):
+def eager_attention_and_values(
+    model: nn.Module, input_ids, attention_mask=None, position_ids=None, dtype=DOUBLE, **forward_kwargs
+):
     """Per layer ``(probs (B, H, N, N), values (B, H, N, d))`` from an eager copy's own forward with
     ``output_attentions=True`` (``outputs.attentions``) and hooked value projections; kv heads repeated."""
     eager = eager_copy(model, dtype)
@@ -142,7 +144,7 @@ def eager_attention_and_values(model: nn.Module, input_ids, attention_mask=None,
             values[index] = per_head.repeat_interleave(heads // per_head.shape[1], dim=1)
 
         hooks.append(module.register_forward_hook(keep))
-    kwargs = {"output_attentions": True}
+    kwargs = {"output_attentions": True, **forward_kwargs}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     if position_ids is not None:
