@@ -302,7 +302,8 @@ def test_token_type_ids_pass_through():
     segments = torch.zeros_like(ids)
     segments[:, 4:] = 1
     layers = eager_attention_and_values(model, ids, token_type_ids=segments)
-    expected = reference_text_relevance(layers, torch.ones_like(ids, dtype=torch.bool), default_start("bert", ids), "iv")
+    real = torch.ones_like(ids, dtype=torch.bool)
+    expected = reference_text_relevance(layers, real, default_start("bert", ids), "iv")
     lrp = TextTokenRelevanceLRP(model)
     ours = lrp.token_relevance({"input_ids": ids, "token_type_ids": segments})
     torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
