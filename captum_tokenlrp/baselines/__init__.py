@@ -6,6 +6,9 @@
 - :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
   explained scalar of :class:`ExplainedForward`.
 - :class:`RandomRelevance`: a random map, the control for evaluations.
+
+Text Transformers (:mod:`.text`): :class:`TextRawAttention`, :class:`TextAttentionRollout`,
+:class:`TextGenericAttentionExplainability`, :class:`TextLayerIntegratedGradients`.
 """
 
 from .attention import AttentionRollout, RawAttention, mass_threshold_mask
@@ -17,6 +20,12 @@ from .gradient import (
     TokenIntegratedGradients,
     patch_sums,
 )
+from .text import (
+    TextAttentionRollout,
+    TextGenericAttentionExplainability,
+    TextLayerIntegratedGradients,
+    TextRawAttention,
+)
 
 __all__ = [
     "AttentionRollout",
@@ -24,6 +33,10 @@ __all__ = [
     "GenericAttentionExplainability",
     "RandomRelevance",
     "RawAttention",
+    "TextAttentionRollout",
+    "TextGenericAttentionExplainability",
+    "TextLayerIntegratedGradients",
+    "TextRawAttention",
     "TokenGradCAM",
     "TokenIntegratedGradients",
     "mass_threshold_mask",
