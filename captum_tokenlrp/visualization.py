@@ -10,6 +10,9 @@ Every plotting function reads a relevance map through one helper, so each accept
   Captum's convention for ``attribute()``) or a batch of one `(1, channels, height, width)`; drawn as it is.
 
 Anything else raises a ``ValueError`` (or ``TypeError``) that says what was expected and what arrived.
+
+Text relevance (:class:`~captum_tokenlrp.TextTokenRelevanceLRP`) is drawn as token heat-strips by
+:func:`plot_text_relevance`: one block per rule, a row for the fused map and one per head, a column per token.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "plot_method_comparison",
     "plot_overlay",
     "plot_rule_grid",
+    "plot_text_relevance",
     "to_captum_image",
 ]
 
@@ -653,4 +657,160 @@ def plot_rule_grid(
     figure.supxlabel(_scale_note(scale, rows, "rule"), fontsize=7)
     if title_text:
         figure.suptitle(title_text, fontsize=10)
+    return figure
+
+
+# ------------------------------------------------------------------ text
+_TEXT_SCALES = ("row", "shared")
+
+
+def _text_vector(value: object, name: str, num_tokens: int) -> np.ndarray:
+    """Token relevance `(num_tokens,)` or a batch of one `(1, num_tokens)` -> `(num_tokens,)`."""
+    array = _as_array(value, name)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1 or array.shape[0] != num_tokens:
+        raise ValueError(
+            f"Expected {name} as token relevance (num_tokens,) for the {num_tokens} tokens given, got shape "
+            f"{tuple(array.shape)}; index the batch first (relevance[0]), per-head maps go to per_head."
+        )
+    return array
+
+
+def _text_heads(value: object, name: str, num_tokens: int) -> np.ndarray:
+    """Per-head relevance `(num_heads, num_tokens)` or `(1, num_heads, num_tokens)` -> `(num_heads, num_tokens)`."""
+    array = _as_array(value, name)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or array.shape[1] != num_tokens or array.shape[0] == 0:
+        raise ValueError(
+            f"Expected {name} as per-head relevance (num_heads, num_tokens) for the {num_tokens} tokens given, got "
+            f"shape {tuple(array.shape)}; use token_relevance(..., head_fusion=None)[0]."
+        )
+    return array
+
+
+def plot_text_relevance(
+    tokens: Sequence[str],
+    fused: Mapping[str, ArrayLike],
+    per_head: Mapping[str, ArrayLike] | None = None,
+    *,
+    token_mask: ArrayLike | None = None,
+    scale: Literal["row", "shared"] = "row",
+    cmap: str = "inferno",
+    title: str | None = None,
+    annotate: bool | None = None,
+    cell_size: float = 0.42,
+):
+    """Token heat-strips of one text: one block per rule (or method), a row for the fused map and one per head.
+
+    The text counterpart of :func:`plot_rule_grid`: rules x heads, each row a strip with one cell per token,
+    the colour its relevance, the token strings under the last block.
+
+    Parameters
+    ----------
+    tokens : sequence of str
+        The token strings (``lrp.tokens(input_ids)[0]``), padding included when ``token_mask`` drops it.
+    fused : mapping of str to Tensor or ndarray
+        Block label (e.g. ``"rule (iv)"``) -> fused relevance `(num_tokens,)` (or a batch of one, `(1, num_tokens)`).
+    per_head : mapping of str to Tensor or ndarray, optional
+        Block label (a key of ``fused``) -> per-head relevance `(num_heads, num_tokens)` (or `(1, num_heads,
+        num_tokens)`), drawn as rows ``head 0`` .. under the block's ``fused`` row.
+    token_mask : Tensor or ndarray, optional
+        `(num_tokens,)`, 1 for real tokens (the ``attention_mask`` row): padding columns are left out.
+    scale : {"row", "shared"}, default "row"
+        Colour scales: ``"row"``, one per block (rule) with its own colour bar; ``"shared"``, one for the
+        figure. Each spans its maps' minimum to maximum; a line under the blocks states the policy.
+    cmap : str
+        Matplotlib colour map of the relevance.
+    title : str, optional
+        Above the figure.
+    annotate : bool, optional
+        Write each cell's value in it; by default only for the fused rows of texts of at most 24 tokens.
+    cell_size : float
+        Cell width in inches (rows are about half as high); the figure grows with the tokens and the rows.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes: one per block, top to bottom, then the colour bars.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(isinstance(t, str) for t in tokens):
+        raise TypeError(
+            f"Expected tokens as a sequence of token strings (lrp.tokens(input_ids)[0]), got {type(tokens).__name__}."
+        )
+    if scale not in _TEXT_SCALES:
+        raise ValueError(f"scale must be one of {_TEXT_SCALES}, got {scale!r}.")
+    if not fused:
+        raise ValueError("fused is empty; pass at least one label -> fused relevance (num_tokens,).")
+    per_head = dict(per_head or {})
+    unknown = sorted(set(per_head) - set(fused))
+    if unknown:
+        raise ValueError(
+            f"per_head has blocks that fused lacks: {unknown}; its keys must be keys of fused {list(fused)}."
+        )
+    num_tokens = len(tokens)
+    if num_tokens == 0:
+        raise ValueError("tokens is empty; there is nothing to draw.")
+    keep = np.ones(num_tokens, dtype=bool)
+    if token_mask is not None:
+        mask = _as_array(token_mask, "token_mask").reshape(-1)
+        if mask.shape[0] != num_tokens:
+            raise ValueError(f"token_mask has {mask.shape[0]} entries for {num_tokens} tokens; pass the mask's row.")
+        keep = mask != 0
+        if not keep.any():
+            raise ValueError("token_mask marks every token as padding; there is nothing to draw.")
+    labels = [token for token, kept in zip(tokens, keep, strict=True) if kept]
+    blocks: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for label in fused:
+        rows = [_text_vector(fused[label], f"fused[{label!r}]", num_tokens)[None]]
+        names = ["fused"]
+        if label in per_head:
+            heads = _text_heads(per_head[label], f"per_head[{label!r}]", num_tokens)
+            rows.append(heads)
+            names += [f"head {h}" for h in range(heads.shape[0])]
+        blocks[label] = (np.concatenate(rows)[:, keep], names)
+    if annotate is None:
+        annotate = len(labels) <= 24
+    total_rows = sum(values.shape[0] for values, _ in blocks.values())
+    label_inches = 0.08 * max(len(token) for token in labels) + 0.3
+    width = 1.1 + cell_size * len(labels) + _COLORBAR_INCHES
+    row_height = 0.55 * cell_size  # strips: flatter than wide, so rules x heads stays a page tall
+    height = row_height * total_rows + 0.3 * len(blocks) + label_inches + _NOTE_INCHES + (0.35 if title else 0.0)
+    figure = Figure(figsize=(max(width, 4.0), height), layout="constrained")
+    axes = figure.subplots(
+        len(blocks), 1, squeeze=False, gridspec_kw={"height_ratios": [v.shape[0] for v, _ in blocks.values()]}
+    )[:, 0]
+    shared = _limits([values for values, _ in blocks.values()])
+    drawn = None
+    for index, (axis, (label, (values, names))) in enumerate(zip(axes, blocks.items(), strict=True)):
+        low, high = _limits([values]) if scale == "row" else shared
+        drawn = axis.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        axis.set_yticks(range(len(names)), labels=names, fontsize=7)
+        if len(names) > 1:  # set the fused row apart from the heads
+            axis.axhline(0.5, color="white", linewidth=2)
+        axis.set_title(label, fontsize=9, loc="left")
+        last = index == len(blocks) - 1
+        axis.set_xticks(range(len(labels)), labels=labels if last else [], fontsize=8, rotation=90)
+        if annotate:
+            middle = (low + high) / 2
+            for column, value in enumerate(values[0]):
+                axis.text(
+                    column,
+                    0,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black" if value > middle else "white",
+                )
+        if scale == "row":
+            _colorbar(figure, drawn, axis)
+    if scale == "shared":
+        _colorbar(figure, drawn, list(axes))
+    figure.supxlabel(_scale_note(scale, len(blocks), "rule"), fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
     return figure

