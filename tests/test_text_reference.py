@@ -309,3 +309,20 @@ def test_token_type_ids_pass_through():
     torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
     torch.testing.assert_close(lrp.token_relevance(ids, additional_forward_args=(None, segments)), ours)
     assert float((ours - lrp.token_relevance(ids)).abs().max()) > 1e-3  # the segments do matter
+
+
+def test_an_encoder_starts_at_its_first_real_token_under_left_padding():
+    model = build_text_model("bert")
+    ids = token_ids(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    lrp = TextTokenRelevanceLRP(model)
+    relevance = lrp.token_relevance(ids, additional_forward_args={"attention_mask": mask})
+    assert float(relevance[1, :2].abs().sum()) == 0.0
+    first = torch.zeros(2, 6)
+    first[0, 0] = first[1, 2] = 1.0
+    torch.testing.assert_close(
+        relevance, lrp.token_relevance(ids, additional_forward_args={"attention_mask": mask}, initial_relevance=first)
+    )
+    torch.testing.assert_close(
+        relevance, lrp.token_relevance(ids, additional_forward_args={"attention_mask": mask}, initial_relevance="first")
+    )

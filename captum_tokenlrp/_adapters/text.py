@@ -103,20 +103,22 @@ class TextModelAdapter(ABC):
     def default_start(self, token_mask: Tensor) -> Tensor:
         """Where the model's output is read, `(batch_size, num_tokens)` one-hot rows.
 
-        Encoders: the first token (``[CLS]``, ``<s>``), which their classifiers and poolers read.
-        Decoders: the last real token of each row (right or left padding), where the next token is
-        predicted and where decoder sequence classifiers read.
+        Encoders: the first real token (``[CLS]``, ``<s>``; after the padding of a left-padded row),
+        which their classifiers and poolers read. Decoders: the last real token of each row (right or
+        left padding), where the next token is predicted and where decoder sequence classifiers read.
         """
         start = torch.zeros(token_mask.shape, dtype=torch.float32, device=token_mask.device)
-        if self.is_decoder:
-            start.scatter_(1, last_real_token(token_mask)[:, None], 1.0)
-        else:
-            start[:, 0] = 1.0
-        return start
+        position = last_real_token(token_mask) if self.is_decoder else first_real_token(token_mask)
+        return start.scatter_(1, position[:, None], 1.0)
 
     def forward_kwargs(self) -> dict[str, object]:
         """Keyword arguments the explanation passes to the forward (decoders: no key/value cache)."""
         return {"use_cache": False} if self.is_decoder else {}
+
+
+def first_real_token(token_mask: Tensor) -> Tensor:
+    """Index of the first True per row of `(batch, N)`, `(batch,)` (after the padding of a left-padded row)."""
+    return token_mask.to(torch.int8).argmax(dim=1)
 
 
 def last_real_token(token_mask: Tensor) -> Tensor:
@@ -404,6 +406,7 @@ __all__ = [
     "Qwen2Adapter",
     "RobertaAdapter",
     "TextModelAdapter",
+    "first_real_token",
     "last_real_token",
     "register_text_adapter",
     "supported_text_model_classes",

@@ -15,7 +15,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
-from .._adapters.text import TextModelAdapter, text_adapter_for
+from .._adapters.text import TextModelAdapter, first_real_token, last_real_token, text_adapter_for
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, _check_initial_relevance, _per_sample_targets, forward_arguments
 from .base import evaluation_mode
@@ -323,15 +323,8 @@ class TextTokenAttribution(Attribution):
             if initial_relevance == "mean":  # a mean-pooled embedding (sentence-transformers) reads every real token
                 weights = mask.float()
                 return weights / weights.sum(dim=1, keepdim=True)
-            start = torch.zeros(mask.shape, device=mask.device)
-            if initial_relevance == "first":
-                first = mask.to(torch.int8).argmax(dim=1)
-                start[torch.arange(len(start), device=mask.device), first] = 1.0
-                return start
-            from .._adapters.text import last_real_token
-
-            start[torch.arange(len(start), device=mask.device), last_real_token(mask)] = 1.0
-            return start
+            position = first_real_token(mask) if initial_relevance == "first" else last_real_token(mask)
+            return torch.zeros(mask.shape, device=mask.device).scatter_(1, position[:, None], 1.0)
         start = _check_initial_relevance(initial_relevance, prepared.batch_size, prepared.num_tokens, mask.device)
         if bool((start[~mask] != 0).any()):
             raise ValueError("initial_relevance puts relevance on padding tokens (attention_mask 0); zero it there.")
