@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "captum_tokenlrp.images",
     "captum_tokenlrp.report",
     "captum_tokenlrp.models",
+    "captum_tokenlrp.text",
 ]
 
 
