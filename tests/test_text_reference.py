@@ -326,3 +326,14 @@ def test_an_encoder_starts_at_its_first_real_token_under_left_padding():
     torch.testing.assert_close(
         relevance, lrp.token_relevance(ids, additional_forward_args={"attention_mask": mask}, initial_relevance="first")
     )
+
+
+def test_the_default_rule_can_be_reassigned_by_name_and_bad_rules_are_refused_at_once():
+    model = build_text_model("gpt2")
+    ids = token_ids(1, 6)
+    lrp = TextTokenRelevanceLRP(model, rule="iv")
+    lrp.rule = "ii"
+    assert lrp.rule is get_rule("ii")
+    torch.testing.assert_close(lrp.token_relevance(ids), TextTokenRelevanceLRP(model, rule="ii").token_relevance(ids))
+    with pytest.raises((TypeError, ValueError), match="rule"):
+        lrp.rule = "nonsense"

@@ -139,8 +139,10 @@ class TextTokenRelevanceLRP(RedistributionRules, TextTokenAttribution):
         initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> Tensor:
-        """``R^(L)`` .. ``R^(0)``: `(batch_size, num_layers + 1, num_tokens)` (per head: `(batch, heads, L + 1, N)`),
-        as :meth:`TokenRelevanceLRP.token_relevance_by_layer`."""
+        """Where the relevance sits after each layer: `(batch_size, num_layers + 1, num_tokens)` (per head:
+        `(batch, heads, num_layers + 1, num_tokens)`); index ``l`` holds ``R^(l)``, the relevance of the tokens
+        entering layer ``l`` (0-based, input side first), so index 0 is :meth:`token_relevance`'s map and index
+        ``num_layers`` the start, as in :meth:`TokenRelevanceLRP.token_relevance_by_layer`."""
         prepared = self._prepare(inputs, additional_forward_args)
         return self._relevance(prepared, target, initial_relevance, head_fusion, propagate_by_layer)[0]
 

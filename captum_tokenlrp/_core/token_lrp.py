@@ -52,12 +52,20 @@ class RedistributionRules:
     :attr:`attention_sites`.
     """
 
-    rule: TokenRule
     max_chunk_elements: int
     attention_sites: list[AttentionSite]
 
+    @property
+    def rule(self) -> TokenRule:
+        """The default rule of every layer; assign a rule name or a :class:`TokenRule` to change it."""
+        return self._rule
+
+    @rule.setter
+    def rule(self, rule: str | TokenRule) -> None:
+        self._rule = get_rule(rule)
+
     def _configure_rules(self, rule: str | TokenRule, max_chunk_elements: int) -> None:
-        self.rule = get_rule(rule)
+        self.rule = rule
         if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1:
             raise ValueError(f"max_chunk_elements must be a positive int, got {max_chunk_elements!r}.")
         self.max_chunk_elements = max_chunk_elements
