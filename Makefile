@@ -81,11 +81,15 @@ bench: install
 	$(BIN)/python benchmarks/bench_speed.py
 	$(BIN)/python benchmarks/bench_families.py
 	$(BIN)/python benchmarks/bench_app.py --screenshots
+	$(BIN)/python benchmarks/bench_text_families.py
+	$(BIN)/python benchmarks/bench_text.py
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_families.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_app.py --quick > /dev/null
+	$(BIN)/python benchmarks/bench_text_families.py --quick > /dev/null
+	$(BIN)/python benchmarks/bench_text.py --quick > /dev/null
 
 # Explanation quality of every method on the bundled model: writes benchmarks/RESULTS.md (~15 min).
 quality: install
