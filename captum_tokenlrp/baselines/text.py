@@ -103,19 +103,20 @@ class TextRawAttention(TextTokenAttribution):
     def _token_relevance(
         self, prepared: PreparedText, target: TargetType, *, initial_relevance: object, head_fusion: object
     ) -> Tensor:
+        options = {"initial_relevance": initial_relevance, "head_fusion": head_fusion}
+        return self._relevance_and_start(prepared, target, options)[0]
+
+    def _relevance_and_start(self, prepared, target, options):
+        head_fusion = options["head_fusion"]
         _check_head_fusion(head_fusion, allow_none=True)
-        start = self._check_start(prepared, target, initial_relevance)
+        start = self._check_start(prepared, target, options["initial_relevance"])
         site = self.attention_sites[self.layer]
         attention = self._record(prepared, [site], lambda layer: layer.state().attention)[0]
         # Real queries never attend to padding (probability exactly 0); the mask makes it hold whatever the
         # model put in the padding queries' rows, which a zero start then never reads.
         rows = torch.einsum("bn,bhnm->bhm", start, attention) * prepared.token_mask[:, None]
         rows = self._check_finite(rows, [attention])
-        return rows.mean(dim=1) if head_fusion == "mean" else rows
-
-    def _relevance_and_start(self, prepared, target, options):
-        start = self._check_start(prepared, target, options["initial_relevance"])
-        return self._token_relevance(prepared, target, **options), start
+        return (rows.mean(dim=1) if head_fusion == "mean" else rows), start
 
     def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
         _check_head_fusion(options["head_fusion"], allow_none=False)
