@@ -73,7 +73,25 @@ class PreparedInputs:
     layout: TokenLayout
 
 
-class TokenAttribution(Attribution):
+class MethodOptions:
+    """The keyword options of a method (:attr:`relevance_options`, with their defaults), checked once for the
+    image and the text attributions."""
+
+    #: Keyword options of ``token_relevance`` and ``attribute``, with their defaults.
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` over the defaults; an unknown name is a TypeError listing the known ones."""
+        unknown = sorted(set(options) - set(self.relevance_options))
+        if unknown:
+            known = ", ".join(self.relevance_options) or "none"
+            raise TypeError(
+                f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}."
+            )
+        return {**self.relevance_options, **options}
+
+
+class TokenAttribution(MethodOptions, Attribution):
     """The template every attribution of this package follows: one relevance value per token.
 
     It owns the public verbs once: :meth:`token_relevance` (validate the inputs -> the subclass's
@@ -107,9 +125,6 @@ class TokenAttribution(Attribution):
     #: Whether the map depends on ``target`` beyond choosing the start token (gradient methods: the
     #: explained class or prompt). Class-agnostic methods compute one map for all prompts.
     target_sensitive: ClassVar[bool] = False
-
-    #: Keyword options of :meth:`token_relevance` and :meth:`attribute`, with their defaults.
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     #: How each forward pass obtains the attention probabilities (see :mod:`.capture`): ``"exact"``
     #: leaves the model's outputs bitwise its own; ``"fast"`` computes every layer's attention once,
@@ -219,15 +234,6 @@ class TokenAttribution(Attribution):
 
     def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
         """Refuse options that give no single map per input (e.g. per-head modes); none by default."""
-
-    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(self.relevance_options))
-        if unknown:
-            known = ", ".join(self.relevance_options) or "none"
-            raise TypeError(
-                f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}."
-            )
-        return {**self.relevance_options, **options}
 
     def _check_start(
         self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None = None

@@ -6,7 +6,6 @@ import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -18,7 +17,7 @@ from .._adapters import AttentionSite
 from .._adapters.text import TextModelAdapter, first_real_token, last_real_token, text_adapter_for
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, _check_initial_relevance, _per_sample_targets, forward_arguments
-from .base import evaluation_mode
+from .base import MethodOptions, evaluation_mode
 from .text_capture import record_text_layers
 
 #: Named starts accepted as ``initial_relevance`` by the text attributions.
@@ -61,7 +60,7 @@ class PreparedText:
         return self.input_ids.shape[1]
 
 
-class TextTokenAttribution(Attribution):
+class TextTokenAttribution(MethodOptions, Attribution):
     """The template of the text attributions: one relevance value per input token.
 
     :meth:`token_relevance` validates the inputs and calls the subclass's :meth:`_token_relevance`;
@@ -78,8 +77,6 @@ class TextTokenAttribution(Attribution):
 
     #: Whether the map depends on a classifier's ``target``.
     target_sensitive: ClassVar[bool] = False
-    #: Keyword options of :meth:`token_relevance`, with their defaults.
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
         self._adapter: TextModelAdapter = text_adapter_for(model)
@@ -167,13 +164,6 @@ class TextTokenAttribution(Attribution):
 
     def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
         """Refuse options that give no single map per input; none by default."""
-
-    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(self.relevance_options))
-        if unknown:
-            known = ", ".join(self.relevance_options) or "none"
-            raise TypeError(f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}.")
-        return {**self.relevance_options, **options}
 
     @property
     def attention_sites(self) -> list[AttentionSite]:
