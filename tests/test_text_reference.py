@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_redistribution_from_probs
 from text_models import (
     DECODERS,
     FAMILIES,
@@ -143,13 +144,12 @@ def test_layer_rules_set_on_the_attention_module_are_used():
     try:
         ours = TextTokenRelevanceLRP(model, rule="iv").token_relevance(ids)
         layers = eager_attention_and_values(model, ids)
-        from text_models import reference_matrix
-
         start = default_start("llama", torch.ones_like(ids))[0].double()
         r = start
         for layer, (w, v) in reversed(list(enumerate(layers))):
             rule = "ii" if layer == 1 else "iv"
-            r = r @ torch.stack([reference_matrix(w[0, h], v[0, h], rule) for h in range(w.shape[1])]).mean(0)
+            heads = [reference_redistribution_from_probs(w[0, h], v[0, h], rule) for h in range(w.shape[1])]
+            r = r @ torch.stack(heads).mean(0)
         torch.testing.assert_close(ours[0].double(), r, atol=2e-6, rtol=1e-4)
         assert model.model.layers[1].self_attn.rule is get_rule("ii")  # user-set rules are kept
     finally:

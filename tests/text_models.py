@@ -4,11 +4,11 @@ own eager attention (``output_attentions=True``) and value projections."""
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 import transformers
+from reference import reference_redistribution_from_probs
 from torch import nn
 
 DOUBLE = torch.float64
@@ -160,20 +160,6 @@ def eager_attention_and_values(
     return [(outputs.attentions[index].to(DOUBLE), values[index].to(DOUBLE)) for index in range(layers)]
 
 
-def reference_matrix(w: torch.Tensor, v: torch.Tensor, rule: str) -> torch.Tensor:
-    """M_ij of one head on the real tokens only, straight from METHOD.md's table, float64."""
-    n = w.shape[0]
-    v_mean = v.mean(dim=0)
-    a = torch.ones(n, dtype=DOUBLE)
-    if rule in ("ii", "iv"):
-        a = torch.stack([torch.linalg.norm(v[j] - v_mean) for j in range(n)])
-    weight = w.clone()
-    if rule in ("iii", "iv"):
-        weight = torch.linalg.norm(v.unsqueeze(0) - v.unsqueeze(1), dim=-1) * w  # [i, j] = ||v_j - v_i|| w_ij
-    z = (weight + torch.eye(n, dtype=DOUBLE)) * a.unsqueeze(0)
-    return z / z.sum(dim=1, keepdim=True)
-
-
 def reference_text_relevance(layers, token_mask, start, rule, head_fusion="mean"):
     """float64 relevance `(B, N)` (fused mean) or `(B, H, N)` (``head_fusion=None``), computed per sentence on
     its real tokens (padding dropped; it gets 0). ``start`` `(B, N)`."""
@@ -185,7 +171,9 @@ def reference_text_relevance(layers, token_mask, start, rule, head_fusion="mean"
         per_layer = []
         for w, v in layers:
             w_real = w[b][:, real][:, :, real]
-            per_layer.append(torch.stack([reference_matrix(w_real[h], v[b, h][real], rule) for h in range(heads)]))
+            real_values = v[b][:, real]
+            matrices = [reference_redistribution_from_probs(w_real[h], real_values[h], rule) for h in range(heads)]
+            per_layer.append(torch.stack(matrices))
         r_start = start[b, real].to(DOUBLE)
         if head_fusion == "mean":
             r = r_start
@@ -199,10 +187,6 @@ def reference_text_relevance(layers, token_mask, start, rule, head_fusion="mean"
                     r = r @ m[h]
                 out[b, h, real] = r
     return out
-
-
-def softmax_check(probs: torch.Tensor) -> None:
-    assert math.isclose(float(probs.sum(-1).mean()), 1.0, rel_tol=1e-5)
 
 
 def require_family(name: str) -> None:
