@@ -337,3 +337,17 @@ def test_the_default_rule_can_be_reassigned_by_name_and_bad_rules_are_refused_at
     torch.testing.assert_close(lrp.token_relevance(ids), TextTokenRelevanceLRP(model, rule="ii").token_relevance(ids))
     with pytest.raises((TypeError, ValueError), match="rule"):
         lrp.rule = "nonsense"
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_a_bfloat16_model_gives_the_float32_models_relevance_within_bf16_rounding(name):
+    model = build_text_model(name)
+    ids = token_ids(2, 8)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    encoded = {"input_ids": ids, "attention_mask": mask}
+    full = TextTokenRelevanceLRP(model).token_relevance(encoded)
+    half = TextTokenRelevanceLRP(model.to(torch.bfloat16)).token_relevance(encoded)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, atol=1e-2, rtol=0)
+    assert float(half[1, 5:].abs().sum()) == 0.0
