@@ -90,6 +90,24 @@ def reduce_layer(head_chunks: Iterable[Tensor], head_fusion: str | None, is_last
     return fused.div_(num_heads) if how == "mean" else normalize_rows_(fused)
 
 
+def weighted_head_mean(matrices: Tensor, weights: Tensor) -> Tensor:
+    """``M = sum_h alpha_h M_h``: one layer's heads fused by per-sample weights.
+
+    Parameters
+    ----------
+    matrices : Tensor
+        `(batch_size, num_heads, N, N)`, rows summing to 1.
+    weights : Tensor
+        `(batch_size, num_heads)`, non-negative, summing to 1 per sample: the fused rows sum to 1.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size, N, N)`.
+    """
+    return torch.einsum("bh,bhij->bij", weights, matrices)
+
+
 def propagate_chains(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
     """Propagate several start vectors at once from the output tokens down to the input tokens.
 

@@ -12,10 +12,12 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite
-from .._utils.validation import TargetType, format_pixel_inputs
+from .._utils.validation import TargetType, format_pixel_inputs, parse_targets
 from ..rules import TokenRule, get_rule
-from .base import PreparedInputs, TokenAttribution
+from .attention_gradients import AttentionGradient, attention_gradients
+from .base import PreparedInputs, TokenAttribution, evaluation_mode
 from .capture import CAPTURE_MODES, LayerProjections
+from .class_weighting import check_class_sensitive, class_state, head_weights, weights_heads
 from .kernels import builtin_kernel, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
@@ -25,6 +27,7 @@ from .propagation import (
     propagate_by_layer,
     propagate_chains,
     reduce_layer,
+    weighted_head_mean,
 )
 from .workspace import Workspace
 
@@ -240,6 +243,15 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         the layer's output from it (the model's outputs equal its own within float32 rounding;
         on sdpa models this saves one attention per layer). ``"recompute"``: always recompute.
         The relevance is the same in all three within float32 rounding.
+    class_sensitive : {None, "heads", "attention", "attention+heads"}, default None
+        None: the paper's rules, which do not depend on the class (what a label-free model such
+        as DINO gets). Otherwise (classifiers only) ``target`` selects the class whose logit ``S``
+        steers the redistribution through each attention weight's positive contribution
+        ``C_hij = (dS/dA_hij * A_hij)^+``: ``"heads"`` fuses the heads' matrices by their share of
+        ``C`` (``head_fusion="mean"`` only), ``"attention"`` runs the rule on each head's class
+        attention ``A^c_ij = C_ij / sum_j' C_ij'``, ``"attention+heads"`` does both (see
+        :mod:`captum_tokenlrp._core.class_weighting`). Every layer's matrix stays row-stochastic, so
+        relevance stays non-negative and conserved. Costs one forward and one backward pass.
 
     Notes
     -----
@@ -276,8 +288,16 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         max_chunk_elements: int = 2**25,
         tokenizer: Any = None,
         attention_capture: str = "exact",
+        class_sensitive: str | None = None,
     ) -> None:
         super().__init__(model, tokenizer=tokenizer)
+        self.class_sensitive = check_class_sensitive(class_sensitive)
+        if self.class_sensitive is not None and not self._adapter.is_classifier:
+            raise ValueError(
+                f"class_sensitive={class_sensitive!r} explains a class logit, but {type(self.model).__name__} has "
+                "no classification head. Use a classifier (e.g. ViTForImageClassification), or class_sensitive=None: "
+                "the paper's class-agnostic rules, which explain label-free models such as DINO."
+            )
         if attention_capture not in CAPTURE_MODES:
             raise ValueError(
                 f'attention_capture must be one of {CAPTURE_MODES}, got {attention_capture!r}; "fast" computes '
@@ -285,6 +305,11 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             )
         self.attention_capture = attention_capture
         self._configure_rules(rule, max_chunk_elements)
+
+    @property
+    def target_sensitive(self) -> bool:  # type: ignore[override]
+        """Whether ``target`` changes the map beyond the start: True for the class-sensitive modes."""
+        return self.class_sensitive is not None
 
     # -------------------------------------------------------------- relevance
     def token_relevance(
@@ -354,9 +379,76 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         propagation: Callable[[Tensor, Sequence[Tensor], str | None], Tensor] = propagate,
     ) -> _Relevance:
         head_fusion = check_head_fusion(head_fusion)
+        if self.class_sensitive is not None:
+            self._check_class_options(initial_relevance, (head_fusion,))
+            layers = self._class_matrices(prepared, target, [None], [head_fusion])
+            kept = [matrices[0, head_fusion] for matrices in layers]
+            return self._propagated(prepared, None, kept, head_fusion, propagation)
         explicit = self._check_start(prepared, target, initial_relevance)
         kept = self._layer_matrices(prepared, head_fusion)
         return self._propagated(prepared, explicit, kept, head_fusion, propagation)
+
+    # ------------------------------------------------------- class-sensitive
+    def _check_class_options(self, initial_relevance: Tensor | None, head_fusions: Sequence[str | None]) -> None:
+        if initial_relevance is not None:
+            raise ValueError(
+                f"class_sensitive={self.class_sensitive!r} starts where the classifier reads and explains the class "
+                "given as target; initial_relevance is for the class-agnostic rules (class_sensitive=None)."
+            )
+        if weights_heads(self.class_sensitive):
+            other = [mode for mode in head_fusions if mode != "mean"]
+            if other:
+                raise ValueError(
+                    f"class_sensitive={self.class_sensitive!r} fuses the heads by their contribution to the class, so "
+                    f'head_fusion must be "mean", got {other[0]!r}; class_sensitive="attention" keeps every head mode.'
+                )
+
+    def _attention_gradients(self, prepared: PreparedInputs, target: TargetType) -> list[AttentionGradient]:
+        """One forward and one backward pass: every layer's attention, values and ``dS/dA`` for the class logit
+        ``S`` of ``target`` (default: the predicted class, read from the same forward pass)."""
+        pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
+        targets = parse_targets(target, self._adapter, prepared.layout, len(pixel_values))
+        kwargs = {**self._adapter.forward_kwargs(pixel_values), **prepared.kwargs}
+
+        def class_logit() -> Tensor:
+            with self._adapter.explaining():
+                logits = self._adapter.forward_module(pixel_values, *prepared.args, **kwargs).logits
+            chosen = logits.detach().argmax(dim=-1) if targets is None else targets.to(logits.device)
+            return logits.gather(1, chosen[:, None])[:, 0]
+
+        with evaluation_mode(self.model):
+            return attention_gradients(self.attention_sites, class_logit)
+
+    def _class_matrices(
+        self,
+        prepared: PreparedInputs,
+        target: TargetType,
+        defaults: Sequence[TokenRule | None],
+        modes: Sequence[str | None],
+    ) -> list[dict[tuple[int, HeadFusion], Tensor]]:
+        """Per layer, ``{(rule position, head mode): kept matrix}`` of the class-sensitive redistribution."""
+        sites = self.attention_sites
+        layers = self._attention_gradients(prepared, target)
+        last_layer = len(sites) - 1
+        kept = []
+        for site, layer in zip(sites, layers, strict=True):
+            rules_here = [self._rule_for(site, default) for default in defaults]
+            state = class_state(layer, self.class_sensitive)  # shared: rules reuse its norms and distances
+            matrices = {id(rule): redistribution(rule, state) for rule in rules_here}
+            weights = head_weights(layer) if weights_heads(self.class_sensitive) else None
+            is_last = layer.layer_index == last_layer
+            kept.append(
+                {
+                    (position, mode): (
+                        weighted_head_mean(matrices[id(rule)], weights)
+                        if weights is not None
+                        else reduce_layer([matrices[id(rule)]], mode, is_last, site.num_heads)
+                    )
+                    for position, rule in enumerate(rules_here)
+                    for mode in modes
+                }
+            )
+        return kept
 
     def _propagated(
         self,
@@ -407,8 +499,12 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         """
         names, defaults, modes = self._rule_set(rules, head_fusions)
         prepared = self._prepare(inputs, additional_forward_args)
-        explicit = self._check_start(prepared, target, initial_relevance)
-        kept = self._record(prepared, self.attention_sites, self._rule_set_matrices(defaults, modes))
+        if self.class_sensitive is not None:
+            self._check_class_options(initial_relevance, modes)
+            explicit, kept = None, self._class_matrices(prepared, target, defaults, modes)
+        else:
+            explicit = self._check_start(prepared, target, initial_relevance)
+            kept = self._record(prepared, self.attention_sites, self._rule_set_matrices(defaults, modes))
         start = self._start(prepared, explicit)
         return self._rule_set_relevance(
             names, modes, kept, start, lambda relevance, layers: self._check_finite(relevance, layers, prepared)
@@ -442,6 +538,11 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             fused modes, `(batch_size, num_heads, num_tokens, num_tokens)` per head; rows sum to 1.
         """
         head_fusion = check_head_fusion(head_fusion)
+        if self.class_sensitive is not None:
+            raise ValueError(
+                "all_token_relevance explains every output token with the class-agnostic rules; with "
+                f"class_sensitive={self.class_sensitive!r} use token_relevance(inputs, target=class)."
+            )
         prepared = self._prepare(inputs, additional_forward_args)
         kept = self._layer_matrices(prepared, head_fusion)
         batch, tokens = len(prepared.pixel_values), prepared.layout.num_tokens

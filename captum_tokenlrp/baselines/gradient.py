@@ -35,8 +35,8 @@ from captum.attr import IntegratedGradients, LayerGradCam
 from torch import Tensor, nn
 
 from .._adapters import TokenLayout, adapter_for
+from .._core.attention_gradients import attention_gradients
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
-from .._core.capture import LayerProjections, record_layers
 from .._core.geometry import grid_to_tokens, patch_sums, tokens_to_grid
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, TextPrompts, parse_targets, parse_text_target
@@ -233,35 +233,16 @@ class GenericAttentionExplainability(_GradientAttribution):
     def _token_relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
         explained = self._explained(prepared, target)
         targets = self._targets(explained, prepared, target)
-        sites = self.attention_sites
-        contexts: list[Tensor] = []
-
-        def keep_context(_module: nn.Module, args: tuple) -> None:
-            contexts.append(args[0])
-
-        def keep_attention(layer: LayerProjections) -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                state = layer.state()
-            return state.attention, state.values
-
-        handles = [site.output.register_forward_pre_hook(keep_context) for site in sites]
         pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
-        try:
-            # "recompute": the gradient must flow through the model's own attention kernel.
-            recording = record_layers(sites, keep_attention, capture="recompute")
-            with evaluation_mode(self.model), torch.enable_grad(), recording as layers:
-                scalar = self._scalar(explained(pixel_values), targets)
-                gradients = torch.autograd.grad(scalar.sum(), contexts)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with evaluation_mode(self.model):
+            layers = attention_gradients(
+                self.attention_sites, lambda: self._scalar(explained(pixel_values), targets)
+            )
         batch, tokens = pixel_values.shape[0], prepared.layout.num_tokens
         joint = torch.eye(tokens, device=pixel_values.device).expand(batch, tokens, tokens).clone()
         weighted = []
-        for site, (attention, values), gradient in zip(sites, layers, gradients, strict=True):
-            context_gradient = gradient.reshape(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2).float()
-            attention_gradient = context_gradient @ values.transpose(-1, -2)
-            weighted.append((attention_gradient * attention).clamp_min(0).mean(dim=1))
+        for layer in layers:
+            weighted.append(layer.positive_contribution.mean(dim=1))
             joint = joint + weighted[-1] @ joint
         # The explained token(s): CLS, or where the classifier reads (e.g. DeiT's two tokens).
         start = self._start(prepared, None)  # where the model's output is read
