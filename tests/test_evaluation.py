@@ -12,6 +12,7 @@ from conftest import vit_layers
 from captum_tokenlrp import TokenRelevanceLRP
 from captum_tokenlrp.evaluation import (
     cascade_stages,
+    class_localisation_scores,
     gaussian_blur,
     localisation_scores,
     mean_confidence_interval,
@@ -347,3 +348,47 @@ def test_random_relevance_is_a_per_image_control(tiny_classifier, tiny_images):
     torch.testing.assert_close(pixels.sum(dim=(1, 2, 3)), batch.sum(dim=1))
     with pytest.raises(TypeError, match="seed"):
         RandomRelevance(tiny_classifier, seed="0")
+
+
+def test_class_localisation_scores_known_values():
+    # Two images, three objects (object 2 absent from image 0) on a 4 x 4 map.
+    masks = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    masks[:, 0, 0, :2] = True
+    masks[:, 1, 3, 2:] = True
+    masks[1, 2, 1, 3] = True
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 0, 0], maps[0, 3, 3] = 3.0, 1.0  # image 0: 3 on object 0, 1 on object 1
+    maps[1, 1, 3], maps[1, 0, 1], maps[1, 2, 2] = 2.0, 2.0, -5.0  # image 1: a tie between objects 2 and 0
+    scores = class_localisation_scores(maps, masks, torch.tensor([0, 2]))
+    torch.testing.assert_close(scores["mass"], torch.tensor([0.75, 0.5]))
+    torch.testing.assert_close(scores["pointing"], torch.tensor([1.0, 0.5]))  # image 1: two tied maxima
+    torch.testing.assert_close(scores["sensitivity"], torch.tensor([1.0, 0.0]))  # a tie is not "more"
+    other = class_localisation_scores(maps, masks, torch.tensor([1, 0]))
+    torch.testing.assert_close(other["mass"], torch.tensor([0.25, 0.5]))
+    torch.testing.assert_close(other["sensitivity"], torch.tensor([0.0, 0.0]))
+    # A map without relevance on any object scores the target's share of the objects' area.
+    empty = class_localisation_scores(torch.zeros(2, 4, 4), masks, torch.tensor([1, 2]))
+    torch.testing.assert_close(empty["mass"], torch.tensor([0.5, 0.2]))
+    with pytest.raises(ValueError, match="empty mask"):
+        class_localisation_scores(maps, masks, torch.tensor([2, 0]))
+    with pytest.raises(ValueError, match="num_objects"):
+        class_localisation_scores(maps, masks[:, 0], torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="one object index"):
+        class_localisation_scores(maps, masks, torch.tensor([0, 3]))
+
+
+def test_multi_label_classifiers_follow_the_sigmoid_probability(tiny_images):
+    from conftest import seeded, tiny_config
+    from transformers import ViTForImageClassification
+
+    model = seeded(
+        lambda: ViTForImageClassification(tiny_config(num_labels=4, problem_type="multi_label_classification")),
+        trained_norms=True,
+    )
+    grid = torch.rand(len(tiny_images), 4, 4, generator=torch.Generator().manual_seed(0))
+    curves = perturbation_curves(model, tiny_images, grid, target=2)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(tiny_images).logits[:, 2])
+    torch.testing.assert_close(curves.morf[:, 0], expected)
+    softmax = perturbation_curves(model, tiny_images, grid, target=2, score="probability")
+    torch.testing.assert_close(softmax.morf[:, 0], torch.softmax(model(tiny_images).logits.detach(), -1)[:, 2])

@@ -15,7 +15,13 @@ from torch import Tensor
 
 from .._adapters import TokenLayout
 from .._core.geometry import patch_grid
-from .localisation import localisation_scores, mean_threshold_iou, pointing_game, relevance_mass
+from .localisation import (
+    class_localisation_scores,
+    localisation_scores,
+    mean_threshold_iou,
+    pointing_game,
+    relevance_mass,
+)
 from .perturbation import PerturbationCurves, gaussian_blur, perturbation_curves
 from .randomization import RandomizationResult, cascade_stages, parameter_randomization_test, spearman
 
@@ -23,6 +29,7 @@ __all__ = [
     "PerturbationCurves",
     "RandomizationResult",
     "cascade_stages",
+    "class_localisation_scores",
     "gaussian_blur",
     "localisation_scores",
     "mean_confidence_interval",

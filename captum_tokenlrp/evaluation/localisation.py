@@ -123,3 +123,70 @@ def localisation_scores(
         for name, metric in metrics.items():
             scores[f"{name}_pixel"] = metric(attributions, masks, **options)
     return scores
+
+
+def class_localisation_scores(
+    attributions: Tensor | tuple[Tensor],
+    object_masks: Tensor,
+    target: Tensor,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    sign: Sign = "positive",
+    object_share: float = 0.5,
+) -> dict[str, Tensor]:
+    """Scores of a map that explains one of several objects in each image (a class of a multi-label model).
+
+    Parameters
+    ----------
+    attributions : Tensor or 1-tuple of Tensor
+        The map explaining object ``target``, as for :func:`relevance_mass`.
+    object_masks : Tensor
+        bool `(batch_size, num_objects, height, width)`: one mask per object (or per class, empty
+        where the class is absent). Objects with an empty mask (at the scored resolution) are absent.
+    target : Tensor
+        `(batch_size,)` int: which object of ``object_masks`` the map explains; it must be present.
+
+    Returns
+    -------
+    dict of str to Tensor
+        `(batch_size,)` each:
+
+        - ``"mass"``: relevance on the target object over the relevance on all present objects
+          (``1 / num_objects``-like for a map that does not tell them apart); the target's share of
+          their area when no object holds relevance;
+        - ``"pointing"``: :func:`pointing_game` against the target object's mask;
+        - ``"sensitivity"``: 1 when the target object holds strictly more relevance than every other
+          present object, else 0 (a class-agnostic map scores 1 for one object per image).
+    """
+    if not isinstance(object_masks, Tensor) or object_masks.dim() != 4:
+        raise ValueError(
+            "object_masks must be a (batch_size, num_objects, height, width) tensor, got "
+            f"{tuple(object_masks.shape) if isinstance(object_masks, Tensor) else type(object_masks).__name__}."
+        )
+    target = torch.as_tensor(target).long().reshape(-1)
+    batch, num_objects = object_masks.shape[:2]
+    if target.shape != (batch,) or ((target < 0) | (target >= num_objects)).any():
+        raise ValueError(
+            f"target must hold one object index in [0, {num_objects}) per image ({batch}), got {target.tolist()}."
+        )
+    options = {"patch_size": patch_size, "sign": sign, "object_share": object_share}
+    on_object, areas = [], []
+    for index in range(num_objects):
+        maps, inside = aligned(attributions, object_masks[:, index], **options)
+        on_object.append((maps * inside).sum(dim=(1, 2)))
+        areas.append(inside.float().sum(dim=(1, 2)))
+    on_object, areas = torch.stack(on_object, dim=1), torch.stack(areas, dim=1)  # (batch, num_objects)
+    present = areas > 0
+    rows = torch.arange(batch)
+    if not present[rows, target].all():
+        missing = (~present[rows, target]).nonzero().flatten().tolist()
+        raise ValueError(f"The target object of image(s) {missing} has an empty mask at the scored resolution.")
+    mine = on_object[rows, target]
+    total = (on_object * present).sum(dim=1)
+    area_share = areas[rows, target] / areas.sum(dim=1)
+    mass = torch.where(total > 0, mine / torch.where(total > 0, total, 1.0), area_share)
+    others = on_object.masked_fill(~present, float("-inf"))
+    others[rows, target] = float("-inf")
+    sensitivity = (mine > others.amax(dim=1)).float()
+    target_masks = object_masks[rows, target]
+    return {"mass": mass, "pointing": pointing_game(attributions, target_masks, **options), "sensitivity": sensitivity}

@@ -27,7 +27,7 @@ from .._core.geometry import block_sums, crop_to_grid
 from ._maps import Sign, apply_sign, attribution_map
 
 Baseline = Literal["mean", "blur"]
-Score = Literal["probability", "cosine"]
+Score = Literal["probability", "sigmoid", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -115,25 +115,30 @@ class _TargetScore:
         self.model, self.forward_kwargs = model, forward_kwargs
         if score is None:
             try:
-                score = "probability" if adapter_for(model).is_classifier else "cosine"
+                adapter = adapter_for(model)
             except TypeError:
                 score = "probability"  # any other forward function: its output is taken as logits
-        if score not in ("probability", "cosine"):
-            raise ValueError(f"score must be 'probability', 'cosine' or None (chosen from the model), got {score!r}.")
+            else:
+                multi_label = getattr(adapter.model.config, "problem_type", None) == "multi_label_classification"
+                score = ("sigmoid" if multi_label else "probability") if adapter.is_classifier else "cosine"
+        if score not in ("probability", "sigmoid", "cosine"):
+            raise ValueError(
+                f"score must be 'probability', 'sigmoid', 'cosine' or None (chosen from the model), got {score!r}."
+            )
         self.score = score
 
     def outputs(self, pixel_values: Tensor) -> Tensor:
         output = self.model(pixel_values, **self.forward_kwargs)
-        if self.score == "probability":
-            logits = output.logits if hasattr(output, "logits") else output
-            return torch.softmax(logits.float(), dim=-1)
+        if self.score in ("probability", "sigmoid"):
+            logits = (output.logits if hasattr(output, "logits") else output).float()
+            return torch.softmax(logits, dim=-1) if self.score == "probability" else torch.sigmoid(logits)
         tokens = output.last_hidden_state if hasattr(output, "last_hidden_state") else output
         if isinstance(tokens, tuple):
             tokens = tokens[0]
         return (tokens[:, 0] if tokens.dim() == 3 else tokens).float()
 
     def against(self, outputs: Tensor, reference: Tensor, target: Tensor | None) -> Tensor:
-        if self.score == "probability":
+        if self.score != "cosine":
             return outputs.gather(1, target[:, None])[:, 0]
         return F.cosine_similarity(outputs, reference, dim=-1)
 
@@ -191,10 +196,11 @@ def perturbation_curves(
     baseline : "mean", "blur" or Tensor, default "mean"
         What replaces a removed patch: each image's mean colour, the image blurred with a
         Gaussian of standard deviation half a patch, or a tensor broadcastable to ``inputs``.
-    score : "probability", "cosine" or None
-        Softmax probability of ``target`` (classifiers), or cosine similarity of the CLS
-        embedding to the unperturbed image's (label-free models such as DINO). Default: chosen
-        from the model.
+    score : "probability", "sigmoid", "cosine" or None
+        Softmax probability of ``target`` (classifiers), its sigmoid probability (multi-label
+        classifiers, ``config.problem_type == "multi_label_classification"``), or cosine similarity
+        of the CLS embedding to the unperturbed image's (label-free models such as DINO). Default:
+        chosen from the model.
     sign : "signed", "positive" or "absolute", default "signed"
         How the ranking reads the map: most relevant = largest value (signed), or largest magnitude.
     seed : int
