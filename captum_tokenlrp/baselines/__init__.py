@@ -5,6 +5,7 @@
 - :class:`GenericAttentionExplainability`: Chefer et al. 2021.
 - :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
   explained scalar of :class:`ExplainedForward`.
+- :class:`TokenTM`: Wu et al. 2024, attention weighted by how each block transforms its tokens.
 - :class:`RandomRelevance`: a random map, the control for evaluations.
 
 Text Transformers (:mod:`.text`): :class:`TextRawAttention`, :class:`TextAttentionRollout`,
@@ -26,6 +27,7 @@ from .text import (
     TextLayerIntegratedGradients,
     TextRawAttention,
 )
+from .tokentm import TokenTM
 
 __all__ = [
     "AttentionRollout",
@@ -39,6 +41,7 @@ __all__ = [
     "TextRawAttention",
     "TokenGradCAM",
     "TokenIntegratedGradients",
+    "TokenTM",
     "mass_threshold_mask",
     "patch_sums",
 ]
