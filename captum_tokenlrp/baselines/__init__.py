@@ -5,6 +5,8 @@
 - :class:`GenericAttentionExplainability`: Chefer et al. 2021.
 - :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
   explained scalar of :class:`ExplainedForward`.
+- :class:`TransformerAttribution`: Chefer, Gur & Wolf 2021 (CVPR): LRP relevance x gradient of the
+  attention, rolled out.
 - :class:`TokenTM`: Wu et al. 2024, attention weighted by how each block transforms its tokens.
 - :class:`RandomRelevance`: a random map, the control for evaluations.
 
@@ -28,6 +30,7 @@ from .text import (
     TextRawAttention,
 )
 from .tokentm import TokenTM
+from .transformer_attribution import TransformerAttribution
 
 __all__ = [
     "AttentionRollout",
@@ -42,6 +45,7 @@ __all__ = [
     "TokenGradCAM",
     "TokenIntegratedGradients",
     "TokenTM",
+    "TransformerAttribution",
     "mass_threshold_mask",
     "patch_sums",
 ]
