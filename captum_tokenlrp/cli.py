@@ -53,6 +53,7 @@ from ._utils.loaded import (
     prediction_arrays,
     preprocess,
     prompt_explainer,
+    target_class,
 )
 from .images import load_image
 from .models import bundled_sample_image
@@ -128,6 +129,8 @@ def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[
         "rules": list(rules),
         "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
         "target_token": args.target_token,
+        "class_sensitive": getattr(args, "class_sensitive", None),
+        "target_class": getattr(args, "target_class", None),
         "dtype": args.dtype,
         "interpolate_pos_encoding": bool(args.interpolate_pos_encoding),
         "prompts": getattr(args, "prompts", None),
@@ -181,10 +184,12 @@ def relevance_by_rule(
     head_fusions: Sequence[str | None],
     target_token: int | None,
     forward_args: dict | None,
+    target: int | None = None,
 ) -> tuple[dict[str, dict[str | None, np.ndarray]], TokenLayout]:
-    """Token relevance of every rule and head mode from one forward pass, as numpy."""
+    """Token relevance of every rule and head mode from one forward pass (and one backward pass for the
+    class-sensitive modes, which explain class ``target``, default the predicted one), as numpy."""
     layout = lrp.token_layout(pixel_values, forward_args)
-    options = {}
+    options = {} if target is None else {"target": target}
     if target_token is not None:
         if not 0 <= target_token < layout.num_tokens:
             raise CliError(f"--target-token {target_token} is out of range: the model has {layout.num_tokens} tokens.")
@@ -202,6 +207,22 @@ def relevance_by_rule(
 
 
 # ------------------------------------------------------------------ explain
+def class_sensitive_lrp(loaded: LoadedModel, rule: str, args: argparse.Namespace) -> TokenRelevanceLRP:
+    """``TokenRelevanceLRP`` for ``explain``: the paper's rules, or ``--class-sensitive`` ones (classifiers)."""
+    if args.class_sensitive is None:
+        if args.target_class is not None:
+            raise CliError("--target-class needs --class-sensitive: the paper's rules do not depend on the class.")
+        return TokenRelevanceLRP(loaded.model, rule=rule)
+    if args.target_token is not None:
+        raise CliError("--class-sensitive starts where the classifier reads; it does not take --target-token.")
+    if args.class_sensitive != "attention" and args.head_fusion != "mean":
+        raise CliError(f"--class-sensitive {args.class_sensitive} fuses the heads itself: use --head-fusion mean.")
+    try:
+        return TokenRelevanceLRP(loaded.model, rule=rule, class_sensitive=args.class_sensitive)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
 def output_stems(paths: Sequence[Path]) -> list[str]:
     """Output names for the images given to ``explain``: the stem where it is unique, else the file name."""
     stems = [path.stem for path in paths]
@@ -231,23 +252,33 @@ def explain(args: argparse.Namespace) -> int:
     else:
         named = [("sample", bundled_sample_image())]
     out = Path(args.out)
-    lrp = TokenRelevanceLRP(loaded.model, rule=rules[0])
+    lrp = class_sensitive_lrp(loaded, rules[0], args)
+    target = target_class(loaded.model, args.target_class)
     manifest_text = manifest_json(run_manifest(loaded, args, rules))
-    modes = list(dict.fromkeys([args.head_fusion, None]))
+    # The "heads" modes fuse the heads by their contribution: no per-head maps.
+    per_head_maps = args.class_sensitive not in ("heads", "attention+heads")
+    modes = list(dict.fromkeys([args.head_fusion, None] if per_head_maps else [args.head_fusion]))
+    mode = "" if args.class_sensitive is None else f" - class-sensitive ({args.class_sensitive})"
+    if target is not None:
+        mode += f", class {loaded.model.config.id2label[target]}"
     prompts = prompt_explainer(loaded, args.prompts)
     for stem, image in named:
         pixel_values = preprocess(loaded.processor, [image]).to(args.device, DTYPES[args.dtype])
         with keep_logits(loaded.model) as logits:
-            relevance, layout = relevance_by_rule(lrp, pixel_values, rules, modes, args.target_token, forward_args)
+            relevance, layout = relevance_by_rule(
+                lrp, pixel_values, rules, modes, args.target_token, forward_args, target
+            )
         fused, per_head, arrays = {}, {}, {}
         for rule in rules:
-            fused_rel, head_rel = relevance[rule][args.head_fusion][0], relevance[rule][None][0]
+            fused_rel = relevance[rule][args.head_fusion][0]
             if fused_rel.ndim == 2:  # a per-head --head-fusion: show its mean as the fused column
                 fused_rel = fused_rel.mean(axis=0)
             fused[f"rule ({rule})"] = patch_grid(torch.from_numpy(fused_rel), layout)
-            per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel), layout)
             arrays[f"rule_{rule}_fused"] = fused_rel
-            arrays[f"rule_{rule}_per_head"] = head_rel
+            if per_head_maps:
+                head_rel = relevance[rule][None][0]
+                per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel), layout)
+                arrays[f"rule_{rule}_per_head"] = head_rel
         predicted = None
         if logits:
             _, name, probability = prediction(loaded.model, logits[-1][0])
@@ -256,8 +287,8 @@ def explain(args: argparse.Namespace) -> int:
         figure = plot_rule_grid(
             pixel_values[0].float().cpu(),
             fused,
-            per_head,
-            title=f"{stem} - {loaded.name}",
+            per_head or None,
+            title=f"{stem} - {loaded.name}{mode}",
             prediction=predicted,
             scale=args.scale,
             processor=loaded.processor,
@@ -803,6 +834,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image-text models (CLIP, SigLIP): also explain the similarity to each prompt with GAE, "
         "one overlay per prompt in OUT/<image>.prompts.png",
+    )
+    one.add_argument(
+        "--class-sensitive",
+        default=None,
+        choices=["heads", "attention", "attention+heads"],
+        help="classifiers: let the explained class steer the redistribution (one forward and one backward pass; "
+        "see the method page); 'heads' modes give no per-head maps",
+    )
+    one.add_argument(
+        "--target-class",
+        default=None,
+        metavar="CLASS",
+        help="with --class-sensitive: the class to explain, an index or a label name (default: the predicted one)",
     )
     one.add_argument(
         "--scale",

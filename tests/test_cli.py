@@ -368,3 +368,61 @@ def test_a_16_bit_image_is_explained_like_its_8_bit_twin(tmp_path, tiny_checkpoi
     np.testing.assert_array_equal(
         np.load(tmp_path / "out16" / "x.png.npz")["relevance"], np.load(tmp_path / "out8" / "x.png.npz")["relevance"]
     )
+
+
+def test_explain_class_sensitive_maps_follow_the_target_class(tmp_path, capsys):
+    from captum_tokenlrp.cli import preprocess
+
+    model = seeded(
+        lambda: ViTForImageClassification(tiny_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})),
+        trained_norms=True,
+    )
+    checkpoint = save_checkpoint(tmp_path / "clf", model, 32)
+    image = write_images(tmp_path / "in", 1, size=32)[0]
+    pixel_values = preprocess(ViTImageProcessor.from_pretrained(checkpoint), [Image.open(image).convert("RGB")])
+    saved = {}
+    for target in ("a", "2"):
+        out = tmp_path / f"out-{target}"
+        arguments = ["explain", str(image), "--model", str(checkpoint), "--out", str(out), "--rules", "i", "iv"]
+        assert main([*arguments, "--class-sensitive", "attention", "--target-class", target]) == 0
+        saved[target] = np.load(out / f"{image.stem}.npz")
+        manifest = json.loads(str(saved[target]["manifest"]))
+        assert manifest["class_sensitive"] == "attention" and manifest["target_class"] == target
+    for target, index in (("a", 0), ("2", 2)):
+        expected = TokenRelevanceLRP(model, rule="iv", class_sensitive="attention").token_relevance(
+            pixel_values, target=index
+        )
+        np.testing.assert_allclose(saved[target]["rule_iv_fused"], expected[0].numpy(), atol=1e-6)
+        assert saved[target]["rule_i_per_head"].shape == (4, 17)
+    assert np.abs(saved["a"]["rule_iv_fused"] - saved["2"]["rule_iv_fused"]).max() > 1e-4
+    # The "heads" modes fuse the heads themselves: a fused map only.
+    out = tmp_path / "out-heads"
+    arguments = ["explain", str(image), "--model", str(checkpoint), "--out", str(out), "--rules", "ii"]
+    assert main([*arguments, "--class-sensitive", "attention+heads"]) == 0
+    assert "rule_ii_per_head" not in np.load(out / f"{image.stem}.npz")
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target-class", "1"], "--target-class needs --class-sensitive"),
+        (["--class-sensitive", "attention", "--target-class", "z"], "is not a class of the model"),
+        (["--class-sensitive", "attention", "--target-class", "7"], "out of range"),
+        (["--class-sensitive", "heads", "--head-fusion", "none"], "use --head-fusion mean"),
+        (["--class-sensitive", "attention", "--target-token", "3"], "does not take --target-token"),
+    ],
+)
+def test_explain_class_sensitive_errors(tmp_path, capsys, extra, message):
+    model = seeded(lambda: ViTForImageClassification(tiny_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})))
+    checkpoint = save_checkpoint(tmp_path / "clf", model, 32)
+    image = write_images(tmp_path / "in", 1, size=32)[0]
+    assert main(["explain", str(image), "--model", str(checkpoint), "--out", str(tmp_path / "o"), *extra]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_explain_class_sensitive_needs_a_classifier(tmp_path, tiny_checkpoint, capsys):
+    image = write_images(tmp_path / "in", 1, size=32)[0]
+    arguments = ["explain", str(image), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    assert main([*arguments, "--class-sensitive", "attention"]) != 0
+    assert "no classification head" in capsys.readouterr().err

@@ -126,8 +126,10 @@ def class_name(model: torch.nn.Module, index: int) -> str:
 
 
 def prediction(model: torch.nn.Module, logits: torch.Tensor) -> tuple[int, str, float]:
-    """A classifier's predicted class for one image's logits `(num_labels,)`: index, name, probability."""
-    probabilities = logits.float().softmax(dim=-1)
+    """A classifier's predicted class for one image's logits `(num_labels,)`: index, name, probability
+    (softmax, or sigmoid for a multi-label classifier)."""
+    multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    probabilities = logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
     best = int(probabilities.argmax())
     return best, class_name(model, best), float(probabilities[best])
 
@@ -367,3 +369,18 @@ def encode_texts(loaded: LoadedTextModel, texts: Sequence[str]) -> tuple[dict[st
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     truncated = [limit is not None and length > limit for length in full]
     return inputs, truncated
+
+
+def target_class(model: torch.nn.Module, given: str | None) -> int | None:
+    """``--target-class``: a class index or a label name of the classifier's ``id2label``; None stays None."""
+    if given is None:
+        return None
+    labels = {str(name): int(index) for index, name in getattr(model.config, "id2label", {}).items()}
+    if given.lstrip("-").isdigit():
+        index = int(given)
+        if not 0 <= index < len(labels):
+            raise CliError(f"--target-class {index} is out of range: the classifier has {len(labels)} classes.")
+        return index
+    if given not in labels:
+        raise CliError(f"--target-class {given!r} is not a class of the model; its classes are: {', '.join(labels)}.")
+    return labels[given]
