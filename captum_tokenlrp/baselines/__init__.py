@@ -5,6 +5,7 @@
 - :class:`GenericAttentionExplainability`: Chefer et al. 2021.
 - :class:`TokenIntegratedGradients`, :class:`TokenGradCAM`: Captum's methods on the
   explained scalar of :class:`ExplainedForward`.
+- :class:`AttnLRP`: Achtibat et al. 2024 (ICML), LRP rules for attention as lxt computes them.
 - :class:`TransformerAttribution`: Chefer, Gur & Wolf 2021 (CVPR): LRP relevance x gradient of the
   attention, rolled out.
 - :class:`TokenTM`: Wu et al. 2024, attention weighted by how each block transforms its tokens.
@@ -15,6 +16,7 @@ Text Transformers (:mod:`.text`): :class:`TextRawAttention`, :class:`TextAttenti
 """
 
 from .attention import AttentionRollout, RawAttention, mass_threshold_mask
+from .attnlrp import AttnLRP
 from .control import RandomRelevance
 from .gradient import (
     ExplainedForward,
@@ -34,6 +36,7 @@ from .transformer_attribution import TransformerAttribution
 
 __all__ = [
     "AttentionRollout",
+    "AttnLRP",
     "ExplainedForward",
     "GenericAttentionExplainability",
     "RandomRelevance",
