@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import ViTForImageClassification
 
 from captum_tokenlrp import TokenRelevanceLRP
 from captum_tokenlrp.baselines import (
@@ -35,11 +36,14 @@ from captum_tokenlrp.baselines import (
     TokenGradCAM,
     TokenIntegratedGradients,
 )
-from captum_tokenlrp.models import random_dino_model
+from captum_tokenlrp.models import dino_config, random_dino_model
 
 HERE = Path(__file__).resolve().parent
 #: The attention capture of the token-relevance rows: each layer's attention computed once, in float32.
 CAPTURE = "fast"
+#: The class-sensitive variant timed against GAE on a classifier of the same architecture (issue 16):
+#: the best variant of benchmarks/RESULTS.md.
+CLASS_VARIANT = ("ii", "attention")
 
 
 # ------------------------------------------------------------------ memory
@@ -155,6 +159,22 @@ def _all_cases(name: str, batch: int, size: int, layers: int | None, with_ig: bo
     cases["rollout"] = lambda: AttentionRollout(model).token_relevance(pixels, additional_forward_args=extra)
     cases["GAE"] = lambda: GenericAttentionExplainability(model).token_relevance(pixels, additional_forward_args=extra)
     cases["GradCAM"] = lambda: TokenGradCAM(model).token_relevance(pixels, additional_forward_args=extra)
+    # Class-sensitive maps need a classifier: the same architecture with a 1000-class head (its cost is
+    # negligible next to the blocks), against GAE on that classifier and its own forward.
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        classifier = ViTForImageClassification(dino_config(name, num_labels=1000, **overrides)).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    rule, mode = CLASS_VARIANT
+    class_lrp = TokenRelevanceLRP(classifier, rule=rule, class_sensitive=mode)
+    cases[f"classifier: rule ({rule}), class {mode}"] = lambda: class_lrp.token_relevance(
+        pixels, additional_forward_args=extra
+    )
+    cases["classifier: GAE"] = lambda: GenericAttentionExplainability(classifier).token_relevance(
+        pixels, additional_forward_args=extra
+    )
     slow: set[str] = set()
     if with_ig:
         ig = TokenIntegratedGradients(model, n_steps=50, internal_batch_size=50)
@@ -383,8 +403,20 @@ def format_targets(configs: dict[str, list[Result]], long_rows: list[tuple], rat
                 (f"{peak / 1000:.1f} GB, {seconds:.1f} s", peak / 1000),
                 16.0,
             )
+    class_case = f"classifier: rule ({CLASS_VARIANT[0]}), class {CLASS_VARIANT[1]}"
+    for title in (s16, s8):
+        if class_case in {r.name: r for r in configs.get(title, [])}:
+            found = {r.name: r for r in configs[title]}
+            share = found[class_case].seconds / found["classifier: GAE"].seconds
+            add(
+                f"issue 16: {class_case.removeprefix('classifier: ')} vs GAE ({title.split(' architecture')[0]}, b8)",
+                "new",
+                "≤ GAE's cost",
+                (f"{found[class_case].ratio:.2f}× forward = {share:.2f}× GAE", share),
+                1.0,
+            )
     lines = [
-        "## Targets (issue 15)",
+        "## Targets (issues 15 and 16)",
         "",
         "| case | before (0.2 SPEED.md) | measured now | target | met |",
         "|---|---|---|---|---|",
