@@ -18,10 +18,12 @@ from ._adapters import adapter_class_for_model_type, supported_model_classes, su
 
 __all__ = [
     "BUNDLED_MODEL_DIR",
+    "BUNDLED_MULTILABEL_DIR",
     "DINO_ARCHITECTURES",
     "bundled_sample_image",
     "dino_config",
     "load_bundled_model",
+    "load_bundled_multilabel_model",
     "load_model",
     "load_vit",
     "random_dino_model",
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: The small ViT trained on the synthetic shapes data that ships with the package.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
+#: The multi-label ViT trained on the synthetic multi-object scenes (one sigmoid per class).
+BUNDLED_MULTILABEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-multilabel-vit"
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "bundled" / "sample.png"
 #: ``(stream seed, index)`` of the bundled sample in :func:`captum_tokenlrp.data.generate_shapes`
 #: (a star; stream 2 is never used for training), so its object mask can be regenerated. It is
@@ -191,6 +195,23 @@ def load_bundled_model(**kwargs: object):
             "retrain it with scripts/train_bundled.py."
         )
     return ViTForImageClassification.from_pretrained(BUNDLED_MODEL_DIR, **kwargs).eval()
+
+
+def load_bundled_multilabel_model(**kwargs: object):
+    """The bundled multi-label ``ViTForImageClassification`` (6 sigmoid outputs, 96 px, patch 8, 6 heads), offline.
+
+    Trained by ``scripts/train_multilabel.py`` on :func:`captum_tokenlrp.data.generate_scenes`; its
+    record (command, init, seeds, held-out mAP, time) is ``training.json`` beside the weights.
+    ``kwargs`` go to ``from_pretrained``.
+    """
+    from transformers import ViTForImageClassification
+
+    if not (BUNDLED_MULTILABEL_DIR / "config.json").exists():
+        raise FileNotFoundError(
+            f"The bundled multi-label model is missing from {BUNDLED_MULTILABEL_DIR}; reinstall the package or "
+            "retrain it with scripts/train_multilabel.py."
+        )
+    return ViTForImageClassification.from_pretrained(BUNDLED_MULTILABEL_DIR, **kwargs).eval()
 
 
 def bundled_sample_image():

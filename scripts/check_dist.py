@@ -37,6 +37,10 @@ REQUIRED_PACKAGE_FILES = [
     "bundled/shapes-vit/config.json",
     "bundled/shapes-vit/preprocessor_config.json",
     "bundled/shapes-vit/training.json",
+    "bundled/shapes-multilabel-vit/model.safetensors",
+    "bundled/shapes-multilabel-vit/config.json",
+    "bundled/shapes-multilabel-vit/preprocessor_config.json",
+    "bundled/shapes-multilabel-vit/training.json",
     "bundled/sample.png",
 ]
 # Path components that must never reach a distribution.

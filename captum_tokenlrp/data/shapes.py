@@ -41,11 +41,14 @@ def _object_mask(label: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.
     return rho <= radius * (0.55 + 0.45 * np.cos(5 * theta))
 
 
-def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> tuple[np.ndarray, np.ndarray]:
-    # Every random draw happens whatever ``clutter`` is, so the object (shape, size,
-    # place, colour offset) of sample ``index`` does not depend on it.
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    # Background: a gradient between two random colours in a random direction ...
+def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, clutter: float) -> np.ndarray:
+    """The cluttered background, float64 `(size, size, 3)` (not yet clipped to [0, 1]).
+
+    ``xs``, ``ys`` are the pixel grid, `(size, size)`. Every random draw happens whatever
+    ``clutter`` is, so what is drawn after the background does not depend on it.
+    """
+    size = xs.shape[0]
+    # A gradient between two random colours in a random direction ...
     angle = rng.uniform(0, 2 * np.pi)
     ramp = ((xs * np.cos(angle) + ys * np.sin(angle)) / size + 1) / 2
     low, high = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
@@ -66,14 +69,21 @@ def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> 
         blob_colour = rng.uniform(0, 1, 3)
         if blob_index < round(blobs * clutter):
             image[blob] = blob_colour
-    # The object, in a colour that stands out from the background under it.
-    radius = rng.uniform(0.2, 0.32) * size
-    cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
-    rotation = rng.uniform(0, 2 * np.pi)
+    return image
+
+
+def _placed_mask(
+    label: int, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, radius: float, rotation: float
+) -> np.ndarray:
+    """Pixels of shape ``label`` centred at ``(cx, cy)``, turned by ``rotation``: bool `(size, size)`."""
     du, dv = xs - cx, cy - ys
     u = du * np.cos(rotation) + dv * np.sin(rotation)
     v = -du * np.sin(rotation) + dv * np.cos(rotation)
-    mask = _object_mask(label, u, v, radius)
+    return _object_mask(label, u, v, radius)
+
+
+def _paint_contrasting(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+    """Paint ``mask`` of ``image`` (in place) in one colour that stands out from what is under it."""
     under = image[mask].mean(axis=0) if mask.any() else image.mean(axis=(0, 1))
     direction = rng.normal(size=3)
     step = rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction)
@@ -82,8 +92,25 @@ def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> 
     candidates = np.clip(under + step, 0, 1), np.clip(under - step, 0, 1)
     colour = max(candidates, key=lambda candidate: float(np.linalg.norm(candidate - under)))
     image[mask] = colour
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray, clutter: float) -> np.ndarray:
+    """Pixel noise, then clip: float32 `(size, size, 3)` in [0, 1]."""
     image = image + clutter * rng.normal(0, 0.03, image.shape)
-    return np.clip(image, 0, 1).astype(np.float32), mask
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def _render(rng: np.random.Generator, label: int, size: int, clutter: float) -> tuple[np.ndarray, np.ndarray]:
+    # The draw order (background, radius, centre, rotation, colour, noise) is the published
+    # stream's: changing it would change every image (the bundled model was trained on them).
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = _background(rng, xs, ys, clutter)
+    radius = rng.uniform(0.2, 0.32) * size
+    cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+    rotation = rng.uniform(0, 2 * np.pi)
+    mask = _placed_mask(label, xs, ys, cx, cy, radius, rotation)
+    _paint_contrasting(rng, image, mask)
+    return _finish(rng, image, clutter), mask
 
 
 def generate_shapes(
