@@ -23,10 +23,8 @@ from captum_tokenlrp.baselines import GenericAttentionExplainability
 
 MODES = ("heads", "attention", "attention+heads")
 RULES = ("i", "ii", "iii", "iv")
-#: The class attention normalises each row's positive contribution; in a row where it is tiny, float32
-#: rounding of dS/dA moves entries across zero, so the float32 maps sit up to ~2e-5 from float64 there
-#: (measured: <= 1.9e-5 on these images; <= 1.8e-6 where no row is that small, e.g. target 2).
-TOLERANCE = dict(atol=5e-5, rtol=1e-3)
+#: float32 maps against the float64 reference.
+TOLERANCE = dict(atol=1e-5, rtol=1e-4)  # measured: <= 2.6e-6 absolute over every rule, mode and target
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +70,13 @@ def reference_class_sensitive(model, pixel_values, rule, mode, target=None, head
     batch, heads, tokens, _ = layers[0][0].shape
     maps = []
     for b in range(batch):
+        # s: the largest row sum of the positive contribution over every layer, head and query token.
+        scale = max(
+            float((gradient[b, h] * attention[b, h]).clamp(min=0).sum(dim=1).max())
+            for attention, _values, gradient in layers
+            for h in range(heads)
+        )
+        scale = scale if scale > 0 else 1.0
         relevance = torch.zeros(tokens, dtype=DOUBLE)
         relevance[0] = 1.0
         per_head = [relevance.clone() for _ in range(heads)]
@@ -81,8 +86,7 @@ def reference_class_sensitive(model, pixel_values, rule, mode, target=None, head
                 positive = (gradient[b, h] * attention[b, h]).clamp(min=0)
                 contributions.append(float(positive.sum()))
                 if mode.startswith("attention"):
-                    rows = positive.sum(dim=1, keepdim=True)
-                    w = torch.where(rows > 0, positive / torch.where(rows > 0, rows, 1.0), 0.0)
+                    w = positive / scale
                 else:
                     w = attention[b, h]
                 matrices.append(reference_redistribution_from_probs(w, values[b, h], rule))
@@ -153,7 +157,7 @@ def test_class_agnostic_default_is_unchanged(classifier, images):
 
 def test_gradient_matches_gae_sign_convention(classifier, images):
     """Rule (i) with class attention keeps only positively contributing attention, as GAE does: the two maps
-    must agree on which patch matters most more often than chance (they differ by the row normalisation)."""
+    must be clearly correlated (they differ by the scale of the contributions and the row normalisation)."""
     lrp = TokenRelevanceLRP(classifier, rule="i", class_sensitive="attention")
     gae = GenericAttentionExplainability(classifier)
     ours, theirs = lrp.token_relevance(images, target=1)[:, 1:], gae.token_relevance(images, target=1)[:, 1:]

@@ -13,10 +13,12 @@ and is conserved exactly, as with the paper's rules:
 - ``"heads"``: the heads' redistribution matrices ``M_h`` (any rule) are fused by a weighted mean,
   ``M = sum_h alpha_h M_h``, with ``alpha_h`` head ``h``'s share of the layer's positive
   contribution, ``alpha_h = sum_ij C_hij / sum_h' sum_ij C_h'ij`` (uniform when no head contributes).
-- ``"attention"``: each head's attention is replaced by its class attention, the share of row
-  ``i``'s positive contribution that token ``j`` made, ``A^c_ij = C_ij / sum_j' C_ij'`` (a zero row
-  where nothing contributed: the rule's residual term then keeps the relevance on token ``i``); the
-  rule runs unchanged on it, so ``W_ij = ||v_j - v_i|| A^c_ij + delta_ij`` for rule (iii), and so on.
+- ``"attention"``: each head's attention is replaced by its class attention, the positive contribution
+  on one scale for the whole network, ``A^c_ij = C_ij / s`` with ``s = max_{l,h,i} sum_j C^(l)_hij``
+  (per image): the row that contributes most, anywhere in the model, weighs as much as its residual
+  ``delta_ij``; a row that contributed little keeps most of its relevance on its own token, and one
+  that contributed nothing keeps all of it. The rule runs unchanged on ``A^c``, so
+  ``W_ij = A^c_ij + delta_ij`` for rule (i), ``||v_j - v_i|| A^c_ij + delta_ij`` for rule (iii), and so on.
 - ``"attention+heads"``: both.
 
 All three need one forward and one backward pass (:func:`.attention_gradients.attention_gradients`).
@@ -24,6 +26,7 @@ All three need one forward and one backward pass (:func:`.attention_gradients.at
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..rules import AttentionState
@@ -49,12 +52,18 @@ def weights_heads(mode: str | None) -> bool:
     return mode is not None and mode.endswith("heads")
 
 
-def class_attention(layer: AttentionGradient) -> Tensor:
-    """``A^c_ij = C_ij / sum_j' C_ij'`` per head, `(batch_size, num_heads, N, N)`; rows with no positive
-    contribution are zero."""
-    contribution = layer.positive_contribution
-    totals = contribution.sum(dim=-1, keepdim=True)
-    return contribution / totals.where(totals > 0, totals.new_ones(()))
+def contribution_scale(layers: list[AttentionGradient]) -> Tensor:
+    """``s``: the largest row sum of the positive contribution over every layer, head and token, per image,
+    `(batch_size,)` (1 where nothing contributed, so that ``A^c`` is zero there)."""
+    rows = torch.stack([layer.positive_contribution.sum(dim=-1).flatten(1).amax(dim=1) for layer in layers])
+    scale = rows.amax(dim=0)
+    return scale.where(scale > 0, scale.new_ones(()))
+
+
+def class_attention(layer: AttentionGradient, scale: Tensor) -> Tensor:
+    """``A^c_ij = C_ij / s`` per head, `(batch_size, num_heads, N, N)`, with ``s`` of :func:`contribution_scale`
+    `(batch_size,)`: every row sums to at most 1."""
+    return layer.positive_contribution / scale[:, None, None, None]
 
 
 def head_weights(layer: AttentionGradient) -> Tensor:
@@ -66,7 +75,7 @@ def head_weights(layer: AttentionGradient) -> Tensor:
     return (per_head / totals.where(totals > 0, totals.new_ones(()))).where(totals > 0, uniform)
 
 
-def class_state(layer: AttentionGradient, mode: str | None) -> AttentionState:
+def class_state(layer: AttentionGradient, mode: str | None, scale: Tensor) -> AttentionState:
     """The :class:`AttentionState` the rule sees: the layer's own attention, or its class attention."""
-    attention = class_attention(layer) if mode is not None and mode.startswith("attention") else layer.attention
+    attention = class_attention(layer, scale) if mode is not None and mode.startswith("attention") else layer.attention
     return AttentionState(attention, layer.values, layer.layer_index, layer.token_mask)

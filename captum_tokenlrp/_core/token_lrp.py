@@ -17,7 +17,7 @@ from ..rules import TokenRule, get_rule
 from .attention_gradients import AttentionGradient, attention_gradients
 from .base import PreparedInputs, TokenAttribution, evaluation_mode
 from .capture import CAPTURE_MODES, LayerProjections
-from .class_weighting import check_class_sensitive, class_state, head_weights, weights_heads
+from .class_weighting import check_class_sensitive, class_state, contribution_scale, head_weights, weights_heads
 from .kernels import builtin_kernel, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
@@ -249,7 +249,8 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         steers the redistribution through each attention weight's positive contribution
         ``C_hij = (dS/dA_hij * A_hij)^+``: ``"heads"`` fuses the heads' matrices by their share of
         ``C`` (``head_fusion="mean"`` only), ``"attention"`` runs the rule on each head's class
-        attention ``A^c_ij = C_ij / sum_j' C_ij'``, ``"attention+heads"`` does both (see
+        attention ``A^c_ij = C_ij / s``, with ``s`` the largest row sum of ``C`` in the whole model
+        (per image), ``"attention+heads"`` does both (see
         :mod:`captum_tokenlrp._core.class_weighting`). Every layer's matrix stays row-stochastic, so
         relevance stays non-negative and conserved. Costs one forward and one backward pass.
 
@@ -429,11 +430,12 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         """Per layer, ``{(rule position, head mode): kept matrix}`` of the class-sensitive redistribution."""
         sites = self.attention_sites
         layers = self._attention_gradients(prepared, target)
+        scale = contribution_scale(layers)
         last_layer = len(sites) - 1
         kept = []
         for site, layer in zip(sites, layers, strict=True):
             rules_here = [self._rule_for(site, default) for default in defaults]
-            state = class_state(layer, self.class_sensitive)  # shared: rules reuse its norms and distances
+            state = class_state(layer, self.class_sensitive, scale)  # shared: rules reuse its norms and distances
             matrices = {id(rule): redistribution(rule, state) for rule in rules_here}
             weights = head_weights(layer) if weights_heads(self.class_sensitive) else None
             is_last = layer.layer_index == last_layer
