@@ -94,6 +94,16 @@ def check_text(namespace, tmp_path):
     assert set(namespace["all_rules"]) == {"i", "ii", "iii", "iv"}
 
 
+def check_class_sensitive(namespace, tmp_path):
+    maps = namespace["scene_maps"]
+    assert len(maps) >= 2 and sorted(maps) == namespace["present"]
+    for relevance in maps.values():
+        assert relevance.shape == (1, 145) and relevance.min() >= 0
+        torch.testing.assert_close(relevance.sum(1), torch.ones(1))
+    first, second = list(maps.values())[:2]
+    assert (first - second).abs().max() > 1e-3  # the class steers the map
+
+
 def check_own_rule(namespace, tmp_path):
     from captum_tokenlrp import available_rules
 
@@ -109,6 +119,7 @@ CHECKS = {
     "relevance": (check_bundled, {"model", "labels", "relevance"}),
     "grid": (check_evaluation, {"grid", "scores", "curves"}),
     "norm_rule": (check_own_rule, {"norm_rule"}),
+    "scene_maps": (check_class_sensitive, {"scene_maps", "present", "lrp"}),
     "all_rules": (check_text, {"encoded", "relevance", "per_head", "all_rules"}),
 }
 
@@ -116,7 +127,7 @@ CHECKS = {
 def checks_for(code: str) -> list[str]:
     assigned = _assigned(code)
     found = [key for key in CHECKS if key in assigned]
-    for only in ("grid", "all_rules"):  # the evaluation and text blocks also assign relevance-like names
+    for only in ("grid", "all_rules", "scene_maps"):  # these blocks also assign names other checks read
         if only in found:
             return [only]
     return found
