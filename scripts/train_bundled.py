@@ -41,8 +41,11 @@ from captum_tokenlrp.data.shapes import MEAN, SHAPE_CLASSES, STD, generate_shape
 TRAIN_SEED, HELD_OUT_SEED = 0, 1
 
 
-def model_config(size: int, hidden_size: int = 72, layers: int = 6, mlp_ratio: int = 2) -> ViTConfig:
-    """6 heads as DINO ViT-S, patch 8, MLP width ``mlp_ratio`` times the model's."""
+def model_config(
+    size: int, hidden_size: int = 72, layers: int = 6, mlp_ratio: int = 2, **overrides: object
+) -> ViTConfig:
+    """6 heads as DINO ViT-S, patch 8, MLP width ``mlp_ratio`` times the model's; ``overrides`` are more
+    ``ViTConfig`` fields (the multi-label model's ``problem_type``)."""
     return ViTConfig(
         image_size=size,
         patch_size=8,
@@ -57,15 +60,17 @@ def model_config(size: int, hidden_size: int = 72, layers: int = 6, mlp_ratio: i
         num_labels=len(SHAPE_CLASSES),
         id2label=dict(enumerate(SHAPE_CLASSES)),
         label2id={name: index for index, name in enumerate(SHAPE_CLASSES)},
+        **overrides,
     )
 
 
 def augment(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same flip and quarter turn of images and masks: every class is invariant to them."""
+    """The same flip and quarter turn of `(n, H, W, 3)` images and `(n, ..., H, W)` masks (one per image, or
+    one per class): every class is invariant to them."""
     turns = rng.integers(0, 4)
-    images, masks = np.rot90(images, k=turns, axes=(1, 2)), np.rot90(masks, k=turns, axes=(1, 2))
+    images, masks = np.rot90(images, k=turns, axes=(1, 2)), np.rot90(masks, k=turns, axes=(-2, -1))
     if rng.random() < 0.5:
-        images, masks = images[:, :, ::-1], masks[:, :, ::-1]
+        images, masks = images[:, :, ::-1], masks[..., ::-1]
     return np.ascontiguousarray(images), np.ascontiguousarray(masks)
 
 

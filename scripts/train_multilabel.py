@@ -43,6 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+
+# Run as `python scripts/train_multilabel.py`: the first model's script sits beside this one.
+from train_bundled import _git_commit, augment
+from train_bundled import model_config as single_label_config
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from captum_tokenlrp.data.scenes import generate_scenes, mean_average_precision
@@ -53,23 +57,8 @@ FIRST_MODEL_DIR = Path(__file__).resolve().parents[1] / "captum_tokenlrp" / "bun
 
 
 def model_config(size: int, hidden_size: int = 72, layers: int = 6, mlp_ratio: int = 2) -> ViTConfig:
-    """6 heads as DINO ViT-S, patch 8, MLP width ``mlp_ratio`` times the model's, sigmoid outputs."""
-    return ViTConfig(
-        image_size=size,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=6,
-        intermediate_size=mlp_ratio * hidden_size,
-        qkv_bias=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=len(SHAPE_CLASSES),
-        id2label=dict(enumerate(SHAPE_CLASSES)),
-        label2id={name: index for index, name in enumerate(SHAPE_CLASSES)},
-        problem_type="multi_label_classification",
-    )
+    """The first bundled model's architecture (:func:`train_bundled.model_config`) with sigmoid outputs."""
+    return single_label_config(size, hidden_size, layers, mlp_ratio, problem_type="multi_label_classification")
 
 
 def warm_start(model: ViTForImageClassification, source: Path) -> None:
@@ -86,15 +75,6 @@ def warm_start(model: ViTForImageClassification, source: Path) -> None:
     resized = torch.nn.functional.interpolate(patches, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     state[key] = torch.cat([old[:, :1], resized.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1)], dim=1)
     model.load_state_dict(state)
-
-
-def augment(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same flip and quarter turn of `(n, H, W, 3)` images and `(n, C, H, W)` masks."""
-    turns = rng.integers(0, 4)
-    images, masks = np.rot90(images, k=turns, axes=(1, 2)), np.rot90(masks, k=turns, axes=(2, 3))
-    if rng.random() < 0.5:
-        images, masks = images[:, :, ::-1], masks[:, :, :, ::-1]
-    return np.ascontiguousarray(images), np.ascontiguousarray(masks)
 
 
 def patch_labels(masks: np.ndarray, patch: int, min_share: float = 0.25) -> torch.Tensor:
@@ -122,17 +102,6 @@ def held_out_map(
         targets.append(labels)
     model.train()
     return mean_average_precision(np.concatenate(scores), np.concatenate(targets))
-
-
-def _git_commit() -> str | None:
-    """The repository's commit, for the record (``None`` outside a git checkout)."""
-    import subprocess
-
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
