@@ -190,6 +190,18 @@ def _timed(function: Callable[..., Tensor], *args: object) -> tuple[Tensor, floa
     return value, time.perf_counter() - started
 
 
+def randomisation(model: nn.Module, method: Method, images: Tensor, targets: Tensor, layout) -> dict[str, Tensor]:
+    """The cascading randomisation test of ``method``'s patch maps for ``targets``: Spearman ρ with the intact
+    model's map after randomising the head and last block, and the whole model, `(count,)` each."""
+    sanity = parameter_randomization_test(
+        model,
+        lambda m, x: patch_relevance_grid(method.token_relevance(m, x, targets[: x.shape[0]]).detach().float(), layout),
+        images,
+        seed=0,
+    )
+    return {"rand_last_block": sanity.spearman[1], "rand_all": sanity.spearman[-1]}
+
+
 def evaluate(model: nn.Module, count: int, batch_size: int, sanity_count: int, ig_steps: int, seed: int) -> dict:
     images_np, masks_np, labels_np = generate_shapes(count, seed, model.config.image_size)
     images, masks = normalize(images_np), torch.from_numpy(masks_np)
@@ -223,14 +235,7 @@ def evaluate(model: nn.Module, count: int, batch_size: int, sanity_count: int, i
         scores = localisation_scores(grid, masks, object_share=0.5)
         pixel_scores = localisation_scores(pixels, masks)
         curves = perturbation_curves(model, images, grid, target=predicted, baseline="mean", patch_size=patch)
-        sanity = parameter_randomization_test(
-            model,
-            lambda m, x, method=method: patch_relevance_grid(
-                method.token_relevance(m, x, predicted[: x.shape[0]]).detach().float(), layout
-            ),
-            images[:sanity_count],
-            seed=0,
-        )
+        sanity = randomisation(model, method, images[:sanity_count], predicted, layout)
         results[method.name] = {
             "family": method.family,
             "grid": grid,
@@ -244,8 +249,7 @@ def evaluate(model: nn.Module, count: int, batch_size: int, sanity_count: int, i
                 "auc_morf": curves.auc_morf,
                 "auc_lerf": curves.auc_lerf,
                 "abpc": curves.area_between,
-                "rand_last_block": sanity.spearman[1],  # stage 1: head and last block
-                "rand_all": sanity.spearman[-1],
+                **sanity,
             },
             "curves": curves,
             "cost": (shared_seconds if method.by_rule is not None else seconds) / forward_seconds,
@@ -416,14 +420,7 @@ def evaluate_scenes(model: nn.Module, count: int, batch_size: int, sanity_count:
         grid = torch.cat(grids)
         scores = class_localisation_scores(grid, pair_masks, classes, object_share=OBJECT_SHARE)
         curves = perturbation_curves(model, pair_images, grid, target=classes, baseline="mean", score="sigmoid")
-        sanity = parameter_randomization_test(
-            model,
-            lambda m, x, method=method: patch_relevance_grid(
-                method.token_relevance(m, x, classes[: x.shape[0]]).detach().float(), layout
-            ),
-            pair_images[:sanity_count],
-            seed=0,
-        )
+        sanity = randomisation(model, method, pair_images[:sanity_count], classes, layout)
         results[method.name] = {
             "family": method.family,
             "grid": grid,
@@ -434,8 +431,7 @@ def evaluate_scenes(model: nn.Module, count: int, batch_size: int, sanity_count:
                 "auc_morf": curves.auc_morf,
                 "auc_lerf": curves.auc_lerf,
                 "abpc": curves.area_between,
-                "rand_last_block": sanity.spearman[1],
-                "rand_all": sanity.spearman[-1],
+                **sanity,
             },
             "curves": curves,
             "cost": seconds / forward_seconds,
