@@ -88,3 +88,46 @@ def exploding_weight(state):
     if state.layer_index == 1:
         raise Boom("failure inside the forward pass")
     return AttentionWeight()(state)
+
+
+def model_state(model, images) -> dict:
+    """Everything a call must leave as found: the output on ``images``, parameters, hooks, module
+    attributes, training flags, attention implementation, the attention registry, rules set on modules,
+    ``requires_grad`` and ``.grad``."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    with torch.no_grad():
+        output = model(images)
+        output = getattr(output, "logits", None) if hasattr(output, "logits") else output[0]
+    return {
+        "output": output.clone(),
+        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
+        "hooks": {
+            name: (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(getattr(m, "_forward_hooks_with_kwargs", {})),
+            )
+            for name, m in model.named_modules()
+        },
+        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
+        "training": {name: m.training for name, m in model.named_modules()},
+        "attn": model.config._attn_implementation,
+        "registry": sorted(ALL_ATTENTION_FUNCTIONS.keys()),
+        "rules": {name: getattr(m, "rule", None) for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    """Two :func:`model_state` snapshots are equal: outputs and parameters bitwise."""
+    assert torch.equal(before["output"], after["output"])
+    assert before["params"].keys() == after["params"].keys()
+    for name, tensor in before["params"].items():
+        assert torch.equal(tensor, after["params"][name]), name
+    for key in ("hooks", "attributes", "training", "attn", "registry", "rules", "requires_grad"):
+        assert before[key] == after[key], key
+    for first, second in zip(before["grads"], after["grads"], strict=True):
+        assert (first is None and second is None) or torch.equal(first, second)

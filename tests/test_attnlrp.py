@@ -7,7 +7,7 @@ import torch
 from conftest import seeded, tiny_config, vit_layers, with_attention
 from families import build as build_family
 from families import eager_copy, identity_noise
-from helpers import FAMILIES
+from helpers import FAMILIES, assert_same_state, model_state
 from helpers import build as build_vit_family
 from reference_attnlrp import _backbone, explained_score, lxt_relevance
 from transformers import Dinov2Config, Dinov2Model, ViTForImageClassification, ViTModel
@@ -173,56 +173,25 @@ def test_pixel_map_sums_to_the_patch_tokens(tiny_images):
 
 
 # ------------------------------------------------------------------ (c) the model is left as found
-def snapshot(model, images):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    with torch.no_grad():
-        output = model(images)[0].clone()
-    return {
-        "output": output,
-        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
-        "hooks": {
-            name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for name, m in model.named_modules()
-        },
-        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "attn": model.config._attn_implementation,
-        "registry": sorted(ALL_ATTENTION_FUNCTIONS.keys()),
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "grads": [p.grad for p in model.parameters()],
-    }
-
-
-def assert_same(before, after):
-    assert torch.equal(before["output"], after["output"])
-    assert before["params"].keys() == after["params"].keys()
-    for name, tensor in before["params"].items():
-        assert torch.equal(tensor, after["params"][name]), name
-    for key in ("hooks", "attributes", "training", "attn", "registry", "requires_grad"):
-        assert before[key] == after[key], key
-    assert all(grad is None for grad in after["grads"])
-
-
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_model_unchanged_after_calls(implementation, tiny_images):
     model = vit("classifier", implementation)
     model.classifier.train()  # a user's mixed training state
     calls = []
     vit_layers(model)[0].register_forward_hook(lambda *args: calls.append(1))
-    before = snapshot(model, tiny_images)
+    before = model_state(model, tiny_images)
     method = AttnLRP(model)
     method.token_relevance(tiny_images)
     method.token_relevance(tiny_images, target=3, attention_rule="cp")
     method.attribute(tiny_images, target=1)
-    assert_same(before, snapshot(model, tiny_images))
+    assert_same_state(before, model_state(model, tiny_images))
     assert model.classifier.training and not model.vit.training
     assert len(calls) > 3  # the user's hook stayed and fired
 
 
 def test_model_unchanged_after_an_exception_mid_forward(tiny_images):
     model = vit("classifier")
-    before = snapshot(model, tiny_images)
+    before = model_state(model, tiny_images)
 
     def explode(_module, _args, _output):
         if torch.is_grad_enabled():  # inside the explanation's forward, after the rules' hooks were installed
@@ -236,7 +205,7 @@ def test_model_unchanged_after_an_exception_mid_forward(tiny_images):
     with pytest.raises(Boom):
         AttnLRP(model).token_relevance(tiny_images, target=0)
     handle.remove()
-    assert_same(before, snapshot(model, tiny_images))
+    assert_same_state(before, model_state(model, tiny_images))
 
 
 @pytest.mark.parametrize("variant", ["attnlrp", "cp"])

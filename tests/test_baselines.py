@@ -233,26 +233,13 @@ def test_label_free_models_refuse_a_class_target(tiny_model, tiny_images):
     "make", [RawAttention, AttentionRollout, GenericAttentionExplainability, TokenGradCAM, TokenIntegratedGradients]
 )
 def test_baselines_leave_the_model_unchanged(make, tiny_classifier, tiny_images):
-    from test_model_unchanged import assert_same
-
-    def snapshot(model):
-        with torch.no_grad():
-            logits = model(tiny_images).logits.clone()
-        return {
-            "output": logits,
-            "params": {k: v.clone() for k, v in model.state_dict().items()},
-            "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-            "training": [m.training for m in model.modules()],
-            "attn": model.config._attn_implementation,
-            "rules": [getattr(m, "rule", None) for m in model.modules()],
-            "requires_grad": [p.requires_grad for p in model.parameters()],
-        }
+    from helpers import assert_same_state, model_state
 
     tiny_classifier.classifier.train()
-    before = snapshot(tiny_classifier)
+    before = model_state(tiny_classifier, tiny_images)
     method = make(tiny_classifier) if make is not TokenIntegratedGradients else make(tiny_classifier, n_steps=4)
     pixels = method.attribute(tiny_images)
     assert pixels.shape == tiny_images.shape and torch.isfinite(pixels).all()
     assert method.token_relevance(tiny_images).shape == (3, 17)
-    assert_same(before, snapshot(tiny_classifier))
+    assert_same_state(before, model_state(tiny_classifier, tiny_images))
     assert all(p.grad is None for p in tiny_classifier.parameters())

@@ -13,9 +13,8 @@ import warnings
 import pytest
 import torch
 from conftest import seeded, tiny_config, vit_layers
-from helpers import Boom
+from helpers import Boom, assert_same_state, model_state
 from reference import DOUBLE, attention_projections, reference_redistribution_from_probs
-from test_model_unchanged import assert_same, snapshot
 from transformers import ViTForImageClassification
 
 from captum_tokenlrp import TokenRelevanceLRP
@@ -181,26 +180,13 @@ def test_errors(classifier, images, tiny_model):
         lrp.all_token_relevance(images)
 
 
-class LogitsAsHidden:
-    """A classifier seen through ``snapshot``'s eyes, which reads ``model(images).last_hidden_state``."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, images):
-        return type("Output", (), {"last_hidden_state": self.model(images).logits})()
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
 def test_model_unchanged_also_after_an_exception(images):
     model = seeded(lambda: ViTForImageClassification(tiny_config(num_labels=5)), trained_norms=True)
     model.train()
     lrp = TokenRelevanceLRP(model, class_sensitive="attention+heads")
-    before = snapshot(LogitsAsHidden(model), images)
+    before = model_state(model, images)
     lrp.token_relevance(images, target=2)
-    assert_same(before, snapshot(LogitsAsHidden(model), images))
+    assert_same_state(before, model_state(model, images))
 
     def explode(_module, _inputs, _output):
         raise Boom("failure inside the forward pass")
@@ -209,6 +195,6 @@ def test_model_unchanged_also_after_an_exception(images):
     with pytest.raises(Boom):
         lrp.token_relevance(images, target=2)
     handle.remove()
-    assert_same(before, snapshot(LogitsAsHidden(model), images))
+    assert_same_state(before, model_state(model, images))
     assert model.training
     assert all(p.grad is None for p in model.parameters())

@@ -5,41 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import vit_layers
-from helpers import Boom, exploding_weight
+from helpers import Boom, assert_same_state, exploding_weight, model_state
 
 from captum_tokenlrp import RULE_II, TokenRelevanceLRP, TokenRule
 from captum_tokenlrp.rules import UnitActivation
 
 
 def snapshot(model, images):
-    with torch.no_grad():
-        output = model(images).last_hidden_state.clone()
-    return {
-        "output": output,
-        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
-        "hooks": {
-            name: (
-                len(m._forward_hooks),
-                len(m._forward_pre_hooks),
-                len(m._backward_hooks),
-                len(getattr(m, "_forward_hooks_with_kwargs", {})),
-            )
-            for name, m in model.named_modules()
-        },
-        "training": {name: m.training for name, m in model.named_modules()},
-        "attn": model.config._attn_implementation,
-        "rules": {name: getattr(m, "rule", None) for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-    }
+    return model_state(model, images)
 
 
 def assert_same(before, after):
-    assert torch.equal(before["output"], after["output"])
-    assert before["params"].keys() == after["params"].keys()
-    for name, tensor in before["params"].items():
-        assert torch.equal(tensor, after["params"][name]), name
-    for key in ("hooks", "training", "attn", "rules", "requires_grad"):
-        assert before[key] == after[key], key
+    assert_same_state(before, after)
 
 
 def test_model_unchanged_after_calls(tiny_model, tiny_images):

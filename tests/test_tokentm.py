@@ -11,9 +11,7 @@ import families
 import pytest
 import torch
 from conftest import seeded, tiny_config, vit_layers, with_attention
-from helpers import FAMILIES, Boom, build
-from reference_tokentm import tokentm_reference
-from test_model_unchanged import assert_same
+from helpers import FAMILIES, Boom, assert_same_state, build, model_state
 from transformers import ViTForImageClassification, ViTModel
 
 from captum_tokenlrp.baselines import GenericAttentionExplainability
@@ -26,39 +24,6 @@ def vit(kind: str, implementation: str = "eager"):
         "classifier": lambda: ViTForImageClassification(with_attention(tiny_config(num_labels=5), implementation)),
     }[kind]
     return seeded(factory, trained_norms=True)
-
-
-def snapshot(model, images):
-    with torch.no_grad():
-        output = model(images)
-        output = (output.logits if hasattr(output, "logits") else output.last_hidden_state).clone()
-    return {
-        "output": output,
-        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
-        "hooks": {
-            name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for name, m in model.named_modules()
-        },
-        "training": {name: m.training for name, m in model.named_modules()},
-        "attn": model.config._attn_implementation,
-        "rules": {name: getattr(m, "rule", None) for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-    }
-
-
-# ------------------------------------------------------------------ (a) agreement with the port
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-@pytest.mark.parametrize("kind", ["classifier", "model"])
-def test_matches_the_float64_port_of_the_public_code(kind, implementation, tiny_images):
-    model = vit(kind, implementation)
-    targets = torch.tensor([1, 4, 0]) if kind == "classifier" else None
-    ours = TokenTM(model).token_relevance(tiny_images, target=targets)
-    expected = tokentm_reference(model, tiny_images, targets)
-    assert ours.shape == (3, 17) and ours.dtype == torch.float32
-    torch.testing.assert_close(ours.double(), expected, atol=1e-5, rtol=1e-4)
-    assert (expected[:, 1:].sum(-1) > 1e-3).all()  # the patch entries are not degenerate
-    assert model.config._attn_implementation == implementation
-    assert all(p.grad is None for p in model.parameters())
 
 
 def test_batch_equals_single_images(tiny_images):
@@ -85,13 +50,13 @@ def test_model_unchanged_after_the_call(tiny_images):
     vit_layers(model)[1].layernorm_after.train()  # a user's mixed training state
     calls = []
     vit_layers(model)[0].register_forward_hook(lambda *args: calls.append(1))
-    before = snapshot(model, tiny_images)
+    before = model_state(model, tiny_images)
     method = TokenTM(model)
     method.token_relevance(tiny_images)
     pixels = method.attribute(tiny_images, target=1)
     assert pixels.shape == tiny_images.shape and torch.isfinite(pixels).all()
     assert len(calls) >= 3  # the user's hook stayed in place and ran
-    assert_same(before, snapshot(model, tiny_images))
+    assert_same_state(before, model_state(model, tiny_images))
     assert all(p.grad is None for p in model.parameters())
 
 

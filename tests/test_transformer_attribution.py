@@ -6,8 +6,7 @@ import pytest
 import reference_chefer_lrp as chefer
 import torch
 from conftest import TINY, seeded, tiny_config, vit_layers, with_attention
-from helpers import Boom
-from test_model_unchanged import assert_same
+from helpers import Boom, assert_same_state, model_state
 from transformers import DeiTConfig, DeiTForImageClassification, ViTForImageClassification, ViTModel
 
 from captum_tokenlrp.baselines.transformer_attribution import (
@@ -106,23 +105,6 @@ def test_the_map_depends_on_the_target_and_defaults_to_the_prediction(tiny_image
 
 
 # ----------------------------------------------------------------------------- (c) the model as found
-def snapshot(model, images):
-    with torch.no_grad():
-        logits = model(images).logits.clone()
-    return {
-        "output": logits,
-        "params": {name: p.detach().clone() for name, p in model.state_dict().items()},
-        "hooks": {
-            name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for name, m in model.named_modules()
-        },
-        "training": {name: m.training for name, m in model.named_modules()},
-        "attn": model.config._attn_implementation,
-        "rules": {name: getattr(m, "rule", None) for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-    }
-
-
 def test_model_left_as_found_after_a_call_and_after_an_exception(tiny_images):
     model = classifier()
     armed = []
@@ -133,15 +115,15 @@ def test_model_left_as_found_after_a_call_and_after_an_exception(tiny_images):
 
     vit_layers(model)[1].register_forward_hook(user_hook)
     vit_layers(model)[2].layernorm_after.train()  # a user's mixed training state
-    before = snapshot(model, tiny_images)
+    before = model_state(model, tiny_images)
     method = TransformerAttribution(model)
     method.token_relevance(tiny_images, target=2)
-    assert_same(before, snapshot(model, tiny_images))
+    assert_same_state(before, model_state(model, tiny_images))
     armed.append(True)
     with pytest.raises(Boom):
         method.token_relevance(tiny_images, target=2)
     armed.clear()
-    assert_same(before, snapshot(model, tiny_images))
+    assert_same_state(before, model_state(model, tiny_images))
     assert all(p.grad is None for p in model.parameters())
 
 
