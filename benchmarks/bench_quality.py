@@ -144,8 +144,9 @@ CLASS_VARIANTS = (
     ("i", "attention"),
     ("ii", "attention"),
     ("iv", "attention"),
-    ("ii", "heads"),
+    ("i", "attention+heads"),
     ("ii", "attention+heads"),
+    ("ii", "heads"),
 )
 #: Peers of the class-sensitive variants, for the goals table.
 PEERS = ("GAE (Chefer 2021)", "AttnLRP (Achtibat 2024)", "TokenTM (Wu 2024)", "TE (Chefer 2021, CVPR)")

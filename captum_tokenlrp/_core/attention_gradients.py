@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -48,11 +49,11 @@ class AttentionGradient:
     layer_index: int
     token_mask: Tensor | None = None
 
-    @property
+    @cached_property
     def positive_contribution(self) -> Tensor:
         """``(dS/dA ⊙ A)^+``: how much each attention weight raised ``S`` (Chefer et al. 2021),
-        `(batch_size, num_heads, num_tokens, num_tokens)`."""
-        return (self.gradient * self.attention).clamp_min(0)
+        `(batch_size, num_heads, num_tokens, num_tokens)`; computed once."""
+        return (self.gradient * self.attention).clamp_min_(0)
 
 
 def attention_gradients(

@@ -436,7 +436,11 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         for site, layer in zip(sites, layers, strict=True):
             rules_here = [self._rule_for(site, default) for default in defaults]
             state = class_state(layer, self.class_sensitive, scale)  # shared: rules reuse its norms and distances
-            matrices = {id(rule): redistribution(rule, state) for rule in rules_here}
+            distinct = {id(rule): rule for rule in rules_here}
+            # One rule: its built-in kernel may work in place on the state's attention, a tensor of ours (the
+            # positive contribution it came from is already computed, by contribution_scale).
+            workspace = Workspace() if len(distinct) == 1 else None
+            matrices = {key: redistribution(rule, state, workspace) for key, rule in distinct.items()}
             weights = head_weights(layer) if weights_heads(self.class_sensitive) else None
             is_last = layer.layer_index == last_layer
             kept.append(
