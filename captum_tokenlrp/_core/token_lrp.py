@@ -331,17 +331,20 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         target : int, sequence of int or Tensor, optional
             For a model without a head (``ViTModel``, DINO): the output token to
             explain, per sample or for all (default 0, CLS). For a classifier:
-            the class index; it is validated but, since rules (i)-(iv) do not
-            depend on the class, relevance starts where the head reads whatever
-            the class (a ``UserWarning`` says so once per instance). Any integer
-            type Captum accepts: int, numpy integers, sequences, arrays, tensors.
+            the class index. With ``class_sensitive`` set, it selects the class whose
+            logit steers the redistribution (default: the predicted class); without,
+            it is validated but, since rules (i)-(iv) do not depend on the class,
+            relevance starts where the head reads whatever the class (a
+            ``UserWarning`` says so once per instance). Any integer type Captum
+            accepts: int, numpy integers, sequences, arrays, tensors.
         additional_forward_args : tuple, dict or object, optional
             Extra arguments for the model's forward: a tuple is passed
             positionally after ``inputs`` (Captum convention), a dict by keyword,
             e.g. ``{"interpolate_pos_encoding": True}``.
         initial_relevance : Tensor, optional
             Non-negative start vector ``R^(L)`` of shape `(num_tokens,)` or
-            `(batch_size, num_tokens)` instead of a one-hot token.
+            `(batch_size, num_tokens)` instead of a one-hot token (class-agnostic
+            rules only: the class-sensitive modes start where the classifier reads).
         head_fusion : str or None, default "mean"
             ``"mean"``: average the heads' redistribution matrices in each layer
             (rule (i) + mean is Attention Rollout); ``"max"`` / ``"min"``:
