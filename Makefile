@@ -79,6 +79,7 @@ dist-check: $(BIN)/.dist-installed
 
 bench: install
 	$(BIN)/python benchmarks/bench_speed.py
+	$(BIN)/python benchmarks/profile_speed.py
 	$(BIN)/python benchmarks/bench_families.py
 	$(BIN)/python benchmarks/bench_app.py --screenshots
 	$(BIN)/python benchmarks/bench_text_families.py
@@ -86,12 +87,13 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
+	$(BIN)/python benchmarks/profile_speed.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_families.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_app.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_text_families.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_text.py --quick > /dev/null
 
-# Explanation quality of every method on the bundled model: writes benchmarks/RESULTS.md (~15 min).
+# Explanation quality of every method on the two bundled models (scenes, shapes): writes benchmarks/RESULTS.md.
 quality: install
 	$(BIN)/python benchmarks/bench_quality.py
 
