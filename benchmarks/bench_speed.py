@@ -555,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_speed.py" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}" + (f" --out {args.out}" if args.out else "")
+    if args.rounds is not None:
+        command += f" --rounds {args.rounds}"
     report = "\n".join(
         [
             "# Speed and memory",
