@@ -198,3 +198,14 @@ def test_model_unchanged_also_after_an_exception(images):
     assert_same_state(before, model_state(model, images))
     assert model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("rule", ("i", "iv"))
+def test_one_rule_several_head_modes_from_one_pass(classifier, images, rule):
+    """A single rule's kernel works in place on the class attention: every head mode must still see the
+    same matrices."""
+    lrp = TokenRelevanceLRP(classifier, rule=rule, class_sensitive="attention")
+    modes = ("mean", None, "per_head_mean", "last_layer_per_head")
+    by_rule = lrp.token_relevance_by_rule(images, [rule], target=2, head_fusions=modes)
+    for mode in modes:
+        torch.testing.assert_close(by_rule[rule][mode], lrp.token_relevance(images, target=2, head_fusion=mode))
