@@ -115,9 +115,8 @@ def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
     }
 
 
-def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[str]) -> dict[str, object]:
-    """Everything that decides the outputs of a run: two runs with equal manifests write equal files."""
-    processor = loaded.processor.to_json_string() if hasattr(loaded.processor, "to_json_string") else ""
+def model_identity(loaded: LoadedModel | LoadedTextModel) -> dict[str, object]:
+    """The package and model fields every run manifest (image or text) starts with."""
     return {
         "package": "captum-tokenlrp",
         "version": __version__,
@@ -125,6 +124,14 @@ def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[
         "model_class": type(loaded.model).__name__,
         "config_sha256": loaded.config_sha256,
         "weights_sha256": loaded.weights_sha256,
+    }
+
+
+def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[str]) -> dict[str, object]:
+    """Everything that decides the outputs of a run: two runs with equal manifests write equal files."""
+    processor = loaded.processor.to_json_string() if hasattr(loaded.processor, "to_json_string") else ""
+    return {
+        **model_identity(loaded),
         "processor_sha256": hashlib.sha256(processor.encode()).hexdigest(),
         "rules": list(rules),
         "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
@@ -451,12 +458,7 @@ def text_start(value: str) -> str | int:
 def text_manifest(loaded: LoadedTextModel, args: argparse.Namespace, rules: Sequence[str]) -> dict[str, object]:
     """Everything that decides the outputs of a text run: two runs with equal manifests write equal files."""
     return {
-        "package": "captum-tokenlrp",
-        "version": __version__,
-        "model": loaded.name,
-        "model_class": type(loaded.model).__name__,
-        "config_sha256": loaded.config_sha256,
-        "weights_sha256": loaded.weights_sha256,
+        **model_identity(loaded),
         "tokenizer_sha256": loaded.tokenizer_sha256,
         "max_length": loaded.max_length,
         "rules": list(rules),
