@@ -89,9 +89,15 @@ def test_fast_capture_on_vit_families_matches_the_default_path(name, monkeypatch
 
 @pytest.mark.parametrize("rule", ["i", "ii", "iii", "iv"])
 @pytest.mark.parametrize("mode", ["mean", None, "last_layer_per_head"])
-def test_fast_capture_matches_the_vit_reference(rule, mode, tiny_model, tiny_images):
-    # Heads in groups of 3 of 4: the capture forms the output of a layer from two head groups.
-    lrp = TokenRelevanceLRP(tiny_model, rule=rule, max_chunk_elements=3 * 17 * 17 * 3, attention_capture="fast")
+@pytest.mark.parametrize(
+    "budget",
+    # Heads in groups of 3 of 4: the capture forms the output of a layer from two head groups. Then fused
+    # layers in blocks of two inputs and one head: the batch of 3 is split into inputs [0, 2) and [2, 3).
+    [3 * 17 * 17 * 3, 2 * 17 * 17],
+    ids=["head-groups", "input-blocks"],
+)
+def test_fast_capture_matches_the_vit_reference(rule, mode, budget, tiny_model, tiny_images):
+    lrp = TokenRelevanceLRP(tiny_model, rule=rule, max_chunk_elements=budget, attention_capture="fast")
     ours = lrp.token_relevance(tiny_images, head_fusion=mode)
     reference = reference_relevance(tiny_model, tiny_images, rule, mode)
     torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-4)
@@ -158,6 +164,15 @@ def test_fast_capture_keeps_the_models_outputs(implementation, dtype, atol, rtol
     ulp = float(torch.finfo(dtype).eps) * float(own.float().abs().max())
     error = float((during.float() - own.float()).abs().max())
     assert error <= 2 * max(float(gap), ulp), f"{dtype}: |fast - own| = {error:.3g}, eager-sdpa gap {float(gap):.3g}"
+
+
+def test_fast_capture_in_blocks_of_inputs_keeps_the_models_outputs(tiny_images):
+    # Fused layers in blocks of one input and one head: each block writes its slice of the layer's output.
+    model = seeded(lambda: ViTModel(with_attention(tiny_config(), "sdpa"), add_pooling_layer=False))
+    with torch.no_grad():
+        own = model(tiny_images).last_hidden_state
+    during = outputs_during_call(model, tiny_images, attention_capture="fast", max_chunk_elements=17 * 17)
+    torch.testing.assert_close(during, own, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])

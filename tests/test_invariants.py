@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from captum_tokenlrp import TokenRelevanceLRP
+from captum_tokenlrp._core.propagation import reduce_blocks, reduce_layer
 
 MODES = ["mean", "max", "min", None, "per_head_mean", "last_layer_per_head"]
 
@@ -135,3 +136,20 @@ def test_any_image_size_on_the_dino_architecture(height, width, dino_s16):
     # The last patch row and column map onto the bottom-right pixels.
     last_patch = relevance[0, -1] / (16 * 16 * 3)
     torch.testing.assert_close(pixels[0, :, -16:, -16:], last_patch.expand(3, 16, 16))
+
+
+@pytest.mark.parametrize("how", ["mean", "max", "min"])
+def test_blocks_of_inputs_and_heads_reduce_like_whole_layers(how):
+    generator = torch.Generator().manual_seed(5)
+    matrices = torch.softmax(torch.randn(3, 4, 6, 6, generator=generator), dim=-1)
+    whole = reduce_layer([matrices], how, is_last_layer=False, num_heads=4)
+    # Inputs [0, 2) head by head, then input 2 in groups of heads: every input's blocks cover all four heads.
+    blocks = [(slice(0, 2), matrices[0:2, head : head + 1]) for head in range(4)]
+    blocks += [(slice(2, 3), matrices[2:3, 0:3]), (slice(2, 3), matrices[2:3, 3:4])]
+    torch.testing.assert_close(reduce_blocks(blocks, how, False, 4, batch_size=3), whole, atol=1e-7, rtol=1e-6)
+
+
+def test_per_head_layers_refuse_blocks_of_part_of_the_batch():
+    matrices = torch.softmax(torch.randn(3, 2, 4, 4), dim=-1)
+    with pytest.raises(ValueError, match="whole batch"):
+        reduce_blocks([(slice(0, 2), matrices[0:2])], None, True, 2, batch_size=3)

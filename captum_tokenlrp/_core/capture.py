@@ -35,7 +35,8 @@ import itertools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -82,28 +83,40 @@ class LayerProjections:
         """Where the layer's tensors live."""
         return self.query.device
 
-    def _heads(self, projection: Tensor, heads: slice, scale: float = 1.0) -> Tensor:
-        """`(batch, N, heads * head_dim)` -> a new, contiguous float32 `(batch, heads, N, head_dim)`.
+    @cached_property
+    def _per_head(self) -> dict[str, Tensor]:
+        """:meth:`_heads`' cache: each projection is split into heads once per layer, however many blocks."""
+        return {}
 
-        One pass that also applies ``scale``; contiguous per-head blocks let the batched
-        matrix products below run without hidden copies, and the model's own tensor is
-        never written to.
+    def _heads(self, name: str, heads: slice, batch: slice = slice(None)) -> Tensor:
+        """The selected heads and inputs of projection ``name``, float32 `(inputs, heads, N, head_dim)`.
+
+        The whole projection is copied once into a new, contiguous float32 `(batch, num_heads, N,
+        head_dim)` (the query scaled on the way: scaling q (N x d) rather than the scores (N x N)
+        saves a pass over the largest tensor); contiguous per-head blocks let the batched matrix
+        products run without hidden copies, and the model's own tensors are never written to.
         """
-        batch, tokens, _ = projection.shape
-        split = projection.reshape(batch, tokens, self.site.num_heads, self.site.head_dim)[:, :, heads]
-        out = torch.empty(split.shape[0], split.shape[2], tokens, split.shape[3], device=projection.device)
-        return torch.mul(split.transpose(1, 2).float(), scale, out=out)
+        per_head = self._per_head.get(name)
+        if per_head is None:
+            projection = getattr(self, name)
+            batch_size, tokens, _ = projection.shape
+            split = projection.reshape(batch_size, tokens, self.site.num_heads, self.site.head_dim).transpose(1, 2)
+            scale = self.site.scaling if name == "query" else 1.0
+            per_head = torch.mul(split.float(), scale, out=torch.empty(split.shape, device=projection.device))
+            self._per_head[name] = per_head
+        return per_head[batch, heads]
 
-    def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
-        """The float32 :class:`AttentionState` of the selected heads (all by default).
+    def state(
+        self, heads: slice = slice(None), workspace: Workspace | None = None, batch: slice = slice(None)
+    ) -> AttentionState:
+        """The float32 :class:`AttentionState` of the selected heads and inputs (all by default).
 
         With a ``workspace`` the N x N tensors live in its reusable buffers: such a state is for
         the engine's built-in kernels only (:mod:`.kernels`), which overwrite it in place.
         """
-        # Scaling q (N x d) rather than the scores (N x N) saves a pass over the largest tensor.
-        query = self._heads(self.query, heads, self.site.scaling)
-        key = self._heads(self.key, heads).transpose(-1, -2)
-        bias = self._bias(heads)
+        query = self._heads("query", heads, batch)
+        key = self._heads("key", heads, batch).transpose(-1, -2)
+        bias = self._bias(heads, batch)
         if workspace is None:
             scores = query @ key
             attention = torch.softmax(scores if bias is None else scores.add_(bias), dim=-1)
@@ -112,20 +125,25 @@ class LayerProjections:
             scores = torch.matmul(query, key, out=workspace.get("scores", shape, query))
             if bias is not None:
                 scores.add_(bias)
-            attention = softmax_into(scores, workspace.get("attention", shape, query))
+            # On the CPU in place (its softmax reads each row before writing it): the scores are dead once
+            # the softmax is taken, and one buffer, not two, stays in cache.
+            out = scores if scores.device.type == "cpu" else workspace.get("attention", shape, query)
+            attention = softmax_into(scores, out)
         return AttentionState(
             attention=attention,
-            values=self._heads(self.value, heads),
+            values=self._heads("value", heads, batch),
             layer_index=self.site.layer_index,
-            token_mask=self.token_mask,
+            token_mask=None if self.token_mask is None else self.token_mask[batch],
         )
 
-    def _bias(self, heads: slice) -> Tensor | None:
-        """The score bias of the selected heads, float32, `(1 or batch, heads, N, N)`."""
+    def _bias(self, heads: slice, batch: slice = slice(None)) -> Tensor | None:
+        """The score bias of the selected heads and inputs, float32, `(1 or batch, heads, N, N)`."""
         if self.score_bias is None:
             return None
         bias = self.score_bias.float()
         bias = bias.reshape(-1, *bias.shape[-3:]) if bias.dim() >= 3 else bias.reshape(1, 1, *bias.shape[-2:])
+        if bias.shape[0] > 1:
+            bias = bias[batch]
         return bias if bias.shape[1] == 1 else bias[:, heads]
 
     def head_chunks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[AttentionState]:
@@ -140,6 +158,27 @@ class LayerProjections:
         for first in range(0, self.site.num_heads, step):
             yield self.state(slice(first, first + step), workspace)
 
+    def blocks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[tuple[slice, AttentionState]]:
+        """``(inputs, state)`` for blocks of heads and inputs, `(inputs, heads, N, N)` under ``max_elements``.
+
+        Like :meth:`head_chunks`, but where one head of the whole batch is larger than
+        ``max_elements`` the batch is split as well (down to one input and one head), so that a
+        block's N x N work stays in the processor's cache while a kernel passes over it several
+        times. ``inputs`` is the block's slice of the batch, with explicit bounds.
+        """
+        batch, tokens, _ = self.query.shape
+        per_input = tokens * tokens
+        if batch * per_input <= max_elements:
+            step = max(1, min(self.site.num_heads, max_elements // (batch * per_input)))
+            for first in range(0, self.site.num_heads, step):
+                yield slice(0, batch), self.state(slice(first, first + step), workspace)
+            return
+        rows = max(1, max_elements // per_input)
+        for first in range(0, batch, rows):
+            inputs = slice(first, min(batch, first + rows))
+            for head in range(self.site.num_heads):
+                yield inputs, self.state(slice(head, head + 1), workspace, inputs)
+
 
 @dataclass(frozen=True)
 class _CapturedLayer(LayerProjections):
@@ -147,45 +186,55 @@ class _CapturedLayer(LayerProjections):
 
     ``model_values`` is the value tensor the model handed its attention function, `(batch,
     num_heads, N, head_dim)` in the model's dtype; ``output`` the layer's attention output
-    `(batch, N, num_heads, head_dim)` that the model receives back, filled head by head.
+    `(batch, num_heads, N, head_dim)`, filled block by block, that the model receives back as
+    `(batch, N, num_heads, head_dim)`.
     """
 
     model_values: Tensor | None = None
     output: Tensor | None = None
-    done: list[bool] = field(default_factory=list)
+    #: `(num_heads, batch)` bool: which heads of which inputs ``output`` holds already.
+    done: Tensor | None = None
     #: ``"exact"``: the float32 probabilities the model's own attention computed, `(batch, num_heads, N, N)`.
     probabilities: Tensor | None = None
 
-    def state(self, heads: slice = slice(None), workspace: Workspace | None = None) -> AttentionState:
+    def state(
+        self, heads: slice = slice(None), workspace: Workspace | None = None, batch: slice = slice(None)
+    ) -> AttentionState:
         if self.probabilities is not None:
-            attention = self.probabilities[:, heads]
+            attention = self.probabilities[batch, heads]
             if workspace is not None:  # the built-in kernels overwrite it: never the model's own tensor
                 attention = workspace.get("attention", tuple(attention.shape), attention).copy_(attention)
-            return AttentionState(attention, self._heads(self.value, heads), self.site.layer_index, self.token_mask)
-        state = super().state(heads, workspace)
+            token_mask = None if self.token_mask is None else self.token_mask[batch]
+            values = self._heads("value", heads, batch)
+            return AttentionState(attention, values, self.site.layer_index, token_mask)
+        state = super().state(heads, workspace, batch)
         # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
-        values = self.model_values[:, heads]
-        mixed = torch.matmul(state.attention.to(values.dtype), values)
-        self.output[:, :, heads] = mixed.transpose(1, 2)
-        for head in range(self.site.num_heads)[heads]:
-            self.done[head] = True
+        values = self.model_values[batch, heads]
+        target = self.output[batch, heads]
+        if target.is_contiguous():
+            torch.matmul(state.attention.to(values.dtype), values, out=target)
+        else:
+            target.copy_(torch.matmul(state.attention.to(values.dtype), values))
+        self.done[heads, batch] = True
         return state
 
     def complete(self, max_elements: int) -> Tensor:
         """``"fast"``: the full output, computing the heads the caller's computation did not ask for."""
         batch, tokens, _ = self.query.shape
         step = max(1, min(self.site.num_heads, max_elements // (batch * tokens * tokens)))
+        missing = (~self.done.all(dim=1)).tolist()
         first = 0
         while first < self.site.num_heads:
-            if self.done[first]:
+            if not missing[first]:
                 first += 1
                 continue
             last = first
-            while last < min(self.site.num_heads, first + step) and not self.done[last]:
+            while last < min(self.site.num_heads, first + step) and missing[last]:
                 last += 1
             self.state(slice(first, last))
             first = last
-        return self.output
+        # The layout the models' own attention functions return.
+        return self.output.transpose(1, 2).contiguous()
 
 
 #: Largest `(batch, heads, N, N)` group of heads the capture computes at once for heads the
@@ -398,8 +447,8 @@ def record_layers(
             site,
             *projections(site, slot),
             model_values=value,
-            output=torch.empty(batch, tokens, heads, head_dim, dtype=value.dtype, device=value.device),
-            done=[False] * heads,
+            output=torch.empty(batch, heads, tokens, head_dim, dtype=value.dtype, device=value.device),
+            done=torch.zeros(heads, batch, dtype=torch.bool),
         )
         slot["captured"] = True
         kept[position] = compute(layer)

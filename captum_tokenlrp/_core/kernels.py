@@ -45,8 +45,7 @@ def builtin_kernel(rule: TokenRule) -> Kernel | None:
     def kernel(state: AttentionState, workspace: Workspace | None) -> Tensor:
         attention = state.attention
         if by_value_distance:
-            # Distances go into the scores buffer, free once the softmax has been taken.
-            out = None if workspace is None else workspace.get("scores", tuple(attention.shape), attention)
+            out = None if workspace is None else workspace.get("distances", tuple(attention.shape), attention)
             contributions = pairwise_distances(state.centered_values, out=out, norms=state.centered_norms)
             contributions.mul_(attention)
         else:

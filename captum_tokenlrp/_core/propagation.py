@@ -68,23 +68,69 @@ def reduce_layer(head_chunks: Iterable[Tensor], head_fusion: str | None, is_last
     Tensor
         `(batch_size, N, N)` for a fused layer, `(batch_size, num_heads, N, N)` for a per-head one.
     """
+    return reduce_blocks(((slice(None), chunk) for chunk in head_chunks), head_fusion, is_last_layer, num_heads)
+
+
+def reduce_blocks(
+    blocks: Iterable[tuple[slice, Tensor]],
+    head_fusion: str | None,
+    is_last_layer: bool,
+    num_heads: int,
+    batch_size: int | None = None,
+) -> Tensor:
+    """:func:`reduce_layer` for matrices that come in blocks of inputs as well as heads.
+
+    Parameters
+    ----------
+    blocks : iterable of (slice, Tensor)
+        ``(inputs, matrices)``: the matrices `(inputs, heads_in_block, N, N)` of a slice of the
+        batch (``slice(None)``: all of it) and a group of heads; for every input, its blocks
+        cover all ``num_heads``. A per-head layer needs whole-batch blocks.
+    head_fusion, is_last_layer, num_heads
+        As in :func:`reduce_layer`.
+    batch_size : int, optional
+        The whole batch; needed when the first block holds only part of it.
+
+    Returns
+    -------
+    Tensor
+        `(batch_size, N, N)` for a fused layer, `(batch_size, num_heads, N, N)` for a per-head one.
+    """
     how = _layer_mode(head_fusion, is_last_layer)
     if how is None:
-        return torch.cat(list(head_chunks), dim=1)
+        chunks = []
+        for inputs, chunk in blocks:
+            if inputs != slice(None) and (batch_size is None or inputs != slice(0, batch_size)):
+                raise ValueError(f"A per-head layer needs blocks of the whole batch, got the inputs {inputs}.")
+            chunks.append(chunk)
+        return torch.cat(chunks, dim=1)
     fused: Tensor | None = None
-    for chunk in head_chunks:
+    started: set[tuple[int | None, int | None]] = set()
+    for inputs, chunk in blocks:
+        if fused is None:
+            rows = chunk.shape[0] if inputs == slice(None) else batch_size
+            if rows is None:
+                raise ValueError("reduce_blocks needs batch_size when the first block holds part of the batch.")
+            fused = chunk.new_empty(rows, *chunk.shape[-2:])
+        target = fused[inputs]
+        first = (inputs.start, inputs.stop) not in started
+        started.add((inputs.start, inputs.stop))
         if how == "mean":
-            if fused is None:  # a copy of a single head: summing over a length-1 axis costs two passes
-                fused = (
-                    chunk[:, 0].clone(memory_format=torch.contiguous_format) if chunk.shape[1] == 1 else chunk.sum(1)
-                )
-            else:  # head by head, in place: no (batch, N, N) temporary per chunk
+            if first:  # a copy of a single head: summing over a length-1 axis costs two passes
+                if chunk.shape[1] == 1:
+                    target.copy_(chunk[:, 0])
+                else:
+                    torch.sum(chunk, dim=1, out=target)
+            else:  # head by head, in place: no (inputs, N, N) temporary per block
                 for head in range(chunk.shape[1]):
-                    fused.add_(chunk[:, head])
+                    target.add_(chunk[:, head])
         else:
-            part = chunk.amax(dim=1) if how == "max" else chunk.amin(dim=1)
-            combine = torch.maximum if how == "max" else torch.minimum
-            fused = part if fused is None else combine(fused, part, out=fused)
+            reduce = torch.amax if how == "max" else torch.amin
+            if first:
+                reduce(chunk, dim=1, out=target)
+            else:
+                combine = torch.maximum if how == "max" else torch.minimum
+                combine(target, reduce(chunk, dim=1), out=target)
     if fused is None:
         raise ValueError("reduce_layer needs at least one chunk of heads.")
     return fused.div_(num_heads) if how == "mean" else normalize_rows_(fused)

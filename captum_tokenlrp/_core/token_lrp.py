@@ -26,6 +26,7 @@ from .propagation import (
     propagate,
     propagate_by_layer,
     propagate_chains,
+    reduce_blocks,
     reduce_layer,
     weighted_head_mean,
 )
@@ -36,6 +37,11 @@ from .workspace import Workspace
 #: per buffer instead of +50 %); small sequences keep all heads in one group. CPU only: on a GPU each group
 #: costs kernel launches, and its memory is counted in gigabytes.
 FUSED_CHUNK_ELEMENTS = 2**21
+#: Largest block of inputs and heads, in `(inputs, heads, N, N)` elements, that the built-in kernels of a
+#: fused mode work on at once on the CPU (4 MB of float32): the scores, probabilities and the kernel's
+#: passes over them then run in cache instead of memory. DINO ViT-S/8 (785 tokens) works one input and
+#: one head at a time; ViT-S/16 at batch 8 three heads of the whole batch.
+CACHE_BLOCK_ELEMENTS = 2**20
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
 
@@ -183,7 +189,13 @@ class RedistributionRules:
             # own) and the rule is built in (user code never sees buffers that change under it).
             reuse = workspace if kernel is not None and fuses_heads(head_fusion, is_last) else None
             limit = self.max_chunk_elements
-            if fuses_heads(head_fusion, is_last) and layer.device.type == "cpu":
+            fused_on_cpu = fuses_heads(head_fusion, is_last) and layer.device.type == "cpu"
+            if fused_on_cpu and kernel is not None:
+                # Blocks of inputs and heads small enough to stay in cache while the kernel passes over them.
+                blocks = layer.blocks(min(limit, CACHE_BLOCK_ELEMENTS), reuse)
+                matrices = ((inputs, kernel(state, reuse)) for inputs, state in blocks)
+                return reduce_blocks(matrices, head_fusion, is_last, layer.site.num_heads, layer.batch_size)
+            if fused_on_cpu:
                 # Fused: the buffers need not hold every head. Groups of at most FUSED_CHUNK_ELEMENTS (one
                 # head if larger) keep the work memory a small share of the L x B x N^2 fused matrices kept.
                 per_head = layer.batch_size * layer.num_tokens**2
