@@ -354,13 +354,22 @@ def normalize_rows(contributions: Tensor) -> Tensor:
 
 def normalize_rows_(contributions: Tensor) -> Tensor:
     """In-place :func:`normalize_rows`; returns ``contributions``."""
+    return contributions.div_(row_divisors_(contributions))
+
+
+def row_divisors_(contributions: Tensor) -> Tensor:
+    """What :func:`normalize_rows_` divides each row by, `(..., num_tokens, 1)`.
+
+    The row sums, with an empty (all-zero) row made the identity row in place and given the divisor 1,
+    so that ``contributions / row_divisors_(contributions)`` is the normalised matrix. Callers that
+    divide while doing something else with the rows (a head mean accumulating them) save a pass.
+    """
     row_sums = contributions.sum(dim=-1, keepdim=True)
     empty = row_sums == 0
     # Without a data-dependent branch (a GPU would wait for the host at every layer): an empty row is all
-    # zero (contributions are non-negative), so dividing it by 1 and adding 1 on its diagonal gives the identity row.
-    contributions.div_(row_sums.masked_fill_(empty, 1.0))
+    # zero (contributions are non-negative), so adding 1 on its diagonal and dividing it by 1 gives the identity row.
     contributions.diagonal(dim1=-2, dim2=-1).add_(empty.squeeze(-1).to(contributions.dtype))
-    return contributions
+    return row_sums.masked_fill_(empty, 1.0)
 
 
 def _check_component(rule: TokenRule, role: str, tensor: object, expected_shape: torch.Size) -> None:

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from captum_tokenlrp import TokenRelevanceLRP
+from captum_tokenlrp._core.kernels import RowScaled
 from captum_tokenlrp._core.propagation import reduce_blocks, reduce_layer
+from captum_tokenlrp.rules import normalize_rows, row_divisors_
 
 MODES = ["mean", "max", "min", None, "per_head_mean", "last_layer_per_head"]
 
@@ -139,13 +141,20 @@ def test_any_image_size_on_the_dino_architecture(height, width, dino_s16):
 
 
 @pytest.mark.parametrize("how", ["mean", "max", "min"])
-def test_blocks_of_inputs_and_heads_reduce_like_whole_layers(how):
+@pytest.mark.parametrize("divided", [True, False], ids=["matrices", "row-scaled"])
+def test_blocks_of_inputs_and_heads_reduce_like_whole_layers(how, divided):
     generator = torch.Generator().manual_seed(5)
-    matrices = torch.softmax(torch.randn(3, 4, 6, 6, generator=generator), dim=-1)
-    whole = reduce_layer([matrices], how, is_last_layer=False, num_heads=4)
+    contributions = torch.rand(3, 4, 6, 6, generator=generator)
+    contributions[1, 2, 3] = 0.0  # an empty row: the identity row
+    whole = reduce_layer([normalize_rows(contributions)], how, is_last_layer=False, num_heads=4)
+
+    def block(inputs: slice, heads: slice):
+        part = contributions[inputs, heads].clone()
+        return inputs, normalize_rows(part) if divided else RowScaled(part, row_divisors_(part))
+
     # Inputs [0, 2) head by head, then input 2 in groups of heads: every input's blocks cover all four heads.
-    blocks = [(slice(0, 2), matrices[0:2, head : head + 1]) for head in range(4)]
-    blocks += [(slice(2, 3), matrices[2:3, 0:3]), (slice(2, 3), matrices[2:3, 3:4])]
+    blocks = [block(slice(0, 2), slice(head, head + 1)) for head in range(4)]
+    blocks += [block(slice(2, 3), slice(0, 3)), block(slice(2, 3), slice(3, 4))]
     torch.testing.assert_close(reduce_blocks(blocks, how, False, 4, batch_size=3), whole, atol=1e-7, rtol=1e-6)
 
 

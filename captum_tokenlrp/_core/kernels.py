@@ -10,6 +10,7 @@ owns and writing value distances into a reused buffer (see :mod:`.workspace`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -22,13 +23,32 @@ from ..rules import (
     ValueDistanceWeight,
     normalize_rows_,
     pairwise_distances,
+    row_divisors_,
 )
 from .workspace import Workspace
 
-#: ``kernel(state, workspace) -> M`` of shape `(batch, heads, N, N)`. With a ``workspace`` the
-#: state's attention lives in the engine's buffer and is overwritten; without, nothing of the
-#: state is modified (several rules may share it).
-Kernel = Callable[[AttentionState, Workspace | None], Tensor]
+
+class RowScaled(NamedTuple):
+    """Redistribution matrices ``M = contributions / row_divisors`` whose division is left to the consumer.
+
+    A head mean divides while it accumulates (one pass over each block instead of two).
+    """
+
+    #: `(batch, heads, N, N)`, non-negative, empty rows already made identity rows.
+    contributions: Tensor
+    #: `(batch, heads, N, 1)`, positive.
+    row_divisors: Tensor
+
+    def divided_(self) -> Tensor:
+        """``M``, in place of the contributions."""
+        return self.contributions.div_(self.row_divisors)
+
+
+#: ``kernel(state, workspace, divide=True) -> M`` of shape `(batch, heads, N, N)`, or its
+#: :class:`RowScaled` form with ``divide=False``. With a ``workspace`` the state's attention lives in
+#: the engine's buffer and is overwritten; without, nothing of the state is modified (several rules
+#: may share it).
+Kernel = Callable[..., "Tensor | RowScaled"]
 
 
 def builtin_kernel(rule: TokenRule) -> Kernel | None:
@@ -42,7 +62,7 @@ def builtin_kernel(rule: TokenRule) -> Kernel | None:
     by_value_distance = weight is ValueDistanceWeight
     by_value_deviation = activation is ValueDeviationActivation
 
-    def kernel(state: AttentionState, workspace: Workspace | None) -> Tensor:
+    def kernel(state: AttentionState, workspace: Workspace | None, divide: bool = True) -> Tensor | RowScaled:
         attention = state.attention
         if by_value_distance:
             out = None if workspace is None else workspace.get("distances", tuple(attention.shape), attention)
@@ -53,7 +73,9 @@ def builtin_kernel(rule: TokenRule) -> Kernel | None:
         contributions.diagonal(dim1=-2, dim2=-1).add_(1.0)
         if by_value_deviation:
             contributions.mul_(state.centered_norms.unsqueeze(-2))
-        return normalize_rows_(contributions)
+        if divide:
+            return normalize_rows_(contributions)
+        return RowScaled(contributions, row_divisors_(contributions))
 
     return kernel
 

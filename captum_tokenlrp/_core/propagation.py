@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..rules import normalize_rows_
+from .kernels import RowScaled
 
 #: Head modes that give one map per sample, `(batch_size, num_tokens)`.
 FUSED_HEAD_MODES = ("mean", "max", "min", "per_head_mean")
@@ -72,7 +73,7 @@ def reduce_layer(head_chunks: Iterable[Tensor], head_fusion: str | None, is_last
 
 
 def reduce_blocks(
-    blocks: Iterable[tuple[slice, Tensor]],
+    blocks: Iterable[tuple[slice, Tensor | RowScaled]],
     head_fusion: str | None,
     is_last_layer: bool,
     num_heads: int,
@@ -82,10 +83,12 @@ def reduce_blocks(
 
     Parameters
     ----------
-    blocks : iterable of (slice, Tensor)
+    blocks : iterable of (slice, Tensor or RowScaled)
         ``(inputs, matrices)``: the matrices `(inputs, heads_in_block, N, N)` of a slice of the
         batch (``slice(None)``: all of it) and a group of heads; for every input, its blocks
-        cover all ``num_heads``. A per-head layer needs whole-batch blocks.
+        cover all ``num_heads``. A per-head layer needs whole-batch blocks. Matrices given as
+        :class:`~captum_tokenlrp._core.kernels.RowScaled` are divided here (in place), by the
+        head mean as it accumulates them.
     head_fusion, is_last_layer, num_heads
         As in :func:`reduce_layer`.
     batch_size : int, optional
@@ -106,7 +109,9 @@ def reduce_blocks(
         return torch.cat(chunks, dim=1)
     fused: Tensor | None = None
     started: set[tuple[int | None, int | None]] = set()
-    for inputs, chunk in blocks:
+    for inputs, matrices in blocks:
+        scaled = matrices if isinstance(matrices, RowScaled) else None
+        chunk = matrices.contributions if scaled is not None else matrices
         if fused is None:
             rows = chunk.shape[0] if inputs == slice(None) else batch_size
             if rows is None:
@@ -115,6 +120,15 @@ def reduce_blocks(
         target = fused[inputs]
         first = (inputs.start, inputs.stop) not in started
         started.add((inputs.start, inputs.stop))
+        if how == "mean" and scaled is not None:  # divide while accumulating: one pass per head
+            for head in range(chunk.shape[1]):
+                if first and head == 0:
+                    torch.div(chunk[:, 0], scaled.row_divisors[:, 0], out=target)
+                else:
+                    target.addcdiv_(chunk[:, head], scaled.row_divisors[:, head])
+            continue
+        if scaled is not None:
+            chunk = scaled.divided_()
         if how == "mean":
             if first:  # a copy of a single head: summing over a length-1 axis costs two passes
                 if chunk.shape[1] == 1:

@@ -193,7 +193,7 @@ class RedistributionRules:
             if fused_on_cpu and kernel is not None:
                 # Blocks of inputs and heads small enough to stay in cache while the kernel passes over them.
                 blocks = layer.blocks(min(limit, CACHE_BLOCK_ELEMENTS), reuse)
-                matrices = ((inputs, kernel(state, reuse)) for inputs, state in blocks)
+                matrices = ((inputs, kernel(state, reuse, divide=False)) for inputs, state in blocks)
                 return reduce_blocks(matrices, head_fusion, is_last, layer.site.num_heads, layer.batch_size)
             if fused_on_cpu:
                 # Fused: the buffers need not hold every head. Groups of at most FUSED_CHUNK_ELEMENTS (one
