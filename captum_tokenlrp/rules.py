@@ -152,10 +152,14 @@ def pairwise_distances(vectors: Tensor, out: Tensor | None = None, norms: Tensor
     norms = torch.linalg.vector_norm(flat, dim=-1) if norms is None else norms.reshape(-1, tokens)
     squared_norms = norms.square()
     target = None if out is None else out.view(-1, tokens, tokens)
-    squared = torch.baddbmm(squared_norms.unsqueeze(-2), flat, flat.transpose(-1, -2), alpha=-2.0, out=target)
-    squared.add_(squared_norms.unsqueeze(-1))
+    # |x_i|^2 + |x_j|^2 first, then the product accumulates into it: one pass over N x N besides the GEMM.
+    squared = torch.add(squared_norms.unsqueeze(-1), squared_norms.unsqueeze(-2), out=target)
+    squared.baddbmm_(flat, flat.transpose(-1, -2), alpha=-2.0)
     _refine_near_pairs(squared, flat, squared_norms)
-    squared.clamp_min_(0.0).sqrt_()
+    # No clamp before the root: every entry the identity could have left negative is below its row's
+    # cutoff (which is >= 0) and has just been recomputed exactly; a row whose cutoff is 0 has only zero
+    # vectors, whose entries are exact zeros.
+    squared.sqrt_()
     squared.diagonal(dim1=-2, dim2=-1).zero_()
     return squared.reshape(*leading, tokens, tokens)
 
