@@ -125,6 +125,17 @@ def test_several_rules_from_one_captured_forward(tiny_model, tiny_images, monkey
             torch.testing.assert_close(result[rule][mode].double(), reference, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rule", ["ii", "iv"])
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_one_rule_and_one_mode_by_rule_matches_the_reference(rule, mode, tiny_model, tiny_images):
+    # What explain-dir asks for: one rule, one fused mode (the single-rule path, in blocks of one input).
+    lrp = TokenRelevanceLRP(tiny_model, attention_capture="fast", max_chunk_elements=17 * 17)
+    result = lrp.token_relevance_by_rule(tiny_images, [rule], head_fusions=(mode,))
+    assert list(result) == [rule] and list(result[rule]) == [mode]
+    reference = reference_relevance(tiny_model, tiny_images, rule, mode)
+    torch.testing.assert_close(result[rule][mode].double(), reference, atol=1e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------ the model's own outputs
 def outputs_during_call(model, images, **options):
     """``last_hidden_state`` of the forward pass run inside ``token_relevance``."""

@@ -130,6 +130,9 @@ class RedistributionRules:
         self, defaults: Sequence[TokenRule], modes: Sequence[str | None]
     ) -> Callable[[LayerProjections], dict[tuple[int, HeadFusion], Tensor]]:
         """Per layer, ``{(rule position, head mode): kept matrix}`` for several default rules at once."""
+        if len(defaults) == 1 and len(modes) == 1:  # one matrix per layer: the single rule's path, in place
+            layer_matrix = self._layer_matrix(modes[0], defaults[0])
+            return lambda layer: {(0, modes[0]): layer_matrix(layer)}
         sites = self.attention_sites
         layer_rules = [[self._rule_for(site, default) for default in defaults] for site in sites]
         last_layer = len(sites) - 1
