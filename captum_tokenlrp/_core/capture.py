@@ -119,7 +119,10 @@ class LayerProjections:
         bias = self._bias(heads, batch)
         if workspace is None:
             scores = query @ key
-            attention = torch.softmax(scores if bias is None else scores.add_(bias), dim=-1)
+            if bias is not None:
+                scores.add_(bias)
+            # A new tensor of ours: on the CPU the softmax can overwrite it (see below).
+            attention = softmax_into(scores, scores) if scores.device.type == "cpu" else torch.softmax(scores, dim=-1)
         else:
             shape = (*query.shape[:-1], key.shape[-1])
             scores = torch.matmul(query, key, out=workspace.get("scores", shape, query))
