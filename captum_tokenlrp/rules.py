@@ -146,9 +146,19 @@ def pairwise_distances(vectors: Tensor, out: Tensor | None = None, norms: Tensor
     ~1e-3 |x| instead of 0). Pairs whose squared distance falls below
     ``NEAR_PAIR_SHARE * (|x_i|^2 + max_j |x_j|^2)`` are therefore recomputed exactly from the
     differences; they are few in practice, so the cost stays that of the GEMM.
+
+    Finding those pairs needs their count on the host. Off the CPU that would stall the device
+    at every layer, so there every distance is taken from the differences directly
+    (``torch.cdist`` without the matrix-product shortcut): exact, and no host-device
+    synchronisation.
     """
     leading, (tokens, dim) = vectors.shape[:-2], vectors.shape[-2:]
     flat = vectors.reshape(-1, tokens, dim)
+    if flat.device.type != "cpu":
+        distances = _distances_from_differences(flat)
+        if out is not None:
+            distances = out.view(-1, tokens, tokens).copy_(distances)
+        return distances.reshape(*leading, tokens, tokens)
     norms = torch.linalg.vector_norm(flat, dim=-1) if norms is None else norms.reshape(-1, tokens)
     squared_norms = norms.square()
     target = None if out is None else out.view(-1, tokens, tokens)
@@ -162,6 +172,11 @@ def pairwise_distances(vectors: Tensor, out: Tensor | None = None, norms: Tensor
     squared.sqrt_()
     squared.diagonal(dim1=-2, dim2=-1).zero_()
     return squared.reshape(*leading, tokens, tokens)
+
+
+def _distances_from_differences(flat: Tensor) -> Tensor:
+    """``||x_j - x_i||_2`` of `(groups, N, dim)` from the differences themselves, `(groups, N, N)`."""
+    return torch.cdist(flat, flat, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 #: Relative size under which a squared distance from the Gram identity is recomputed exactly.

@@ -258,14 +258,15 @@ def test_image_text_model_forward_with_text_is_unchanged_by_fast_capture():
 # ------------------------------------------------------------------ GPU: no host-device synchronisation per layer
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["mean", None])
-def test_fast_capture_on_cuda_matches_cpu_and_waits_for_no_layer(mode, tiny_images):
+@pytest.mark.parametrize("rule", ["ii", "iv"])  # (iv): value distances without a per-layer count on the host
+def test_fast_capture_on_cuda_matches_cpu_and_waits_for_no_layer(rule, mode, tiny_images):
     import copy
     import warnings
 
     layers = 6
     model = seeded(lambda: ViTModel(tiny_config(num_hidden_layers=layers), add_pooling_layer=False))
-    on_cpu = TokenRelevanceLRP(model, rule="ii").token_relevance(tiny_images, head_fusion=mode)
-    lrp = TokenRelevanceLRP(copy.deepcopy(model).cuda(), rule="ii", attention_capture="fast")
+    on_cpu = TokenRelevanceLRP(model, rule=rule).token_relevance(tiny_images, head_fusion=mode)
+    lrp = TokenRelevanceLRP(copy.deepcopy(model).cuda(), rule=rule, attention_capture="fast")
     images = tiny_images.cuda()
     lrp.token_relevance(images, head_fusion=mode)  # warm-up: first-call allocations
     with warnings.catch_warnings(record=True) as caught:

@@ -18,7 +18,7 @@ from captum_tokenlrp import (
     get_rule,
     register_rule,
 )
-from captum_tokenlrp.rules import AttentionWeight, ValueDeviationActivation, normalize_rows
+from captum_tokenlrp.rules import AttentionWeight, ValueDeviationActivation, normalize_rows, pairwise_distances
 
 
 def random_state(batch=2, heads=3, tokens=7, dim=5, seed=0):
@@ -144,3 +144,23 @@ def test_distances_are_exact_for_identical_and_nearly_identical_tokens():
     exact = (values.double().unsqueeze(-2) - values.double().unsqueeze(-3)).norm(dim=-1)
     torch.testing.assert_close(distances.double(), exact, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(distances[:, :, 0, 2].double(), exact[:, :, 0, 2], atol=0, rtol=1e-4)
+
+
+def test_distances_from_differences_match_the_gram_path_exactly_where_it_refines():
+    # Off the CPU the distances come from the differences (no host-device synchronisation); the CPU's
+    # Gram identity with refinement of near pairs must agree with them, near pairs included.
+    from captum_tokenlrp.rules import _distances_from_differences
+
+    generator = torch.Generator().manual_seed(11)
+    vectors = torch.randn(6, 40, 16, generator=generator)
+    vectors[:, 5] = vectors[:, 3]  # identical tokens
+    vectors[:, 7] = vectors[:, 3] + 1e-4 * torch.randn(6, 16, generator=generator)  # nearly identical
+    vectors = vectors - vectors.mean(dim=-2, keepdim=True)
+    direct = _distances_from_differences(vectors)
+    assert torch.equal(direct.diagonal(dim1=-2, dim2=-1), torch.zeros(6, 40))
+    assert torch.equal(direct[:, 3, 5], torch.zeros(6))
+    exact = torch.cdist(vectors.double(), vectors.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    torch.testing.assert_close(direct.double(), exact, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(pairwise_distances(vectors), direct, atol=1e-5, rtol=1e-5)
+    near = direct[:, 3, 7]
+    torch.testing.assert_close(pairwise_distances(vectors)[:, 3, 7], near, atol=1e-7, rtol=1e-3)
