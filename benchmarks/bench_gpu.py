@@ -38,8 +38,8 @@ def cases_for(model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, Callabl
         fast = TokenRelevanceLRP(model, rule=rule, attention_capture="fast")
         cases[f"rule ({rule}), fused mean"] = lambda fast=fast: fast.token_relevance(pixels)
         cases[f"rule ({rule}), per head"] = lambda fast=fast: fast.token_relevance(pixels, head_fusion=None)
-    exact = TokenRelevanceLRP(model, rule="iv")
-    cases["rule (iv), fused mean, exact capture (default)"] = lambda: exact.token_relevance(pixels)
+    exact = TokenRelevanceLRP(model, rule="iv", attention_capture="exact")
+    cases["rule (iv), fused mean, exact capture"] = lambda: exact.token_relevance(pixels)
     every = TokenRelevanceLRP(model, attention_capture="fast")
     cases["explain: rules (i)-(iv), fused + per head"] = lambda: every.token_relevance_by_rule(
         pixels, ["i", "ii", "iii", "iv"], head_fusions=("mean", None)

@@ -39,7 +39,7 @@ from captum_tokenlrp.baselines import (
 from captum_tokenlrp.models import dino_config, random_dino_model
 
 HERE = Path(__file__).resolve().parent
-#: The attention capture of the token-relevance rows: each layer's attention computed once, in float32.
+#: The attention capture of the token-relevance rows (the default): each layer's attention computed once, in float32.
 CAPTURE = "fast"
 #: The class-sensitive variant timed against GAE on a classifier of the same architecture (issue 16):
 #: the best variant of benchmarks/RESULTS.md.
@@ -131,8 +131,8 @@ def _all_cases(name: str, batch: int, size: int, layers: int | None, with_ig: bo
             pixels, additional_forward_args=extra, head_fusion=None
         )
     lrp_iv = TokenRelevanceLRP(model, rule="iv", attention_capture=CAPTURE)
-    exact = TokenRelevanceLRP(model, rule="iv")  # the default: sdpa runs, the attention is recomputed
-    cases["rule (iv), fused mean, exact capture (default)"] = lambda: exact.token_relevance(
+    exact = TokenRelevanceLRP(model, rule="iv", attention_capture="exact")  # sdpa runs, the attention is recomputed
+    cases["rule (iv), fused mean, exact capture"] = lambda: exact.token_relevance(
         pixels, additional_forward_args=extra
     )
     # What `tokenlrp explain` computes per image: fused and per-head maps, for one rule or all four
@@ -571,9 +571,9 @@ def main(argv: list[str] | None = None) -> int:
             "'working memory' is that peak minus the resident memory just before the call (model, inputs and "
             "libraries excluded), 'extra' is the peak minus the forward's own peak. IG-50 runs once (50 steps, "
             "internal batch 50; its memory is not measured). Token-relevance rows use "
-            f"`attention_capture=\"{CAPTURE}\"` (each layer's attention computed once, in float32; the model's "
-            "outputs within float32 rounding of its own sdpa kernel) unless the row says otherwise; "
-            '"exact capture (default)" keeps the model\'s sdpa and recomputes the probabilities.',
+            f"`attention_capture=\"{CAPTURE}\"`, the default (each layer's attention computed once, in float32; "
+            "the model's outputs within float32 rounding of its own sdpa kernel) unless the row says otherwise; "
+            '"exact capture" keeps the model\'s sdpa bitwise and recomputes the probabilities.',
             "",
             *([] if args.quick or args.only else [format_targets(configs, long_rows, rates)]),
             *sections,

@@ -76,14 +76,20 @@ def test_fast_capture_matches_float64_reference_on_every_family(name, monkeypatc
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_fast_capture_on_vit_families_matches_the_default_path(name, monkeypatch):
+def test_fast_capture_on_vit_families_matches_the_exact_path(name, monkeypatch):
     model, _specials = build_vit_family(name)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     counter = CaptureCounter(monkeypatch)
     for rule in ("ii", "iii"):
-        default = TokenRelevanceLRP(model, rule=rule).token_relevance(images, head_fusion=None)
-        fast = TokenRelevanceLRP(model, rule=rule, attention_capture="fast").token_relevance(images, head_fusion=None)
-        torch.testing.assert_close(fast, default, atol=1e-6, rtol=1e-5)
+        exact = TokenRelevanceLRP(model, rule=rule, attention_capture="exact")
+        fast = TokenRelevanceLRP(model, rule=rule)  # the default
+        assert fast.attention_capture == "fast"
+        torch.testing.assert_close(
+            fast.token_relevance(images, head_fusion=None),
+            exact.token_relevance(images, head_fusion=None),
+            atol=1e-6,
+            rtol=1e-5,
+        )
     assert counter.fast == 2 * model.config.num_hidden_layers
 
 
@@ -192,7 +198,7 @@ def test_exact_capture_keeps_the_outputs_bitwise(implementation, tiny_images, mo
     with torch.no_grad():
         own = model(tiny_images).last_hidden_state
     counter = CaptureCounter(monkeypatch)
-    assert torch.equal(outputs_during_call(model, tiny_images), own)
+    assert torch.equal(outputs_during_call(model, tiny_images, attention_capture="exact"), own)
     # An eager float32 model hands over the probabilities it computed; sdpa computes none to hand over.
     assert counter.exact == (3 if implementation == "eager" else 0)
     assert counter.fast == 0

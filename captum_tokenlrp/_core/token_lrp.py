@@ -250,14 +250,15 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         whose head axis may be a group of heads.
     tokenizer : tokenizer or processor, optional
         Tokenizes prompt strings given as ``target`` to an image-text model (CLIP, SigLIP).
-    attention_capture : {"exact", "fast", "recompute"}, default "exact"
-        How the forward pass yields each layer's attention probabilities. ``"exact"``: the
-        model's outputs stay bitwise its own (a float32 eager model hands over the probabilities
-        it computed; other implementations, e.g. sdpa, are recomputed from q and k). ``"fast"``:
-        each layer's attention is computed once, in float32, by the explanation, which also forms
-        the layer's output from it (the model's outputs equal its own within float32 rounding;
-        on sdpa models this saves one attention per layer). ``"recompute"``: always recompute.
-        The relevance is the same in all three within float32 rounding.
+    attention_capture : {"fast", "exact", "recompute"}, default "fast"
+        How the forward pass yields each layer's attention probabilities. ``"fast"``: each
+        layer's attention is computed once, in float32, by the explanation, which also forms the
+        layer's output from it (the model's outputs during the call equal its own within float32
+        rounding; nothing is computed twice). ``"exact"``: the model's outputs stay bitwise its
+        own (a float32 eager model hands over the probabilities it computed; other
+        implementations, e.g. sdpa, run their kernel and the probabilities are recomputed from q
+        and k). ``"recompute"``: always recompute. The relevance is the same in all three within
+        float32 rounding; the model is unchanged after the call in all three.
     class_sensitive : {None, "heads", "attention", "attention+heads"}, default None
         None: the paper's rules, which do not depend on the class (what a label-free model such
         as DINO gets). Otherwise (classifiers only) ``target`` selects the class whose logit ``S``
@@ -303,7 +304,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         *,
         max_chunk_elements: int = 2**25,
         tokenizer: Any = None,
-        attention_capture: str = "exact",
+        attention_capture: str = "fast",
         class_sensitive: str | None = None,
     ) -> None:
         super().__init__(model, tokenizer=tokenizer)
