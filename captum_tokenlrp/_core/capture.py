@@ -35,7 +35,7 @@ import itertools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -125,7 +125,8 @@ class LayerProjections:
             attention = softmax_into(scores, scores) if scores.device.type == "cpu" else torch.softmax(scores, dim=-1)
         else:
             shape = (*query.shape[:-1], key.shape[-1])
-            scores = torch.matmul(query, key, out=workspace.get("scores", shape, query))
+            scores = workspace.get("scores", shape, query)
+            torch.bmm(_batched(query), _batched(key), out=scores.view(-1, *shape[-2:]))
             if bias is not None:
                 scores.add_(bias)
             # On the CPU in place (its softmax reads each row before writing it): the scores are dead once
@@ -183,6 +184,11 @@ class LayerProjections:
                 yield inputs, self.state(slice(head, head + 1), workspace, inputs)
 
 
+def _batched(matrices: Tensor) -> Tensor:
+    """`(..., rows, columns)` -> `(groups, rows, columns)` for ``torch.bmm`` (a view where the strides allow)."""
+    return matrices.reshape(-1, *matrices.shape[-2:])
+
+
 @dataclass(frozen=True)
 class _CapturedLayer(LayerProjections):
     """A layer whose attention runs here: each :meth:`state` also writes those heads' output.
@@ -195,8 +201,8 @@ class _CapturedLayer(LayerProjections):
 
     model_values: Tensor | None = None
     output: Tensor | None = None
-    #: `(num_heads, batch)` bool: which heads of which inputs ``output`` holds already.
-    done: Tensor | None = None
+    #: ``(head, input)`` pairs whose output ``output`` holds already (bookkeeping on the host, no tensor op).
+    done: set[tuple[int, int]] = field(default_factory=set)
     #: ``"exact"``: the float32 probabilities the model's own attention computed, `(batch, num_heads, N, N)`.
     probabilities: Tensor | None = None
 
@@ -213,19 +219,21 @@ class _CapturedLayer(LayerProjections):
         state = super().state(heads, workspace, batch)
         # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
         values = self.model_values[batch, heads]
+        attention = state.attention if state.attention.dtype == values.dtype else state.attention.to(values.dtype)
         target = self.output[batch, heads]
         if target.is_contiguous():
-            torch.matmul(state.attention.to(values.dtype), values, out=target)
+            torch.bmm(_batched(attention), _batched(values), out=target.view(-1, *target.shape[-2:]))
         else:
-            target.copy_(torch.matmul(state.attention.to(values.dtype), values))
-        self.done[heads, batch] = True
+            target.copy_(torch.matmul(attention, values))
+        batch_size, num_heads = self.output.shape[0], self.site.num_heads
+        self.done.update(itertools.product(range(num_heads)[heads], range(batch_size)[batch]))
         return state
 
     def complete(self, max_elements: int) -> Tensor:
         """``"fast"``: the full output, computing the heads the caller's computation did not ask for."""
         batch, tokens, _ = self.query.shape
         step = max(1, min(self.site.num_heads, max_elements // (batch * tokens * tokens)))
-        missing = (~self.done.all(dim=1)).tolist()
+        missing = [any((head, row) not in self.done for row in range(batch)) for head in range(self.site.num_heads)]
         first = 0
         while first < self.site.num_heads:
             if not missing[first]:
@@ -451,7 +459,6 @@ def record_layers(
             *projections(site, slot),
             model_values=value,
             output=torch.empty(batch, heads, tokens, head_dim, dtype=value.dtype, device=value.device),
-            done=torch.zeros(heads, batch, dtype=torch.bool),
         )
         slot["captured"] = True
         kept[position] = compute(layer)

@@ -21,7 +21,6 @@ from ..rules import (
     UnitActivation,
     ValueDeviationActivation,
     ValueDistanceWeight,
-    normalize_rows_,
     pairwise_distances,
     row_divisors_,
 )
@@ -73,9 +72,10 @@ def builtin_kernel(rule: TokenRule) -> Kernel | None:
         contributions.diagonal(dim1=-2, dim2=-1).add_(1.0)
         if by_value_deviation:
             contributions.mul_(state.centered_norms.unsqueeze(-2))
-        if divide:
-            return normalize_rows_(contributions)
-        return RowScaled(contributions, row_divisors_(contributions))
+            divisors = row_divisors_(contributions)
+        else:  # a_j = 1: every row holds its diagonal's 1 (and nothing negative), so no row is empty
+            divisors = contributions.sum(dim=-1, keepdim=True)
+        return contributions.div_(divisors) if divide else RowScaled(contributions, divisors)
 
     return kernel
 
