@@ -162,6 +162,18 @@ def test_rollout_on_beit_classifier_matches_reference():
 
 # ------------------------------------------------------------------ 2. conservation
 @pytest.mark.parametrize("name", NAMES)
+def test_blocks_of_one_input_and_one_head_match_the_reference(name):
+    # max_chunk_elements=1: fused layers work one input and one head at a time, so each block slices the
+    # batch out of the projections, of a score bias (BEiT) and of the layer's output (the fast capture).
+    model, _info = build(name)
+    layers, start = reference_inputs(name)
+    for rule in ("ii", "iv"):
+        ours = TokenRelevanceLRP(model, rule=rule, max_chunk_elements=1).token_relevance(IMAGES, head_fusion="mean")
+        error = relative_error(ours, reference_maps(layers, start, rule, "mean"))
+        assert error <= BOUND, f"rule ({rule}): relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_conserves_the_start_and_stays_non_negative(name):
     model, info = build(name)
     for rule in RULES:

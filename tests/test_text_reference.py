@@ -88,10 +88,14 @@ def test_relevance_matches_the_float64_reference(name, rule):
 
 
 @pytest.mark.parametrize("name", ["bert", "distilbert", "gpt2", "llama"])
-def test_a_padded_batch_gives_each_sentence_its_own_relevance(name):
-    """Right padding (encoders, decoders) and left padding (decoders): the same relevance as alone, 0 on padding."""
+@pytest.mark.parametrize("budget", [2**25, 1], ids=["whole-batch", "one-input-blocks"])
+def test_a_padded_batch_gives_each_sentence_its_own_relevance(name, budget):
+    """Right padding (encoders, decoders) and left padding (decoders): the same relevance as alone, 0 on padding.
+
+    Also with fused layers worked one input and one head at a time (each block slices the padding mask and bias).
+    """
     model = build_text_model(name)
-    lrp = TextTokenRelevanceLRP(model, rule="iv")
+    lrp = TextTokenRelevanceLRP(model, rule="iv", max_chunk_elements=budget)
     lengths = (9, 5, 7)
     sentences = [token_ids(1, length, seed=10 + length)[0] for length in lengths]
     sides = ("right", "left") if name in DECODERS else ("right",)
