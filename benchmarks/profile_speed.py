@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,8 @@ GROUPS = (
     ("matmul", "N x N matrix products (scores, probs @ v, propagation)"),
     ("mm", "N x N matrix products (scores, probs @ v, propagation)"),
     ("baddbmm", "N x N matrix products (scores, probs @ v, propagation)"),
+    ("sqrt", "square root of the value distances (rules (iii)/(iv))"),
+    ("amin", "reductions (row sums, head mean, norms)"),
     ("sum", "reductions (row sums, head mean, norms)"),
     ("mean", "reductions (row sums, head mean, norms)"),
     ("norm", "reductions (row sums, head mean, norms)"),
@@ -65,9 +68,13 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def profile_call(call: Callable[[], object], repeats: int) -> tuple[dict[str, float], float]:
-    """Self CPU milliseconds per group and the total, per call (mean over ``repeats``)."""
+def profile_call(call: Callable[[], object], repeats: int) -> tuple[dict[str, float], float, float]:
+    """Self CPU milliseconds per group, their total, and the unprofiled wall time, per call (means over ``repeats``)."""
     call()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    wall = (time.perf_counter() - started) * 1000 / repeats
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             call()
@@ -75,7 +82,7 @@ def profile_call(call: Callable[[], object], repeats: int) -> tuple[dict[str, fl
     for event in prof.key_averages():
         if event.key.startswith("aten::") and event.self_cpu_time_total > 0:
             groups[group_of(event.key)] += event.self_cpu_time_total / 1000 / repeats
-    return dict(groups), sum(groups.values())
+    return dict(groups), sum(groups.values()), wall
 
 
 def cases(name: str, batch: int, size: int, layers: int | None) -> dict[str, Callable[[], object]]:
@@ -101,9 +108,9 @@ def cases(name: str, batch: int, size: int, layers: int | None) -> dict[str, Cal
     }
 
 
-def table(profiles: dict[str, tuple[dict[str, float], float]]) -> str:
+def table(profiles: dict[str, tuple[dict[str, float], float, float]]) -> str:
     names = list(profiles)
-    groups = sorted({group for by_group, _ in profiles.values() for group in by_group})
+    groups = sorted({group for by_group, _, _ in profiles.values() for group in by_group})
     groups.sort(key=lambda group: -max(profiles[name][0].get(group, 0.0) for name in names))
     lines = ["| operator group | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for group in groups:
@@ -112,6 +119,13 @@ def table(profiles: dict[str, tuple[dict[str, float], float]]) -> str:
     base = profiles[names[0]][1]
     lines.append("| **total (ms)** | " + " | ".join(f"**{profiles[name][1]:.0f}**" for name in names) + " |")
     lines.append("| total / forward (sdpa) | " + " | ".join(f"{profiles[name][1] / base:.2f}" for name in names) + " |")
+    walls = [profiles[name][2] for name in names]
+    lines.append("| wall time, unprofiled (ms) | " + " | ".join(f"{wall:.0f}" for wall in walls) + " |")
+    outside = [wall - profiles[name][1] for wall, name in zip(walls, names, strict=True)]
+    lines.append(
+        "| wall time outside the operators (Python, dispatch; ms) | " + " | ".join(f"{o:.0f}" for o in outside) + " |"
+    )
+    lines.append("| wall time / forward (sdpa) | " + " | ".join(f"{wall / walls[0]:.2f}" for wall in walls) + " |")
     return "\n".join(lines)
 
 
@@ -136,7 +150,9 @@ Machine: {platform.processor() or platform.machine()}; torch threads {torch.get_
 {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.
 
 Self CPU time of the aten operators per call (mean of {args.repeats} profiled calls after one warm-up),
-grouped by what they do. Profiling adds overhead and the machine is shared: read the shares, and take
+grouped by what they do. The last rows time the same calls without the profiler ({args.repeats} calls after
+the warm-up): what the operators' total leaves of that wall time is spent outside them (Python, the
+dispatcher, hooks). Profiling adds overhead and the machine is shared: read the shares, and take
 wall-time ratios from [SPEED.md](SPEED.md). "forward (eager attention)" materialises every layer's
 `(batch, heads, N, N)` probabilities as any method that reads them must; its excess over the sdpa
 forward is the floor of such a method's overhead.
