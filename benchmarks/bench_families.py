@@ -149,10 +149,13 @@ def reference_errors(model: nn.Module, family: str, pixel_values: torch.Tensor) 
             lrp.token_relevance(pixel_values, head_fusion=mode), reference_maps(layers, start, "iv", mode)
         )
     # The float32 floor: the same weights run by an eager float32 copy (another float32 rounding of the forward).
-    eager = TokenRelevanceLRP(eager_copy(model, torch.float32), rule="iv")
+    # Both with "exact" capture, so that each forward runs its own kernel (the default "fast" capture computes
+    # the attention of both itself, and would hide the difference).
+    own = TokenRelevanceLRP(model, rule="iv", attention_capture="exact")
+    eager = TokenRelevanceLRP(eager_copy(model, torch.float32), rule="iv", attention_capture="exact")
     for mode, label in (("mean", "fused spread"), (None, "per head spread")):
         errors[label] = relative_error(
-            lrp.token_relevance(pixel_values, head_fusion=mode),
+            own.token_relevance(pixel_values, head_fusion=mode),
             eager.token_relevance(pixel_values, head_fusion=mode).double(),
         )
     # How peaked the attention is (1 / N when uniform): the mean over layers, heads and rows of max_j w_ij.
@@ -281,8 +284,10 @@ def report(rows: list[dict], command: str, seconds: float, quick: bool) -> str:
         "encoder's query and key projections by g (scores x g^2; SigLIP's pooling head unchanged). "
         "'max attention' is the mean over layers, heads and rows of the largest attention probability "
         "(1/N when uniform). 'float32 spread' is how far our own map moves when the same weights run as an "
-        "eager float32 copy instead of the model's sdpa forward: the size of the differences that float32 "
-        "rounding of the forward alone causes at that peakedness (no float32 implementation can promise less).",
+        "eager float32 copy instead of the model's sdpa forward, each running its own attention kernel "
+        '(`attention_capture="exact"`): the size of the differences that float32 rounding of the forward '
+        "alone causes at that peakedness (no float32 implementation can promise less). The errors to the "
+        'reference are those of the default `attention_capture="fast"`.',
         "",
         "| model | tokens N | weights | max attention | fused (mean) | per head | float32 spread, fused "
         "| float32 spread, per head | reference time (s) |",

@@ -132,9 +132,7 @@ def _all_cases(name: str, batch: int, size: int, layers: int | None, with_ig: bo
         )
     lrp_iv = TokenRelevanceLRP(model, rule="iv", attention_capture=CAPTURE)
     exact = TokenRelevanceLRP(model, rule="iv", attention_capture="exact")  # sdpa runs, the attention is recomputed
-    cases["rule (iv), fused mean, exact capture"] = lambda: exact.token_relevance(
-        pixels, additional_forward_args=extra
-    )
+    cases["rule (iv), fused mean, exact capture"] = lambda: exact.token_relevance(pixels, additional_forward_args=extra)
     # What `tokenlrp explain` computes per image: fused and per-head maps, for one rule or all four
     # (one forward pass either way); "separately" is 0.1's way, one call per rule and head mode.
     both = ("mean", None)
@@ -571,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             "'working memory' is that peak minus the resident memory just before the call (model, inputs and "
             "libraries excluded), 'extra' is the peak minus the forward's own peak. IG-50 runs once (50 steps, "
             "internal batch 50; its memory is not measured). Token-relevance rows use "
-            f"`attention_capture=\"{CAPTURE}\"`, the default (each layer's attention computed once, in float32; "
+            f'`attention_capture="{CAPTURE}"`, the default (each layer\'s attention computed once, in float32; '
             "the model's outputs within float32 rounding of its own sdpa kernel) unless the row says otherwise; "
             '"exact capture" keeps the model\'s sdpa bitwise and recomputes the probabilities.',
             "",

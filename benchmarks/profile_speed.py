@@ -52,6 +52,8 @@ GROUPS = (
     ("mul", "element-wise N x N (scale, +I, normalise, distances)"),
     ("add", "element-wise N x N (scale, +I, normalise, distances)"),
     ("clamp", "element-wise N x N (scale, +I, normalise, distances)"),
+    ("sub", "element-wise N x N (scale, +I, normalise, distances)"),
+    ("fill", "element-wise N x N (scale, +I, normalise, distances)"),
     ("copy", "copies and layout (contiguous, transpose, cast)"),
     ("clone", "copies and layout (contiguous, transpose, cast)"),
     ("to", "copies and layout (contiguous, transpose, cast)"),
@@ -61,7 +63,7 @@ GROUPS = (
 
 
 def group_of(name: str) -> str:
-    short = name.removeprefix("aten::")
+    short = name.removeprefix("aten::").rstrip("_")  # in-place variants (mul_, add_) with their operator
     for fragment, group in GROUPS:
         if fragment == short or (len(fragment) > 3 and fragment in short):
             return group
