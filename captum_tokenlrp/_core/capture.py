@@ -137,7 +137,7 @@ class LayerProjections:
             attention=attention,
             values=self._heads("value", heads, batch),
             layer_index=self.site.layer_index,
-            token_mask=None if self.token_mask is None else self.token_mask[batch],
+            token_mask=self._token_mask(batch),
         )
 
     def _bias(self, heads: slice, batch: slice = slice(None)) -> Tensor | None:
@@ -153,26 +153,27 @@ class LayerProjections:
     def head_chunks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[AttentionState]:
         """States of consecutive groups of heads whose `(batch, heads, N, N)` stays under ``max_elements``.
 
-        Long sequences then never hold every head's N x N matrices at once. With a ``workspace``,
-        each state reuses the previous one's buffers: consume it before taking the next.
+        Long sequences then never hold every head's N x N matrices at once (one head at a time when
+        even that is larger). With a ``workspace``, each state reuses the previous one's buffers:
+        consume it before taking the next.
         """
-        batch, tokens, _ = self.query.shape
-        per_head = batch * tokens * tokens
-        step = max(1, min(self.site.num_heads, max_elements // per_head))
-        for first in range(0, self.site.num_heads, step):
-            yield self.state(slice(first, first + step), workspace)
+        for _inputs, state in self.blocks(max_elements, workspace, split_inputs=False):
+            yield state
 
-    def blocks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[tuple[slice, AttentionState]]:
+    def blocks(
+        self, max_elements: int, workspace: Workspace | None = None, *, split_inputs: bool = True
+    ) -> Iterator[tuple[slice, AttentionState]]:
         """``(inputs, state)`` for blocks of heads and inputs, `(inputs, heads, N, N)` under ``max_elements``.
 
-        Like :meth:`head_chunks`, but where one head of the whole batch is larger than
-        ``max_elements`` the batch is split as well (down to one input and one head), so that a
-        block's N x N work stays in the processor's cache while a kernel passes over it several
-        times. ``inputs`` is the block's slice of the batch, with explicit bounds.
+        Groups of heads of the whole batch, as :meth:`head_chunks`; where one head of the whole
+        batch is larger than ``max_elements`` (and ``split_inputs``), the batch is split as well
+        (down to one input and one head), so that a block's N x N work stays in the processor's
+        cache while a kernel passes over it several times. ``inputs`` is the block's slice of the
+        batch, with explicit bounds.
         """
         batch, tokens, _ = self.query.shape
         per_input = tokens * tokens
-        if batch * per_input <= max_elements:
+        if not split_inputs or batch * per_input <= max_elements:
             step = max(1, min(self.site.num_heads, max_elements // (batch * per_input)))
             for first in range(0, self.site.num_heads, step):
                 yield slice(0, batch), self.state(slice(first, first + step), workspace)
@@ -182,6 +183,10 @@ class LayerProjections:
             inputs = slice(first, min(batch, first + rows))
             for head in range(self.site.num_heads):
                 yield inputs, self.state(slice(head, head + 1), workspace, inputs)
+
+    def _token_mask(self, batch: slice) -> Tensor | None:
+        """:attr:`token_mask` of the inputs ``batch``, or None where every token is real."""
+        return None if self.token_mask is None else self.token_mask[batch]
 
 
 def _batched(matrices: Tensor) -> Tensor:
@@ -213,9 +218,8 @@ class _CapturedLayer(LayerProjections):
             attention = self.probabilities[batch, heads]
             if workspace is not None:  # the built-in kernels overwrite it: never the model's own tensor
                 attention = workspace.get("attention", tuple(attention.shape), attention).copy_(attention)
-            token_mask = None if self.token_mask is None else self.token_mask[batch]
             values = self._heads("value", heads, batch)
-            return AttentionState(attention, values, self.site.layer_index, token_mask)
+            return AttentionState(attention, values, self.site.layer_index, self._token_mask(batch))
         state = super().state(heads, workspace, batch)
         # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
         values = self.model_values[batch, heads]
