@@ -334,6 +334,20 @@ def state_dict_from_onnx(model_proto) -> tuple[dict[str, torch.Tensor], dict[str
     return state, sources
 
 
+def _quietly_loaded(folder: Path):
+    """``Dinov2Model.from_pretrained(folder, output_loading_info=True)`` without a second progress bar."""
+    from transformers import Dinov2Model
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return Dinov2Model.from_pretrained(folder, output_loading_info=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def convert(onnx_path: Path, out: Path) -> None:
     """Write the ``save_pretrained`` folder (config, safetensors, image processor, conversion record) to ``out``.
 
@@ -342,7 +356,6 @@ def convert(onnx_path: Path, out: Path) -> None:
     loading the folder back must then find every parameter of ``Dinov2Model`` and nothing else.
     """
     from safetensors.torch import save_file
-    from transformers import Dinov2Model
 
     onnx = _onnx()
     state, sources = state_dict_from_onnx(onnx.load(str(onnx_path)))
@@ -350,7 +363,7 @@ def convert(onnx_path: Path, out: Path) -> None:
     tensors = {name: tensor.contiguous() for name, tensor in state.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     dinov2_small_processor().save_pretrained(out)
-    _model, info = Dinov2Model.from_pretrained(out, output_loading_info=True)
+    _model, info = _quietly_loaded(out)
     problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if problems:
         raise ValueError(f"The converted folder does not load as a Dinov2Model: {problems}")
