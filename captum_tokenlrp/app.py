@@ -22,6 +22,7 @@ import copy
 import hashlib
 import inspect
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -446,10 +447,19 @@ class Views:
     summary: str
     arrays: dict[str, np.ndarray]
     seconds: float
+    #: The overlay's colour bar, bottom and top, in percent of the map's total relevance per patch (the unit
+    #: of the "Top patches" table).
+    colour_scale: tuple[float, float] = (0.0, 0.0)
 
 
 def overlay_image(
-    image: Image.Image, relevance_map: Tensor, opacity: float, title: str, side: int = 480
+    image: Image.Image,
+    relevance_map: Tensor,
+    opacity: float,
+    title: str,
+    side: int = 480,
+    *,
+    percent_per_value: float | None = None,
 ) -> Image.Image:
     """The map blended over the image, scaled so that its longer side is ``side``, with a labelled colour bar.
 
@@ -465,6 +475,10 @@ def overlay_image(
         Weight of the colour map over the image, in [0, 1].
     title : str
         Written above the panel.
+    percent_per_value : float, optional
+        Converts a value of ``relevance_map`` (relevance per original pixel) into the percent of the total
+        relevance that a patch of that density holds (:func:`_percent_per_pixel_value`); the bar is then
+        labelled in that unit, the one of the "Top patches" table. Without it the bar shows the raw values.
     """
     from PIL import ImageDraw
 
@@ -485,9 +499,31 @@ def overlay_image(
     canvas.paste(bar, (size[0] + 6, header))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill="black")
-    draw.text((size[0] + bar_width + 10, header), f"{high:.3g}", fill="black")
-    draw.text((size[0] + bar_width + 10, header + size[1] - 12), f"{low:.3g}", fill="black")
+    x = size[0] + bar_width + 10
+    if percent_per_value is None:
+        draw.text((x, header), f"{high:.3g}", fill="black")
+        draw.text((x, header + size[1] - 12), f"{low:.3g}", fill="black")
+    else:
+        draw.text((x, header), f"{high * percent_per_value:.3g} %", fill="black")
+        draw.text((x, header + size[1] - 12), f"{low * percent_per_value:.3g} %", fill="black")
+        draw.text((x, header + size[1] // 2 - 12), "of total\nper patch", fill="black")
     return canvas
+
+
+def _percent_per_pixel_value(capture: Capture, total: float) -> float:
+    """The factor from relevance per original pixel (:meth:`Explorer.original_map`) to the percent of ``total``
+    that a patch of that density holds.
+
+    The map on the original image spreads each patch's relevance over the original pixels it covers, by area,
+    so a patch covers ``patch_h * patch_w * (H_orig / H_resized) * (W_orig / W_resized)`` of them. 0 for an
+    empty map (``total`` 0).
+    """
+    if not total:
+        return 0.0
+    geometry, (patch_h, patch_w) = capture.geometry, capture.layout.patch_size
+    (height, width), (resized_h, resized_w) = geometry.original, geometry.resized
+    pixels = patch_h * patch_w * (height / resized_h) * (width / resized_w)
+    return 100.0 * pixels / total
 
 
 def _head_index(head: str, num_heads: int) -> int | None:
@@ -625,14 +661,24 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
         arrays[f"rule_{rule}_per_head"] = head_rel.numpy()
 
     original = explorer.original_map(capture, selected)
-    overlay = overlay_image(capture.image, original, settings.opacity, label)
+    percent = _percent_per_pixel_value(capture, float(selected.sum()))
+    overlay = overlay_image(capture.image, original, settings.opacity, label, percent_per_value=percent)
+    colour_scale = (float(original.min()) * percent, float(original.max()) * percent)
     layer_view = None
     if by_layer is not None:
         depth_map = explorer.original_map(capture, by_layer[settings.depth])
+        depth_percent = _percent_per_pixel_value(capture, float(by_layer[settings.depth].sum()))
         where = "the input tokens (the final map)" if settings.depth == 0 else f"entering layer {settings.depth}"
         if settings.depth == explorer.num_layers:
             where = "the start"
-        layer_view = overlay_image(capture.image, depth_map, settings.opacity, f"R({settings.depth}): {where}", 320)
+        layer_view = overlay_image(
+            capture.image,
+            depth_map,
+            settings.opacity,
+            f"R({settings.depth}): {where}",
+            320,
+            percent_per_value=depth_percent,
+        )
     mask_image = None
     mass = explorer.mass_on_object(capture, selected)
     if capture.mask is not None:
@@ -666,6 +712,7 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
         summary=" ".join(parts),
         arrays=arrays,
         seconds=seconds,
+        colour_scale=colour_scale,
     )
 
 
@@ -701,6 +748,31 @@ def _gradio():
             "tokenlrp app needs Gradio, an optional dependency: pip install 'captum-tokenlrp[app]'."
         ) from None
     return gradio
+
+
+@dataclass
+class _Session:
+    """What one browser session (a tab; a reload starts a new one) holds: the model it loaded, if any."""
+
+    explorer: Explorer | None = None
+    start_token: object = -1
+
+    def __deepcopy__(self, memo) -> _Session:
+        # Gradio copies the initial value into each new session: a fresh one, never a copy of a model.
+        return _Session(self.explorer, self.start_token)
+
+
+def _user_error(gr, message: str):
+    """The message for the page, and one line (not a traceback) in the server's log: the user can fix it.
+
+    Internal errors (anything but :class:`AppInputError` and a model that does not load) keep Gradio's
+    full traceback.
+    """
+    print(f"tokenlrp app: {message}", file=sys.stderr, flush=True)
+    try:
+        return gr.Error(message, print_exception=False)
+    except TypeError:  # a Gradio without print_exception
+        return gr.Error(message)
 
 
 @dataclass(frozen=True)
@@ -750,7 +822,10 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
     sample_dir = Path(sample_dir or tempfile.mkdtemp(prefix="tokenlrp-samples-"))
     explorer.masks.update(bundled_samples(sample_dir))
     downloads = Path(tempfile.mkdtemp(prefix="tokenlrp-downloads-"))
-    current = {"explorer": explorer}  # the model the page explains; the Load button replaces it
+
+    def explorer_of(session: _Session) -> Explorer:
+        """The model this browser session explains: the app's own until the session loads another."""
+        return session.explorer if session.explorer is not None else explorer
 
     def heads_of(explorer: Explorer) -> list[str]:
         return ["fused"] + [f"head {index}" for index in range(explorer.num_heads)]
@@ -759,7 +834,17 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         return f"Relevance entering layer l (0: the input tokens, {explorer.num_layers}: the start)"
 
     def settings_from(
-        rules, method, head_fusion, head, start_token, target_class, target_prompt, opacity, depth, size_mode
+        explorer: Explorer,
+        rules,
+        method,
+        head_fusion,
+        head,
+        start_token,
+        target_class,
+        target_prompt,
+        opacity,
+        depth,
+        size_mode,
     ):
         start = None if start_token in (None, "") or int(start_token) < 0 else int(start_token)
         return ViewSettings(
@@ -768,7 +853,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
             head_fusion=head_fusion,
             head=head,
             start_token=start,
-            target=target_prompt if current["explorer"].has_text else target_class,
+            target=target_prompt if explorer.has_text else target_class,
             opacity=float(opacity),
             depth=int(depth),
             size_mode=size_mode,
@@ -797,27 +882,37 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         )
 
     def guarded(full: bool) -> Callable:
-        def handler(image, size_mode, *choices):
+        def handler(session: _Session, image, size_mode, *choices):
             if image is None:
                 return (None, None, None, [], None, None, "Upload an image or pick a bundled sample.", None)
-            explorer = current["explorer"]
+            explorer = explorer_of(session)
             try:
                 capture = explorer.capture(image, size_mode)
-                views = render(explorer, capture, settings_from(*choices, size_mode), figure=full)
+                views = render(explorer, capture, settings_from(explorer, *choices, size_mode), figure=full)
             except AppInputError as error:
-                raise gr.Error(str(error)) from None
+                raise _user_error(gr, str(error)) from None
             return outputs_of(views, capture, full)
 
         return handler
 
-    def load_other(name: str):
-        previous = current["explorer"]
+    def on_start_token(session: _Session, image, size_mode, *choices):
+        """Run when the start token is submitted (Enter) or left (blur), once per value: not on every keystroke."""
+        start = choices[4]
+        if start == session.start_token:  # Enter, then a click elsewhere: one run, one message
+            return tuple(gr.skip() for _ in outputs)
+        session.start_token = start
+        return full(session, image, size_mode, *choices)
+
+    def load_other(session: _Session, name: str):
+        previous = explorer_of(session)
         try:
             other = Explorer(name.strip(), device=previous.device, dtype=previous.dtype)
         except (CliError, ValueError, TypeError) as error:
-            raise gr.Error(f"Could not load {name!r}: {error}") from None
+            raise _user_error(gr, f"Could not load {name!r}: {error}") from None
         other.masks.update(previous.masks)
-        current["explorer"] = other
+        # This session's model only: the other sessions (tabs, users) keep theirs. The previous model of this
+        # session is freed with its last reference; the app's own stays for the new sessions.
+        session.explorer = other
         return (
             f"# Token relevance explorer\n{other.describe()}",
             gr.update(choices=other.methods, value="iv"),
@@ -829,6 +924,9 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         )
 
     with gr.Blocks(title="tokenlrp explorer", analytics_enabled=False) as app:
+        # Gradio deep-copies a State's initial value into every new session (tab, reload): each starts on the
+        # app's model and holds its own afterwards.
+        session = gr.State(_Session())
         header = gr.Markdown(f"# Token relevance explorer\n{explorer.describe()}")
         with gr.Row():
             model_name = gr.Textbox(
@@ -904,20 +1002,32 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 with gr.Row():
                     layer_view = gr.Image(label="Layer by layer", show_label=False, elem_id="layer-view", format="png")
                     mask = gr.Image(label="Object mask (bundled samples)", elem_id="mask", format="png")
-                predictions = gr.Label(label="Predicted classes", num_top_classes=5, visible=explorer.is_classifier)
+                predictions = gr.Label(
+                    label="Predicted classes",
+                    num_top_classes=5,
+                    visible=explorer.is_classifier,
+                    elem_id="predictions",
+                )
                 top = gr.Dataframe(
-                    headers=["rank", "token", "row", "col", "share %"], label="Top patches", elem_id="top-patches"
+                    headers=["rank", "token", "row", "col", "% of total"],
+                    label="Top patches (% of the map's total relevance, as the colour bars)",
+                    elem_id="top-patches",
                 )
                 figure = gr.Image(label="The paper's figure: rules x (fused, heads)", elem_id="figure", format="png")
                 files = gr.File(label="Download: figure (PNG) and relevance (.npz)", file_count="multiple")
         choices = [rules, method, head_fusion, head, start_token, target_class, target_prompt, opacity, depth]
         outputs = [figure, overlay, layer_view, top, predictions, mask, summary, files]
         full, light = guarded(True), guarded(False)
+        inputs = [session, image, size_mode, *choices]
         changed_by_load = [header, method, head, target_class, target_prompt, depth, predictions]
-        load.click(load_other, [model_name], changed_by_load).success(full, [image, size_mode, *choices], outputs)
-        for component in (image, size_mode, rules, method, head_fusion, head, start_token, target_class):
-            component.change(full, [image, size_mode, *choices], outputs)
-        target_prompt.submit(full, [image, size_mode, *choices], outputs)
+        load.click(load_other, [session, model_name], changed_by_load).success(full, inputs, outputs)
+        for component in (image, size_mode, rules, method, head_fusion, head, target_class):
+            component.change(full, inputs, outputs)
+        # A number being typed (9, 99, 999) is no start token yet: run on Enter or on leaving the box.
+        # One queue for both (Enter, then a click elsewhere): the second sees the first's value and does nothing.
+        start_token.submit(on_start_token, inputs, outputs, concurrency_id="start-token")
+        start_token.blur(on_start_token, inputs, outputs, concurrency_id="start-token")
+        target_prompt.submit(full, inputs, outputs)
 
         def pick_sample(name: str | None):
             if not name:
@@ -927,8 +1037,24 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
 
         samples.change(pick_sample, samples, image)
         for component in (opacity, depth):
-            component.release(light, [image, size_mode, *choices], outputs)
+            component.release(light, inputs, outputs)
     return app
+
+
+#: Gradio's browser client streams an upload's progress through its own fetch-based stand-in for EventSource,
+#: whose ``close()`` is a stub that only prints ``console.warn("Method not implemented.")``; its upload widget
+#: calls it twice per file (when the upload is done, and when the progress bar goes). Nothing fails, but two
+#: warnings per upload bury the console messages that matter. The app cannot reach that object, so the page
+#: drops exactly this message (nothing else) before Gradio's scripts run.
+_QUIET_STUB_WARNING = """<script>
+(function () {
+  var warn = console.warn;
+  console.warn = function () {
+    if (arguments.length === 1 && arguments[0] === "Method not implemented.") { return; }
+    return warn.apply(console, arguments);
+  };
+})();
+</script>"""
 
 
 def _theme(gr):
@@ -965,6 +1091,7 @@ def launch(
         quiet=True,
         share=False,
         theme=_theme(gr),
+        head=_QUIET_STUB_WARNING,
         max_file_size="50mb",
         footer_links=[],
         ssr_mode=False,

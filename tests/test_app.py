@@ -253,6 +253,63 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def image_source(driver, element_id: str) -> str | None:
+    """The ``src`` of the image shown in the component ``element_id`` (None while it shows none)."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
+    return found[0].get_attribute("src") if found else None
+
+
+def wait_for_new_image(driver, element_id: str, before: str | None) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(lambda d: image_source(d, element_id) not in (None, before))
+    return image_source(driver, element_id)
+
+
+def choose_radio(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"#{element_id} input[type=radio][value='{value}']").click()
+
+
+def radio_values(driver, element_id: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [radio.get_attribute("value") for radio in driver.find_elements(By.CSS_SELECTOR, f"#{element_id} input")]
+
+
+def load_from_page(driver, name: str) -> None:
+    """Type ``name`` into the model box and press "Load model"."""
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.CSS_SELECTOR, "#model textarea, #model input")
+    box.clear()
+    box.send_keys(name)
+    # A JavaScript click: the previous error's toast may cover the button.
+    driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "load-model"))
+
+
+def open_page(driver, url: str, upload: Path | None = None) -> None:
+    """Open the app at ``url`` and (optionally) upload ``upload``, waiting until its views are drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input input[type=file]"))
+    if upload is not None:
+        driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]").send_keys(str(upload))
+        wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
+
+
+def page_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
 def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, backbone, tmp_path):
     pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
     from selenium.webdriver.common.by import By
@@ -269,15 +326,13 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input input[type=file]"))
 
         def source(element_id: str) -> str | None:
-            found = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
-            return found[0].get_attribute("src") if found else None
+            return image_source(driver, element_id)
 
         def changed(element_id: str, before: str | None) -> str:
-            wait.until(lambda d: source(element_id) not in (None, before))
-            return source(element_id)
+            return wait_for_new_image(driver, element_id, before)
 
         def choose(element_id: str, value: str) -> None:
-            driver.find_element(By.CSS_SELECTOR, f"#{element_id} input[type=radio][value='{value}']").click()
+            choose_radio(driver, element_id, value)
 
         upload = driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]")
         upload.send_keys(str(sorted(samples[0].glob("*.png"))[0]))
@@ -319,11 +374,7 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
 
         # Another model from the page: a name that does not load gets a message, a checkpoint folder loads.
         def load_model(name: str) -> None:
-            box = driver.find_element(By.CSS_SELECTOR, "#model textarea, #model input")
-            box.clear()
-            box.send_keys(name)
-            # A JavaScript click: the previous error's toast may cover the button.
-            driver.execute_script("arguments[0].click()", driver.find_element(By.ID, "load-model"))
+            load_from_page(driver, name)
 
         load_model(str(tmp_path / "no-such-model"))
         wait.until(lambda d: "Could not load" in d.find_element(By.TAG_NAME, "body").text)
@@ -336,5 +387,119 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
     finally:
         handle.remove()
+        server.close()
+        driver.quit()
+
+
+def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, backbone):
+    """Two tabs are two Gradio sessions: "Load model" in one changes that tab's model, and nothing in the other."""
+    pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome_driver()
+    server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
+    picture = sorted(samples[0].glob("*.png"))[0]
+    bundled_header = "ViTForImageClassification (classifier), 6 layers x 6 heads"
+    backbone_header = "ViTModel (backbone), 3 layers x 4 heads"
+    try:
+        wait = WebDriverWait(driver, 60)
+        open_page(driver, url, picture)
+        first = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        second = driver.current_window_handle
+        open_page(driver, url, picture)
+
+        driver.switch_to.window(first)
+        overlay = image_source(driver, "overlay")
+        load_from_page(driver, backbone.name)
+        wait.until(lambda d: backbone_header in page_text(d))
+        wait_for_new_image(driver, "overlay", overlay)
+        assert radio_values(driver, "head") == ["fused", "head 0", "head 1", "head 2", "head 3"]
+
+        # The other tab: still the bundled classifier, in its header, its heads, its figure and its classes.
+        driver.switch_to.window(second)
+        assert bundled_header in page_text(driver) and backbone_header not in page_text(driver)
+        assert radio_values(driver, "head") == ["fused", *(f"head {index}" for index in range(6))]
+        overlay = image_source(driver, "overlay")
+        choose_radio(driver, "head", "head 5")  # a head the backbone does not have
+        wait_for_new_image(driver, "overlay", overlay)
+        wait.until(lambda d: "rule (iv), head 5" in d.find_element(By.ID, "summary").text)
+        assert "does not exist" not in page_text(driver)
+        predicted = driver.find_element(By.ID, "predictions").text
+        assert sum(name in predicted for name in ("disc", "crescent", "triangle", "ring", "cross", "star")) >= 2
+
+        # The first tab goes on with its own model; a reload is a new session, on the model the app started with.
+        driver.switch_to.window(first)
+        overlay = image_source(driver, "overlay")
+        choose_radio(driver, "head", "head 3")
+        wait_for_new_image(driver, "overlay", overlay)
+        wait.until(lambda d: "rule (iv), head 3" in d.find_element(By.ID, "summary").text)
+        assert backbone_header in page_text(driver)
+        open_page(driver, url)
+        assert bundled_header in page_text(driver)
+    finally:
+        server.close()
+        driver.quit()
+
+
+def test_the_colour_bar_is_in_the_unit_of_the_top_patches(bundled, backbone, samples):
+    """Both in percent of the map's total relevance per patch: the bar's top is the first row of the table."""
+    odd = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    cases = [(bundled, sample_image(samples, 2), "processor"), (backbone, odd, "processor"), (backbone, odd, "native")]
+    for explorer, image, size_mode in cases:
+        capture = explorer.capture(image, size_mode)
+        for settings in (ViewSettings(method="iii"), ViewSettings(method="i", head="head 1")):
+            views = render(explorer, capture, settings)
+            low, high = views.colour_scale
+            assert high == pytest.approx(views.top_patches[0][4], abs=0.006)
+            assert 0 <= low <= views.top_patches[-1][4] + 0.006
+
+
+def test_typing_a_start_token_runs_once_and_user_errors_log_one_line(samples, tmp_path, monkeypatch, capfd):
+    """The start token runs on Enter or on leaving the box (not per keystroke); a user's mistake is one line in
+    the server's log, not a traceback; and the page's console stays clean."""
+    pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    starts: list[int | None] = []
+    real_render = app.render
+
+    def recording(explorer, capture, settings, **options):
+        starts.append(settings.start_token)
+        return real_render(explorer, capture, settings, **options)
+
+    monkeypatch.setattr(app, "render", recording)
+    driver = chrome_driver()
+    server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
+    try:
+        wait = WebDriverWait(driver, 60)
+        open_page(driver, url, sorted(samples[0].glob("*.png"))[0])
+        assert starts == [None]
+        capfd.readouterr()
+        box = driver.find_element(By.CSS_SELECTOR, "#start-token input")
+        box.clear()
+        box.send_keys("999")  # 9, 99, 999: no run while typing
+        box.send_keys(Keys.ENTER)
+        wait.until(lambda d: "Start token 999 is out of range" in page_text(d))
+        driver.find_element(By.ID, "summary").click()  # leaving the box: the same value, no second run
+        overlay = image_source(driver, "overlay")
+        box.clear()
+        box.send_keys("5")
+        box.send_keys(Keys.TAB)
+        wait_for_new_image(driver, "overlay", overlay)
+        assert starts == [None, 999, 5]
+        load_from_page(driver, str(tmp_path / "no-such-model"))
+        wait.until(lambda d: "Could not load" in page_text(d))
+        log = capfd.readouterr().err
+        assert "Traceback" not in log
+        lines = [line for line in log.splitlines() if "out of range" in line or "Could not load" in line]
+        assert len(lines) == 2 and lines[0].startswith("tokenlrp app: Start token 999 is out of range"), log
+        driver.save_screenshot(str(tmp_path / "app.png"))
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        assert not [message for message in console if "Method not implemented" in message], console
+    finally:
         server.close()
         driver.quit()
