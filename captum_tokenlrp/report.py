@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,10 @@ MARKER = ".tokenlrp-report"
 #: and ``predicted_class`` for a classifier).
 CLASS_KEYS = ("class_name", "predicted_class", "label")
 COLORMAP = "inferno"
+#: Runs of at least this many images print their progress to stderr (one line per tenth: logs stay short).
+PROGRESS_MIN_IMAGES = 200
+#: Names of the images not found under ``--images`` (or unreadable there) that the warning spells out.
+NAMES_SHOWN = 5
 
 
 class ReportError(Exception):
@@ -154,6 +159,8 @@ class _Run:
     rules: list[str]
     entries: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    #: Inputs under ``--images`` that have no ``.npz``: {"name", "reason"} (unreadable, or not explained yet).
+    without_map: list[dict] = field(default_factory=list)
 
 
 def _relevance_key(rule: str, files: Sequence[str]) -> str | None:
@@ -222,6 +229,52 @@ def _scan(run_dir: Path, report_dir: Path) -> _Run:
     return run
 
 
+def _inputs_without_map(run: _Run, run_dir: Path, images: Path, report_dir: Path) -> list[dict]:
+    """The images under ``images`` that the run has no map of, each with the likely reason.
+
+    explain-dir writes ``OUT/<relative path>.npz`` for every image it read and reports the unreadable ones on
+    stderr only; the report reads them again to tell which is which.
+    """
+    from .cli import IMAGE_SUFFIXES
+    from .images import load_image
+
+    known = {entry["name"] for entry in run.entries} | {item["name"][: -len(".npz")] for item in run.skipped}
+    report_dir, run_dir = report_dir.resolve(), run_dir.resolve()
+    found = []
+    for path in sorted(images.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        resolved = path.resolve()
+        if resolved == report_dir or report_dir in resolved.parents:  # the report's own thumbnails
+            continue
+        if run_dir in resolved.parents:  # the run's figures (when the run was written into the images folder)
+            continue
+        name = path.relative_to(images).as_posix()
+        if name in known:
+            continue
+        try:
+            load_image(path)
+        except Exception as error:  # any decoding failure: why explain-dir skipped it
+            reason = f"unreadable ({type(error).__name__}: {error})"
+        else:
+            reason = "not explained (added after the run, or the run did not finish: rerun explain-dir to resume)"
+        found.append({"name": name, "reason": reason})
+    return found
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def _progress(done: int, total: int) -> None:
+    """One stderr line per tenth of a large run (works in logs as in a terminal)."""
+    if total < PROGRESS_MIN_IMAGES:
+        return
+    if done == total or done * 10 // total != (done - 1) * 10 // total:
+        print(f"tokenlrp report: {done}/{total} images", file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------ writing
 def _prepare_destination(out: Path) -> Path:
     """A fresh temporary folder beside ``out``; ``out`` itself must be absent, empty or an earlier report."""
@@ -257,7 +310,9 @@ def write_report(
         ``(num_heads, num_tokens)``, ``grid`` ``(2,)``, ``special_tokens`` and ``manifest``.
     images_dir : path, optional
         The folder explain-dir read; ``<images_dir>/<relative path>`` is drawn under the map. Without it
-        (or where an image is missing or unreadable) the thumbnail shows the map alone.
+        (or where an image is missing or unreadable) the thumbnail shows the map alone: the page says so,
+        and stderr names the images not found. Its images that have no map in the run (unreadable, or
+        not explained yet) are listed on the page.
     out : path, optional
         The report folder (default ``run_dir/report``). It is replaced on every call; a non-empty
         folder that no earlier report wrote is refused.
@@ -272,12 +327,14 @@ def write_report(
     Raises
     ------
     ReportError
-        ``run_dir`` has no ``manifest.json`` (it is no explain-dir output), or ``out`` is unusable.
+        ``run_dir`` has no ``manifest.json`` (it is no explain-dir output), ``images_dir`` holds none of
+        the run's images, or ``out`` is unusable.
 
     Notes
     -----
     ``.npz`` files whose recorded manifest differs from ``manifest.json`` (or that are unreadable)
-    are left out of the cards and listed as skipped on the page and in ``data.json``.
+    are left out of the cards and listed as skipped on the page and in ``data.json``. Runs of at least
+    :data:`PROGRESS_MIN_IMAGES` images print their progress to stderr.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
@@ -287,13 +344,29 @@ def write_report(
     if images is not None and not images.is_dir():
         raise ReportError(f"--images {images} is not a folder (give the folder explain-dir read).")
     run = _scan(run_dir, out)
+    photos = {}
+    if images is not None:
+        photos = {entry["name"]: _photo(images / entry["name"]) for entry in run.entries}
+        not_found = [name for name, photo in photos.items() if photo is None]
+        if run.entries and len(not_found) == len(run.entries):
+            raise ReportError(
+                f"--images {images} holds none of the run's {len(run.entries)} images (looked for "
+                f"{_names([str(images / name) for name in not_found])}); give the folder explain-dir read."
+            )
+        if not_found:
+            print(
+                f"tokenlrp report: warning: {len(not_found)} of the run's {len(run.entries)} images are not under "
+                f"{images} (or unreadable there), so their thumbnails show the map alone: {_names(not_found)}.",
+                file=sys.stderr,
+            )
+        run.without_map = _inputs_without_map(run, run_dir, images, out)
     staging = _prepare_destination(out)
     try:
         (staging / "thumbs").mkdir()
         (staging / MARKER).write_text("written by tokenlrp report; replaced on every run\n", encoding="utf-8")
         items = []
         for index, entry in enumerate(run.entries):
-            photo = _photo(images / entry["name"] if images is not None else None)
+            photo = photos.get(entry["name"])
             thumbs = {}
             for number, rule in enumerate(run.rules):
                 thumb = f"thumbs/{index:06d}_{number}.png"
@@ -309,6 +382,7 @@ def write_report(
                     "has_image": photo is not None,
                 }
             )
+            _progress(index + 1, len(run.entries))
         data = {
             "manifest": run.manifest,
             "rules": run.rules,
@@ -316,11 +390,14 @@ def write_report(
             "top_share": TOP_SHARE,
             "images": items,
             "skipped": run.skipped,
+            "images_dir": None if images is None else str(images),
+            "images_not_found": [item["name"] for item in items if images is not None and not item["has_image"]],
+            "inputs_without_map": run.without_map,
         }
         text = json.dumps(data, sort_keys=True)
         (staging / "data.json").write_text(text, encoding="utf-8")
         (staging / "data.js").write_text(f"window.REPORT_DATA = {text};\n", encoding="utf-8")
-        (staging / "index.html").write_text(_page(run, len(items)), encoding="utf-8")
+        (staging / "index.html").write_text(_page(run, items, images), encoding="utf-8")
         os.chmod(staging, 0o777 & ~_umask())
         if out.exists():
             shutil.rmtree(out)
@@ -337,6 +414,16 @@ def _umask() -> int:
     return umask
 
 
+def _json_text(value: object) -> str:
+    """A manifest value as the manifest.json spells it (``null``, ``false``, numbers); strings and lists of
+    strings without quotes, so that the table reads as text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ", ".join(value) if value else "[]"
+    return json.dumps(value, sort_keys=True)
+
+
 def _manifest_rows(manifest: Mapping) -> str:
     shown = ["model", "model_class", "rules", "head_fusion", "target_token", "dtype", "version"]
     shown += sorted(key for key in manifest if key not in shown)
@@ -344,26 +431,67 @@ def _manifest_rows(manifest: Mapping) -> str:
     for key in shown:
         if key not in manifest:
             continue
-        value = manifest[key]
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(text)}</td></tr>")
+        rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(_json_text(manifest[key]))}</td></tr>")
     return "\n".join(rows)
 
 
-def _page(run: _Run, count: int) -> str:
+def _manifest_summary(manifest: Mapping) -> str:
+    """The run in one line (the folded manifest's summary): model, rules, head fusion."""
+    parts = [f"model {_json_text(manifest.get('model', '?'))}"]
+    if "rules" in manifest:
+        parts.append(f"rules {_json_text(manifest['rules'])}")
+    if "head_fusion" in manifest:
+        parts.append(f"head fusion {_json_text(manifest['head_fusion'])}")
+    return "Run settings (manifest.json): " + "; ".join(parts)
+
+
+def _listing(element_id: str, title: str, rows: Sequence[tuple[str, str]]) -> str:
+    """A folded list of (name, reason) under ``title``; nothing when there are no rows."""
+    if not rows:
+        return ""
+    items = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in rows)
+    summary = f"<summary>{html.escape(title)}</summary>"
+    return f'<details id="{element_id}" class="notice">{summary}<ul>{items}</ul></details>'
+
+
+def _page(run: _Run, items: Sequence[Mapping], images: Path | None) -> str:
     manifest = run.manifest
-    skipped = "".join(f"<li>{html.escape(item['name'])}: {html.escape(item['reason'])}</li>" for item in run.skipped)
-    skipped_block = (
-        f'<details id="skipped"><summary>{len(run.skipped)} file(s) skipped</summary><ul>{skipped}</ul></details>'
-        if run.skipped
-        else ""
-    )
-    title = f"tokenlrp report: {manifest.get('model', '?')}"
+    notices = [
+        _listing(
+            "skipped",
+            f"{len(run.skipped)} file(s) skipped",
+            [(item["name"], item["reason"]) for item in run.skipped],
+        )
+    ]
+    if images is None:
+        notices.append(
+            '<p id="no-images" class="notice">No --images folder was given: the thumbnails show the maps alone '
+            "(rerun <code>tokenlrp report OUT --images FOLDER</code> with the folder explain-dir read).</p>"
+        )
+    else:
+        not_found = [item["name"] for item in items if not item["has_image"]]
+        notices.append(
+            _listing(
+                "images-not-found",
+                f"Warning: {len(not_found)} of {len(items)} image(s) not found (or unreadable) under {images}: "
+                "their thumbnails show the map alone",
+                [(name, "no photo") for name in not_found],
+            )
+        )
+        notices.append(
+            _listing(
+                "inputs-without-map",
+                f"{len(run.without_map)} input(s) without a map under {images}",
+                [(item["name"], item["reason"]) for item in run.without_map],
+            )
+        )
+    title = f"tokenlrp report: {_json_text(manifest.get('model', '?'))}"
     return (
         _TEMPLATE.replace("%%TITLE%%", html.escape(title))
+        .replace("%%MANIFEST_SUMMARY%%", html.escape(_manifest_summary(manifest)))
         .replace("%%MANIFEST%%", _manifest_rows(manifest))
-        .replace("%%COUNT%%", str(count))
-        .replace("%%SKIPPED%%", skipped_block)
+        .replace("%%COUNT%%", str(len(items)))
+        .replace("%%SKIPPED%%", "\n".join(notice for notice in notices if notice))
         .replace("%%TOP%%", f"{round(TOP_SHARE * 100)}")
     )
 
@@ -386,13 +514,19 @@ table.manifest td { font-family: monospace; word-break: break-all; }
 .card .name { word-break: break-all; margin: 4px 0 2px; }
 .card .score { color: #555; }
 .hidden { display: none !important; }
+.notice { margin: 0.4em 0; }
+#images-not-found summary, #inputs-without-map summary { color: #a15c00; }
+#no-match { grid-column: 1 / -1; color: #555; padding: 1em 0; }
+details summary { cursor: pointer; }
 </style>
 </head>
 <body>
 <h1>%%TITLE%%</h1>
+<details id="manifest-details"><summary>%%MANIFEST_SUMMARY%%</summary>
 <table class="manifest" id="manifest">
 %%MANIFEST%%
 </table>
+</details>
 <p>%%COUNT%% image(s). Concentration: the share of the map's absolute relevance held by its top %%TOP%% %
 of patches (about 0.1 for a uniform map, 1 when a few patches hold everything).</p>
 %%SKIPPED%%
@@ -477,6 +611,15 @@ of patches (about 0.1 for a uniform map, 1 when a few patches hold everything).<
     var fragment = document.createDocumentFragment();
     shown.slice(page * pageSize, (page + 1) * pageSize).forEach(function (item) { fragment.appendChild(card(item)); });
     var cards = $("cards"); cards.textContent = ""; cards.appendChild(fragment);
+    if (shown.length === 0) {
+      var none = document.createElement("p"); none.id = "no-match";
+      var text = $("filter").value.trim(), cls = $("class-filter").value;
+      none.textContent = all.length === 0 ? "The run has no images to show." :
+        "No image name contains \\"" + text + "\\"" + (cls ? " in class " + cls : "") +
+        ": clear the filter to see all " + all.length + ".";
+      if (!text && cls) { none.textContent = "No image of class " + cls + "."; }
+      cards.appendChild(none);
+    }
     $("page-info").textContent = "page " + (page + 1) + " / " + pages + " (" + shown.length + " of " + all.length + ")";
     $("prev").disabled = page === 0; $("next").disabled = page >= pages - 1;
     document.body.setAttribute("data-rendered", String(Date.now()));

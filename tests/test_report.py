@@ -206,6 +206,11 @@ def test_the_report_pages_sorts_and_filters_in_headless_chromium(run):
         assert sorted(filtered) == expected and 0 < len(filtered) < PAGE_SIZE
         assert "hidden" in driver.find_element(By.ID, "class-control").get_attribute("class")
         assert driver.find_element(By.ID, "next").get_attribute("disabled") is not None
+        filter_box = driver.find_element(By.ID, "filter")
+        filter_box.clear()
+        filter_box.send_keys("no-such-name")
+        assert names() == []
+        assert 'No image name contains "no-such-name"' in driver.find_element(By.ID, "cards").text
 
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
@@ -238,3 +243,68 @@ def test_a_classifier_run_records_predictions_and_the_report_filters_by_class(tm
         names.add(str(saved["class_name"]))
     data = load_data(write_report(out, tmp_path / "in"))
     assert {item["class"] for item in data["images"]} == names
+
+
+# ------------------------------------------------------------------ what the report says about its inputs
+def test_an_images_folder_that_matches_nothing_is_an_error_and_a_partial_one_a_warning(tmp_path, run, capsys):
+    images, out = small_run(tmp_path, run["checkpoint"])
+    elsewhere = tmp_path / "elsewhere"
+    write_images(elsewhere / "other", 2, size=32)
+    assert main(["report", str(out), "--images", str(elsewhere)]) == 2
+    err = capsys.readouterr().err
+    assert "none of the run's 4 images" in err and "image_001.png" in err and "Traceback" not in err
+    assert not (out / "report").exists()
+
+    (images / "image_001.png").unlink()
+    assert main(["report", str(out), "--images", str(images)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the run's 4 images are not under" in err and "image_001.png" in err
+    data = load_data(out / "report" / "index.html")
+    assert data["images_not_found"] == ["image_001.png"]
+    assert [item["name"] for item in data["images"] if not item["has_image"]] == ["image_001.png"]
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert 'id="images-not-found"' in page and "image_001.png" in page
+
+    write_report(out, None)  # no --images at all: said on the page, no warning needed on stderr
+    assert "No --images folder" in (out / "report" / "index.html").read_text(encoding="utf-8")
+
+
+def test_inputs_of_the_run_without_a_map_are_listed_with_the_reason(tmp_path, run):
+    images = tmp_path / "images"
+    write_images(images, 3, size=32)
+    (images / "broken.png").write_text("not an image")
+    out = tmp_path / "relevance"
+    assert main(["explain-dir", str(images), "--model", str(run["checkpoint"]), "--out", str(out), "--quiet"]) == 0
+    Image.new("RGB", (32, 32)).save(images / "later.png")  # added after the run: readable, not explained yet
+    data = load_data(write_report(out, images))
+    assert len(data["images"]) == 3
+    listed = {item["name"]: item["reason"] for item in data["inputs_without_map"]}
+    assert set(listed) == {"broken.png", "later.png"}
+    assert listed["broken.png"].startswith("unreadable (") and "later.png" not in listed["broken.png"]
+    assert listed["later.png"].startswith("not explained")
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "2 input(s) without a map" in page and "broken.png" in page
+
+
+def test_the_manifest_shows_json_values_folded_under_a_summary(run):
+    page = run["index"].read_text(encoding="utf-8")
+    manifest = json.loads((run["out"] / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["target_token"] is None and manifest["interpolate_pos_encoding"] is False
+    start, end = page.index('<details id="manifest-details">'), page.index("</details>")
+    folded = page[start:end]
+    assert "<summary>" in folded and manifest["model"] in folded.split("</summary>")[0]
+    assert "<td>null</td>" in folded and "<td>false</td>" in folded
+    assert "None" not in folded and "False" not in folded
+
+
+def test_large_runs_print_progress_to_stderr(tmp_path, run, capsys, monkeypatch):
+    from captum_tokenlrp import report
+
+    _, out = small_run(tmp_path, run["checkpoint"], count=4)
+    capsys.readouterr()
+    write_report(out, None)
+    assert "tokenlrp report:" not in capsys.readouterr().err  # small runs: quiet
+    monkeypatch.setattr(report, "PROGRESS_MIN_IMAGES", 2)
+    write_report(out, None)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tokenlrp report:")]
+    assert lines == [f"tokenlrp report: {done}/4 images" for done in (1, 2, 3, 4)]
