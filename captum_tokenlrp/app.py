@@ -1020,7 +1020,9 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         full, light = guarded(True), guarded(False)
         inputs = [session, image, size_mode, *choices]
         changed_by_load = [header, method, head, target_class, target_prompt, depth, predictions]
-        load.click(load_other, [session, model_name], changed_by_load).success(full, inputs, outputs)
+        load.click(load_other, [session, model_name], changed_by_load, show_progress="hidden").success(
+            full, inputs, outputs
+        )
         for component in (image, size_mode, rules, method, head_fusion, head, target_class):
             component.change(full, inputs, outputs)
         # A number being typed (9, 99, 999) is no start token yet: run on Enter or on leaving the box.

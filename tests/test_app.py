@@ -493,6 +493,9 @@ def test_typing_a_start_token_runs_once_and_user_errors_log_one_line(samples, tm
         assert starts == [None, 999, 5]
         load_from_page(driver, str(tmp_path / "no-such-model"))
         wait.until(lambda d: "Could not load" in page_text(d))
+        # The failed load leaves the page as it was: its choices shown, not replaced by "Error" badges.
+        badges = [driver.find_element(By.ID, box).text.count("Error") for box in ("head", "method", "predictions")]
+        assert badges == [0, 0, 0]
         log = capfd.readouterr().err
         assert "Traceback" not in log
         lines = [line for line in log.splitlines() if "out of range" in line or "Could not load" in line]
