@@ -752,14 +752,16 @@ def _gradio():
 
 @dataclass
 class _Session:
-    """What one browser session (a tab; a reload starts a new one) holds: the model it loaded, if any."""
+    """What one browser session (a tab; a reload starts a new one) holds: the model it loaded, if any, the
+    start token it last ran, and the folder of its downloads."""
 
     explorer: Explorer | None = None
     start_token: object = -1
+    downloads: Path | None = None
 
     def __deepcopy__(self, memo) -> _Session:
         # Gradio copies the initial value into each new session: a fresh one, never a copy of a model.
-        return _Session(self.explorer, self.start_token)
+        return _Session(self.explorer, self.start_token, self.downloads)
 
 
 def _user_error(gr, message: str):
@@ -859,14 +861,18 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
             size_mode=size_mode,
         )
 
-    def outputs_of(views: Views, capture: Capture, full: bool):
+    def outputs_of(session: _Session, views: Views, capture: Capture, full: bool):
         stem = capture.key[:12]
         files = []
+        if session.downloads is None:
+            # One folder per session: files are named by the image, and another session may explain the same
+            # image with another model or other choices at the same moment.
+            session.downloads = Path(tempfile.mkdtemp(prefix="session-", dir=downloads))
         if full and views.figure is not None:
-            figure_path = downloads / f"tokenlrp-{stem}-figure.png"
+            figure_path = session.downloads / f"tokenlrp-{stem}-figure.png"
             views.figure.save(figure_path)
             files.append(str(figure_path))
-        npz_path = downloads / f"tokenlrp-{stem}-relevance.npz"
+        npz_path = session.downloads / f"tokenlrp-{stem}-relevance.npz"
         np.savez(npz_path, **views.arrays)
         files.append(str(npz_path))
         figure_out = views.figure if full else gr.skip()
@@ -891,7 +897,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 views = render(explorer, capture, settings_from(explorer, *choices, size_mode), figure=full)
             except AppInputError as error:
                 raise _user_error(gr, str(error)) from None
-            return outputs_of(views, capture, full)
+            return outputs_of(session, views, capture, full)
 
         return handler
 

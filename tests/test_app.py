@@ -391,12 +391,21 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         driver.quit()
 
 
-def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, backbone):
-    """Two tabs are two Gradio sessions: "Load model" in one changes that tab's model, and nothing in the other."""
+def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, backbone, monkeypatch):
+    """Two tabs are two Gradio sessions: "Load model" in one changes that tab's model, and nothing in the other;
+    their downloads never share a file."""
     pytest.importorskip("gradio", reason="the app's page needs Gradio (pip install -e '.[app]')")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    written: list[str] = []
+    real_savez = np.savez
+
+    def recording(path, *args, **kwargs):
+        written.append(str(path))
+        return real_savez(path, *args, **kwargs)
+
+    monkeypatch.setattr(app.np, "savez", recording)
     driver = chrome_driver()
     server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
     picture = sorted(samples[0].glob("*.png"))[0]
@@ -409,6 +418,8 @@ def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, 
         driver.switch_to.new_window("tab")
         second = driver.current_window_handle
         open_page(driver, url, picture)
+        # The same image in both: each session's relevance file is its own (one model's may not replace another's).
+        assert len(written) == 2 and written[0] != written[1] and Path(written[0]).name == Path(written[1]).name
 
         driver.switch_to.window(first)
         overlay = image_source(driver, "overlay")
