@@ -344,20 +344,12 @@ def write_report(
     if images is not None and not images.is_dir():
         raise ReportError(f"--images {images} is not a folder (give the folder explain-dir read).")
     run = _scan(run_dir, out)
-    photos = {}
     if images is not None:
-        photos = {entry["name"]: _photo(images / entry["name"]) for entry in run.entries}
-        not_found = [name for name, photo in photos.items() if photo is None]
-        if run.entries and len(not_found) == len(run.entries):
+        absent = [entry["name"] for entry in run.entries if not (images / entry["name"]).is_file()]
+        if run.entries and len(absent) == len(run.entries):  # decided before anything is written
             raise ReportError(
                 f"--images {images} holds none of the run's {len(run.entries)} images (looked for "
-                f"{_names([str(images / name) for name in not_found])}); give the folder explain-dir read."
-            )
-        if not_found:
-            print(
-                f"tokenlrp report: warning: {len(not_found)} of the run's {len(run.entries)} images are not under "
-                f"{images} (or unreadable there), so their thumbnails show the map alone: {_names(not_found)}.",
-                file=sys.stderr,
+                f"{_names([str(images / name) for name in absent])}); give the folder explain-dir read."
             )
         run.without_map = _inputs_without_map(run, run_dir, images, out)
     staging = _prepare_destination(out)
@@ -366,7 +358,7 @@ def write_report(
         (staging / MARKER).write_text("written by tokenlrp report; replaced on every run\n", encoding="utf-8")
         items = []
         for index, entry in enumerate(run.entries):
-            photo = photos.get(entry["name"])
+            photo = _photo(images / entry["name"]) if images is not None else None  # one at a time in memory
             thumbs = {}
             for number, rule in enumerate(run.rules):
                 thumb = f"thumbs/{index:06d}_{number}.png"
@@ -383,6 +375,13 @@ def write_report(
                 }
             )
             _progress(index + 1, len(run.entries))
+        not_found = [item["name"] for item in items if images is not None and not item["has_image"]]
+        if not_found:
+            print(
+                f"tokenlrp report: warning: {len(not_found)} of the run's {len(items)} images are not under "
+                f"{images} (or unreadable there), so their thumbnails show the map alone: {_names(not_found)}.",
+                file=sys.stderr,
+            )
         data = {
             "manifest": run.manifest,
             "rules": run.rules,
@@ -391,7 +390,7 @@ def write_report(
             "images": items,
             "skipped": run.skipped,
             "images_dir": None if images is None else str(images),
-            "images_not_found": [item["name"] for item in items if images is not None and not item["has_image"]],
+            "images_not_found": not_found,
             "inputs_without_map": run.without_map,
         }
         text = json.dumps(data, sort_keys=True)
