@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -825,6 +826,11 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
     explorer.masks.update(bundled_samples(sample_dir))
     downloads = Path(tempfile.mkdtemp(prefix="tokenlrp-downloads-"))
 
+    # The models the sessions hold, by the name they were loaded under: a second session asking for one gets the
+    # same Explorer (one copy in memory; its caches are keyed by content, its lock serialises the work). Weak:
+    # a model goes when the last session holding it does.
+    models: weakref.WeakValueDictionary[str, Explorer] = weakref.WeakValueDictionary({explorer.name: explorer})
+
     def explorer_of(session: _Session) -> Explorer:
         """The model this browser session explains: the app's own until the session loads another."""
         return session.explorer if session.explorer is not None else explorer
@@ -911,10 +917,13 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
 
     def load_other(session: _Session, name: str):
         previous = explorer_of(session)
-        try:
-            other = Explorer(name.strip(), device=previous.device, dtype=previous.dtype)
-        except (CliError, ValueError, TypeError) as error:
-            raise _user_error(gr, f"Could not load {name!r}: {error}") from None
+        other = models.get(name.strip())
+        if other is None:
+            try:
+                other = Explorer(name.strip(), device=previous.device, dtype=previous.dtype)
+            except (CliError, ValueError, TypeError) as error:
+                raise _user_error(gr, f"Could not load {name!r}: {error}") from None
+            models[name.strip()] = other
         other.masks.update(previous.masks)
         # This session's model only: the other sessions (tabs, users) keep theirs. The previous model of this
         # session is freed with its last reference; the app's own stays for the new sessions.

@@ -406,8 +406,16 @@ def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, 
         return real_savez(path, *args, **kwargs)
 
     monkeypatch.setattr(app.np, "savez", recording)
+    loads: list[str] = []
+
+    class CountingExplorer(Explorer):
+        def __init__(self, model, **options):
+            loads.append(model)
+            super().__init__(model, **options)
+
     driver = chrome_driver()
     server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
+    monkeypatch.setattr(app, "Explorer", CountingExplorer)  # the models loaded from the page from here on
     picture = sorted(samples[0].glob("*.png"))[0]
     bundled_header = "ViTForImageClassification (classifier), 6 layers x 6 heads"
     backbone_header = "ViTModel (backbone), 3 layers x 4 heads"
@@ -449,6 +457,12 @@ def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, 
         assert backbone_header in page_text(driver)
         open_page(driver, url)
         assert bundled_header in page_text(driver)
+
+        # The second tab asks for the model the first holds: the same one, not a second copy in memory.
+        driver.switch_to.window(second)
+        load_from_page(driver, backbone.name)
+        wait.until(lambda d: backbone_header in page_text(d))
+        assert loads == [backbone.name]
     finally:
         server.close()
         driver.quit()
