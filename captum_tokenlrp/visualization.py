@@ -245,7 +245,11 @@ def _relevance_map(
     array = _as_array(relevance, name)
     shape = tuple(array.shape)
     height, width, channels = image_shape
-    if array.ndim == 1 or (array.ndim == 2 and shape[0] == 1):
+    # One row is token relevance `(1, num_tokens)` unless it is what the image or layout says it is: a pixel map
+    # of a photo one pixel tall (explain_image's original_map is (1, W) there), or a one-row patch grid.
+    pixel_sized = shape == (height, width) and (layout is None or shape[1] != layout.num_tokens)
+    one_row_grid = layout is not None and shape == layout.grid
+    if array.ndim == 1 or (array.ndim == 2 and shape[0] == 1 and not pixel_sized and not one_row_grid):
         return _token_vector_to_grid(array.reshape(-1), layout, name, shape), False
     if array.ndim == 2:
         if shape == (height, width):
