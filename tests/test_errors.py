@@ -40,8 +40,8 @@ def test_bad_pixel_values(make_input, error, message, tiny_model, tiny_images):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"target": 17}, ValueError, r"target 17 is out of range: expected a output token index in \[0, 17\)"),
-        ({"target": -1}, ValueError, "out of range"),
+        ({"target": 17}, ValueError, r"target 17 is out of range: expected an output token index in \[-17, 17\)"),
+        ({"target": -18}, ValueError, "out of range"),
         ({"target": [0, 1]}, ValueError, r"one target per sample \(3\), got 2"),
         ({"target": 1.5}, TypeError, "got float"),
         ({"target": torch.tensor([0.0, 1.0, 2.0])}, TypeError, "must hold integers"),

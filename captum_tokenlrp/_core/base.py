@@ -32,9 +32,17 @@ from .._utils.validation import (
 from .capture import LayerProjections, record_layers
 from .geometry import patch_relevance_to_pixels
 
-#: Class-specific methods of the package, named in the warning of class-agnostic ones.
+#: Class-specific methods of the package, named in the warning of class-agnostic ones on a classifier: the
+#: class-sensitive rules first (the same method, steered by the class), then the gradient baselines.
 CLASS_SPECIFIC_METHODS = (
-    "captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or TokenGradCAM"
+    "TokenRelevanceLRP(model, class_sensitive='attention') (or 'heads', 'attention+heads': the rules steered by "
+    "the class), or captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or "
+    "TokenGradCAM"
+)
+#: Prompt-specific methods, named when prompts meet a class-agnostic method (class_sensitive needs a classifier).
+PROMPT_SPECIFIC_METHODS = (
+    "captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or TokenGradCAM "
+    "(they explain the image-text similarity)"
 )
 
 
@@ -153,9 +161,12 @@ class TokenAttribution(MethodOptions, Attribution):
         ----------
         inputs : Tensor or 1-tuple of Tensor
             ``pixel_values`` of shape `(batch_size, channels, height, width)`.
-        target : int, sequence of int, numpy integers or Tensor, optional
-            What to explain; its meaning is the method's (an output token for a model without a
-            head, a class for a classifier). Any integer type Captum accepts.
+        target : int, str, sequence of int or str, numpy integers or Tensor, optional
+            What to explain; its meaning is the method's: an output token for a model without a
+            head (negative indices count from the end), a class for a classifier (its index, or its
+            name in ``model.config.id2label``), prompt text for an image-text model (CLIP, SigLIP;
+            tokenized with :attr:`tokenizer`, truncated with a warning to the text tower's length).
+            Any integer type Captum accepts.
         additional_forward_args : tuple, dict or object, optional
             Extra arguments for the model's forward: a tuple is passed positionally after
             ``inputs`` (Captum convention), a dict by keyword, e.g. ``{"interpolate_pos_encoding": True}``.
@@ -244,7 +255,7 @@ class TokenAttribution(MethodOptions, Attribution):
         """
         pixel_values = prepared.pixel_values
         if isinstance(target, TextPrompts):  # the image's own start; the prompt cannot change it
-            self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS, force=True)
+            self._warn_target_ignored(target, PROMPT_SPECIFIC_METHODS, force=True)
             target = None
         explicit = explicit_start(
             target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device

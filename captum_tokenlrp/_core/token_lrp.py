@@ -344,10 +344,12 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         ----------
         inputs : Tensor or 1-tuple of Tensor
             ``pixel_values`` of shape `(batch_size, channels, height, width)`.
-        target : int, sequence of int or Tensor, optional
+        target : int, str, sequence of int or str, or Tensor, optional
             For a model without a head (``ViTModel``, DINO): the output token to
-            explain, per sample or for all (default 0, CLS). For a classifier:
-            the class index. With ``class_sensitive`` set, it selects the class whose
+            explain, per sample or for all (default 0, CLS; negative indices count
+            from the end, as in Python). For a classifier: the class index, or its
+            name in ``model.config.id2label`` (``target="star"``). With
+            ``class_sensitive`` set, it selects the class whose
             logit steers the redistribution (default: the predicted class); without,
             it is validated but, since rules (i)-(iv) do not depend on the class,
             relevance starts where the head reads whatever the class (a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._adapters import ModelAdapter, TokenLayout
+from .stack import user_stacklevel
 
 TargetType = int | np.integer | list[int] | tuple[int, ...] | np.ndarray | Tensor | None
 
@@ -92,6 +94,7 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
             "image.unsqueeze(0)."
         )
     model_device = next(adapter.model.parameters()).device
+    check_materialised(adapter.model)
     if pixel_values.device != model_device:
         raise ValueError(
             f"pixel_values are on {pixel_values.device} but the model is on {model_device}; "
@@ -131,6 +134,18 @@ def check_pixel_values(pixel_values: Tensor, adapter: ModelAdapter, interpolate_
     return layout
 
 
+def check_materialised(model: torch.nn.Module) -> None:
+    """Refuse a model whose weights are on the meta device: it has shapes but no values to explain."""
+    if any(parameter.device.type == "meta" for parameter in model.parameters()):
+        raise ValueError(
+            f"The weights of {type(model).__name__} are on the meta device: they were never loaded (built "
+            "under init_empty_weights() or torch.device('meta'), or loaded with device_map='meta'), so there is "
+            "nothing to explain. Load the weights, e.g. "
+            f"{type(model).__name__}.from_pretrained(path) without a meta device_map, or "
+            "model.to_empty(device='cpu') followed by model.load_state_dict(state_dict)."
+        )
+
+
 @dataclass(frozen=True)
 class TextPrompts:
     """Tokenized prompts an image-text model (CLIP, SigLIP) compares the image with.
@@ -165,11 +180,97 @@ class TextPrompts:
         return inputs
 
 
+def _strings(value: object) -> list[str] | None:
+    """``value`` as a list of strings when it is a string or a non-empty sequence of them, else None."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, str) for item in value):
+        return list(value)
+    return None
+
+
+def _text_tower_limits(adapter: ModelAdapter) -> tuple[int | None, int | None]:
+    """`(longest prompt in tokens, vocabulary size)` of an image-text model's text tower; None where unknown."""
+    text_config = getattr(adapter.model.config, "text_config", None)
+    limit = getattr(text_config, "max_position_embeddings", None)
+    vocabulary = getattr(text_config, "vocab_size", None)
+    return (
+        limit if isinstance(limit, int) and limit > 0 else None,
+        vocabulary if isinstance(vocabulary, int) and vocabulary > 0 else None,
+    )
+
+
+def call_tokenizer(tokenizer: Any, texts: list[str], **options: Any) -> Mapping[str, Any]:
+    """``tokenizer(texts, **options)`` without HuggingFace's "longer than the maximum" notice where the
+    tokenizer takes ``verbose`` (too long a text is truncated or refused here, with a message of our own)."""
+    try:
+        return tokenizer(texts, verbose=False, **options)
+    except TypeError:  # a tokenizer without HuggingFace's options
+        return tokenizer(texts, **options)
+
+
+def _tokenize_prompts(texts: list[str], tokenizer: Any, limit: int | None) -> Mapping[str, Any]:
+    """``texts`` tokenized as one padded batch, prompts longer than the text tower's ``limit`` truncated to it
+    with a warning (CLIP's text tower has 77 positions; a longer prompt cannot run at all)."""
+    empty = [index for index, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise ValueError(
+            f"Prompt {empty[0]} is empty ({texts[empty[0]]!r}): an image-text model compares the image with the "
+            "prompt's words. Pass at least one word, e.g. target='a photo of a cat'."
+        )
+    encoded = call_tokenizer(tokenizer, texts, padding=True, return_tensors="pt")
+    length = int(torch.as_tensor(encoded["input_ids"]).shape[-1])
+    if limit is None or length <= limit:
+        return encoded
+    try:
+        truncated = tokenizer(texts, padding=True, return_tensors="pt", truncation=True, max_length=limit)
+    except TypeError:  # a tokenizer without HuggingFace's truncation options
+        truncated = None
+    if truncated is None or int(torch.as_tensor(truncated["input_ids"]).shape[-1]) > limit:
+        raise ValueError(
+            f"The prompts give {length} tokens but the model's text tower takes at most {limit} "
+            f"(text_config.max_position_embeddings), and {type(tokenizer).__name__} does not truncate "
+            "(truncation=True, max_length=...). Shorten the prompts, or pass the model's own tokenizer "
+            "(e.g. attribution.tokenizer = processor.tokenizer)."
+        )
+    warnings.warn(
+        f"A prompt gives {length} tokens but the model's text tower takes at most {limit}: it was truncated to "
+        f"its first {limit} tokens (special tokens included), and the map explains that part. Shorten the "
+        "prompt to explain all of it.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+    return truncated
+
+
+def _check_prompt_ids(prompts: TextPrompts, adapter: ModelAdapter) -> None:
+    """Refuse token ids the text tower cannot embed: too many for its positions, or outside its vocabulary."""
+    limit, vocabulary = _text_tower_limits(adapter)
+    ids = prompts.input_ids
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"Prompt input_ids must be integer token ids, got dtype {ids.dtype}.")
+    if limit is not None and ids.shape[-1] > limit:
+        raise ValueError(
+            f"The prompts have {ids.shape[-1]} tokens but the model's text tower takes at most {limit} "
+            "(text_config.max_position_embeddings). Tokenize with truncation: "
+            f"tokenizer(texts, padding=True, truncation=True, max_length={limit}, return_tensors='pt'), or pass "
+            "the prompt strings (they are truncated, with a warning)."
+        )
+    if vocabulary is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(
+            f"Prompt token id {bad} is outside the text tower's vocabulary [0, {vocabulary}) "
+            "(text_config.vocab_size): tokenize the prompts with the model's own tokenizer."
+        )
+
+
 def parse_text_target(target: object, adapter: ModelAdapter, tokenizer: Any) -> TextPrompts | None:
     """``target`` as :class:`TextPrompts` when it is text for an image-text model, else None.
 
-    Text is a string, a sequence of strings (tokenized with ``tokenizer``), a tokenizer's output
-    (a mapping with ``input_ids``), or :class:`TextPrompts`.
+    Text is a string, a sequence of strings (tokenized with ``tokenizer``; prompts longer than the
+    text tower's positions are truncated with a warning), a tokenizer's output (a mapping with
+    ``input_ids``), or :class:`TextPrompts`. A model without a text tower takes strings as class
+    names (see :func:`class_indices`), so None is returned for them.
     """
     if isinstance(target, TextPrompts):
         prompts = target
@@ -177,17 +278,16 @@ def parse_text_target(target: object, adapter: ModelAdapter, tokenizer: Any) -> 
         ids = torch.as_tensor(target["input_ids"])
         mask = target.get("attention_mask")
         prompts = TextPrompts(ids.reshape(-1, ids.shape[-1]), None if mask is None else torch.as_tensor(mask))
-    elif isinstance(target, str) or (
-        isinstance(target, (list, tuple)) and target and all(isinstance(item, str) for item in target)
-    ):
-        texts = [target] if isinstance(target, str) else list(target)
+    elif (texts := _strings(target)) is not None:
+        if not getattr(adapter, "has_text", False):
+            return None  # a class name, or a clear error, from parse_targets
         if tokenizer is None:
             raise TypeError(
                 f"target {texts!r} is text: set the attribution's tokenizer first (e.g. "
                 "attribution.tokenizer = processor.tokenizer), or pass tokenized text, "
                 "target=tokenizer(texts, padding=True, return_tensors='pt')."
             )
-        encoded = tokenizer(texts, padding=True, return_tensors="pt")
+        encoded = _tokenize_prompts(texts, tokenizer, _text_tower_limits(adapter)[0])
         return parse_text_target(encoded, adapter, tokenizer)
     else:
         return None
@@ -196,7 +296,37 @@ def parse_text_target(target: object, adapter: ModelAdapter, tokenizer: Any) -> 
             f"Text prompts need an image-text model (CLIPModel, SiglipModel); {type(adapter.model).__name__} "
             "has no text tower. Pass an integer target, or load the full image-text model."
         )
+    _check_prompt_ids(prompts, adapter)
     return prompts
+
+
+def class_indices(target: object, model: torch.nn.Module, is_classifier: bool) -> object:
+    """``target`` with class names replaced by their indices in ``model.config.id2label``; else unchanged.
+
+    A string names one class for the whole batch, a sequence of strings one per sample (as the
+    command line's ``--target-class`` takes a name). A name on a model without classes, or a name
+    the model does not know, is refused with the known ones listed.
+    """
+    names = _strings(target)
+    if names is None:
+        return target
+    name = type(model).__name__
+    if not is_classifier:
+        raise TypeError(
+            f"target {target!r} is a class name, but {name} has no classification head, so it has no classes to "
+            "name. Pass an integer target (an output token index), or use a classifier "
+            "(e.g. ViTForImageClassification) whose config.id2label names its classes."
+        )
+    id2label = getattr(model.config, "id2label", None) or {}
+    labels = {str(label): int(index) for index, label in id2label.items()}
+    unknown = [item for item in names if item not in labels]
+    if unknown:
+        raise ValueError(
+            f"target {unknown[0]!r} is not a class of {name}; its classes (config.id2label) are: "
+            f"{', '.join(repr(label) for label in labels) or 'none named'}. Pass one of them or a class index."
+        )
+    indices = [labels[item] for item in names]
+    return indices[0] if isinstance(target, str) else indices
 
 
 def one_prompt(target: object, adapter: ModelAdapter, tokenizer: Any, caller: str) -> object:
@@ -211,6 +341,69 @@ def one_prompt(target: object, adapter: ModelAdapter, tokenizer: Any, caller: st
             "token_relevance for a (batch, prompts, tokens) map."
         )
     return prompts
+
+
+def _embedding(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Embedding | None:
+    """The model's first ``nn.Embedding`` whose attribute name is one of ``names``, or None."""
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and path.rsplit(".", 1)[-1] in names:
+            return module
+    return None
+
+
+def text_length_limit(model: torch.nn.Module) -> int | None:
+    """The longest input, in tokens, of a text model with learned absolute position embeddings (BERT: 512,
+    GPT-2: 1024); None for rotary models (Llama, Qwen2, ...), which have no table to run out of.
+
+    RoBERTa counts positions from its padding index + 1, so two of its 514 positions are never used.
+    """
+    positions = _embedding(model, ("position_embeddings", "wpe"))
+    if positions is None:
+        return None
+    offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
+    return positions.num_embeddings - offset
+
+
+def check_token_ids(input_ids: Tensor, named: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """Refuse, before the model runs, ids it cannot embed: token ids outside its vocabulary, sequences longer
+    than its position table, position or token type ids outside theirs (each would be an ``IndexError`` deep
+    inside the model)."""
+    name = type(model).__name__
+    embeddings = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    vocabulary = getattr(embeddings, "num_embeddings", None)
+    if isinstance(vocabulary, int) and input_ids.numel():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocabulary:
+            bad = low if low < 0 else high
+            row, column = (input_ids == bad).nonzero()[0].tolist()
+            raise ValueError(
+                f"input_ids[{row}, {column}] is token id {bad}, outside {name}'s vocabulary [0, {vocabulary}). "
+                "Tokenize the text with the model's own tokenizer (AutoTokenizer.from_pretrained of the same "
+                "checkpoint)."
+            )
+    positions = _embedding(model, ("position_embeddings", "wpe"))
+    position_ids = named.get("position_ids")
+    if positions is not None and isinstance(position_ids, Tensor) and position_ids.numel():
+        if int(position_ids.min()) < 0 or int(position_ids.max()) >= positions.num_embeddings:
+            raise ValueError(
+                f"position_ids must lie in [0, {positions.num_embeddings}) ({name}'s position table), got values "
+                f"from {int(position_ids.min())} to {int(position_ids.max())}."
+            )
+    elif (limit := text_length_limit(model)) is not None and input_ids.shape[-1] > limit:
+        raise ValueError(
+            f"The inputs have {input_ids.shape[-1]} tokens but {name} takes at most {limit} (its learned position "
+            f"embeddings). Truncate them: tokenizer(texts, truncation=True, max_length={limit}, "
+            "return_tensors='pt'), or pass the texts as strings with tokenizer= set (they are truncated, with a "
+            "warning), or explain the text in parts."
+        )
+    types = _embedding(model, ("token_type_embeddings",))
+    token_type_ids = named.get("token_type_ids")
+    if types is not None and isinstance(token_type_ids, Tensor) and token_type_ids.numel():
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= types.num_embeddings:
+            raise ValueError(
+                f"token_type_ids must lie in [0, {types.num_embeddings}) ({name} knows {types.num_embeddings} "
+                f"segment types), got values from {int(token_type_ids.min())} to {int(token_type_ids.max())}."
+            )
 
 
 def _is_integer(value: object) -> bool:
@@ -247,19 +440,29 @@ def _per_sample_targets(target: TargetType, batch: int) -> Tensor:
 def parse_targets(target: TargetType, adapter: ModelAdapter, layout: TokenLayout, batch: int) -> Tensor | None:
     """``target`` as a `(batch_size,)` long tensor on the CPU (None stays None), type and range checked.
 
-    A class index for a classifier, an output token index for a model without a head. Every
-    integer type Captum accepts is accepted: int, numpy integers, sequences and arrays of them,
+    A class index (or a class name of ``config.id2label``) for a classifier; an output token index for
+    a model without a head, negative ones counting from the end (returned in ``[0, num_tokens)``).
+    Every integer type Captum accepts is accepted: int, numpy integers, sequences and arrays of them,
     integer tensors (one value or one per sample).
     """
     if target is None:
         return None
-    targets = _per_sample_targets(target, batch)
-    upper = adapter.num_labels if adapter.is_classifier else layout.num_tokens
-    what = "class index" if adapter.is_classifier else "output token index"
-    bad = targets[(targets < 0) | (targets >= upper)]
+    targets = _per_sample_targets(class_indices(target, adapter.model, adapter.is_classifier), batch)
+    if adapter.is_classifier:
+        upper = adapter.num_labels
+        bad = targets[(targets < 0) | (targets >= upper)]
+        if bad.numel():
+            raise ValueError(f"target {bad[0].item()} is out of range: expected a class index in [0, {upper}).")
+        return targets
+    # A token position: negative counts from the end, as in Python (and as the text models take it).
+    tokens = layout.num_tokens
+    bad = targets[(targets < -tokens) | (targets >= tokens)]
     if bad.numel():
-        raise ValueError(f"target {bad[0].item()} is out of range: expected a {what} in [0, {upper}).")
-    return targets
+        raise ValueError(
+            f"target {bad[0].item()} is out of range: expected an output token index in [-{tokens}, {tokens}) "
+            f"(the model has {tokens} tokens; negative indices count from the end)."
+        )
+    return targets.remainder(tokens)
 
 
 def explicit_start(
