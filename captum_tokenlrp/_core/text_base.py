@@ -16,7 +16,17 @@ from torch import Tensor, nn
 from .._adapters import AttentionSite
 from .._adapters.text import TextModelAdapter, first_real_token, last_real_token, text_adapter_for
 from .._utils.stack import user_stacklevel
-from .._utils.validation import TargetType, _check_initial_relevance, _per_sample_targets, forward_arguments
+from .._utils.validation import (
+    TargetType,
+    _check_initial_relevance,
+    _per_sample_targets,
+    call_tokenizer,
+    check_materialised,
+    check_token_ids,
+    class_indices,
+    forward_arguments,
+    text_length_limit,
+)
 from .base import MethodOptions, evaluation_mode
 from .text_capture import record_text_layers
 
@@ -72,7 +82,8 @@ class TextTokenAttribution(MethodOptions, Attribution):
     model : nn.Module
         A supported HuggingFace text Transformer (see :func:`supported_text_model_classes`).
     tokenizer : tokenizer, optional
-        Its ``convert_ids_to_tokens`` names the tokens in the visualisation helpers.
+        Tokenizes text given as ``inputs`` (a str or a list of them); its ``convert_ids_to_tokens``
+        names the tokens in the visualisation helpers.
     """
 
     #: Whether the map depends on a classifier's ``target``.
@@ -97,12 +108,17 @@ class TextTokenAttribution(MethodOptions, Attribution):
 
         Parameters
         ----------
-        inputs : Tensor, 1-tuple of Tensor, or mapping
+        inputs : Tensor, 1-tuple of Tensor, mapping, str or sequence of str
             ``input_ids`` `(batch_size, num_tokens)`, or a tokenizer's output (``BatchEncoding`` or
-            dict with ``input_ids`` and optionally ``attention_mask``, ``token_type_ids``...).
-        target : int, sequence of int or Tensor, optional
-            A classifier's class (see the method), or for other models the position whose output is
-            explained (negative counts from the end, as in Python).
+            dict with ``input_ids`` and optionally ``attention_mask``, ``token_type_ids``...), or with
+            :attr:`tokenizer` set the text itself (one string or a list; padded into one batch, and
+            truncated with a warning to the model's position embeddings). Token ids outside the
+            vocabulary and sequences longer than the position embeddings are refused before the
+            model runs.
+        target : int, str, sequence of int or str, or Tensor, optional
+            A classifier's class (see the method; its index or its name in ``config.id2label``), or
+            for other models the position whose output is explained (negative counts from the end,
+            as in Python).
         additional_forward_args : tuple, dict or object, optional
             Extra forward arguments: a tuple positionally after ``input_ids`` (Captum convention,
             e.g. ``(attention_mask,)``), a dict by keyword.
@@ -172,6 +188,10 @@ class TextTokenAttribution(MethodOptions, Attribution):
 
     # ------------------------------------------------------------------ inputs
     def _prepare(self, inputs: object, additional_forward_args: Any) -> PreparedText:
+        check_materialised(self.model)
+        texts = self._texts(inputs)
+        if texts is not None:
+            inputs = self._tokenize(texts)
         is_tuple = isinstance(inputs, tuple)
         encoded: dict[str, Any] = {}
         if isinstance(inputs, Mapping):
@@ -194,7 +214,8 @@ class TextTokenAttribution(MethodOptions, Attribution):
         if not isinstance(input_ids, Tensor):
             raise TypeError(
                 "Expected input_ids as a torch.Tensor of shape (batch_size, num_tokens), got "
-                f"{type(input_ids).__name__}; tokenize with return_tensors='pt'."
+                f"{type(input_ids).__name__}; tokenize with return_tensors='pt', or pass the text itself (a str "
+                "or a list of str) with tokenizer= set."
             )
         if input_ids.dim() == 1:
             raise ValueError(
@@ -245,9 +266,81 @@ class TextTokenAttribution(MethodOptions, Attribution):
         ):
             # As generate() does: positions count real tokens, so a padded sentence runs as it does alone.
             named["position_ids"] = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        check_token_ids(input_ids, named, self.model)
         named = {name: value.to(device) if isinstance(value, Tensor) else value for name, value in named.items()}
         named.pop("input_ids", None)
         return PreparedText(input_ids, token_mask, named, is_tuple)
+
+    def _texts(self, inputs: object) -> list[str] | None:
+        """``inputs`` as a list of texts when they are text (a str, or a list or tuple of str), else None."""
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise ValueError(
+                f"Expected at least one text or a tensor of input_ids, got an empty {type(inputs).__name__}."
+            )
+        if isinstance(inputs, str):
+            texts = [inputs]
+        elif isinstance(inputs, (list, tuple)) and all(isinstance(item, str) for item in inputs):
+            texts = list(inputs)
+        else:
+            return None
+        if self.tokenizer is None:
+            raise TypeError(
+                f"inputs are text ({type(inputs).__name__}), but {type(self).__name__} has no tokenizer: pass the "
+                f"model's tokenizer, {type(self).__name__}(model, tokenizer=tokenizer), or tokenize the text "
+                "yourself, tokenizer(texts, padding=True, return_tensors='pt')."
+            )
+        empty = [index for index, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise ValueError(
+                f"Text {empty[0]} is empty ({texts[empty[0]]!r}): there are no tokens of it to explain. Pass at "
+                "least one word."
+            )
+        return texts
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """``texts`` as ``{"input_ids", "attention_mask"}``, padded on the tokenizer's side.
+
+        Texts longer than the model's position table are truncated to it with a warning (as the command line
+        does). The padding is done here, so tokenizers without a padding token (GPT-2, Llama) batch too: the
+        attention mask marks it, and padding gets no relevance.
+        """
+        tokenizer = self.tokenizer
+        limit = text_length_limit(self.model)
+        rows = [list(ids) for ids in call_tokenizer(tokenizer, texts)["input_ids"]]
+        longest = max(map(len, rows))
+        if limit is not None and longest > limit:
+            try:
+                rows = [list(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"]]
+            except TypeError:  # a tokenizer without HuggingFace's truncation options
+                rows = []
+            if not rows or max(map(len, rows)) > limit:
+                raise ValueError(
+                    f"A text gives {longest} tokens but {type(self.model).__name__} takes at most {limit}, and "
+                    f"{type(tokenizer).__name__} does not truncate (truncation=True, max_length=...): shorten the "
+                    "text, or tokenize it yourself."
+                )
+            warnings.warn(
+                f"A text gives {longest} tokens but {type(self.model).__name__} takes at most {limit} (its position "
+                f"embeddings): it was truncated to its first {limit} tokens (special tokens included), and the map "
+                "explains that part. Explain a long text in parts to see all of it.",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
+        empty = [index for index, row in enumerate(rows) if not row]
+        if empty:
+            raise ValueError(f"The tokenizer gives no tokens for text {empty[0]} ({texts[empty[0]]!r}).")
+        width = max(map(len, rows))
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if not isinstance(pad, int):  # any id will do: the attention mask marks padding
+            pad = getattr(tokenizer, "eos_token_id", None)
+        pad = pad if isinstance(pad, int) else 0
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        ids, mask = [], []
+        for row in rows:
+            fill = width - len(row)
+            ids.append([pad] * fill + row if left else row + [pad] * fill)
+            mask.append([0] * fill + [1] * len(row) if left else [1] * len(row) + [0] * fill)
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask)}
 
     def _bound(self, input_ids: Tensor, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -277,7 +370,7 @@ class TextTokenAttribution(MethodOptions, Attribution):
         mask = prepared.token_mask
         positions = None
         if target is not None:
-            targets = _per_sample_targets(target, batch)
+            targets = _per_sample_targets(class_indices(target, self.model, self._adapter.is_classifier), batch)
             if self._adapter.is_classifier:
                 upper = self._adapter.num_labels
                 bad = targets[(targets < 0) | (targets >= upper)]
@@ -365,4 +458,3 @@ class TextTokenAttribution(MethodOptions, Attribution):
         if self.tokenizer is None:
             raise ValueError("Set tokenizer= (the model's tokenizer) to name the tokens.")
         return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
-

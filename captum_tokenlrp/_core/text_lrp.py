@@ -53,7 +53,8 @@ class TextTokenRelevanceLRP(RedistributionRules, TextTokenAttribution):
     rule : str or TokenRule, default "iv"
         Default rule of every layer (a rule set on a layer's attention module as ``.rule`` wins).
     tokenizer : tokenizer, optional
-        Names the tokens in :meth:`tokens` and the views of :mod:`captum_tokenlrp.text`.
+        Tokenizes text given as ``inputs``; names the tokens in :meth:`tokens` and the views of
+        :mod:`captum_tokenlrp.text`.
     max_chunk_elements : int, default 2**25
         Bound on the `(batch, heads, N, N)` work tensors of one layer (heads in groups).
 
@@ -94,13 +95,14 @@ class TextTokenRelevanceLRP(RedistributionRules, TextTokenAttribution):
 
         Parameters
         ----------
-        inputs : Tensor, 1-tuple of Tensor, or mapping
-            ``input_ids`` `(batch_size, num_tokens)` or a tokenizer's output (``BatchEncoding``).
-        target : int, sequence of int or Tensor, optional
+        inputs : Tensor, 1-tuple of Tensor, mapping, str or sequence of str
+            ``input_ids`` `(batch_size, num_tokens)` or a tokenizer's output (``BatchEncoding``); with
+            ``tokenizer`` given, the text itself (see :meth:`TextTokenAttribution.token_relevance`).
+        target : int, str, sequence of int or str, or Tensor, optional
             A model without a classification head: the position to explain (default: where the
             output is read, see the class notes; negative counts from the end). A sequence
-            classifier: the class, validated but not used (the rules do not depend on the class;
-            a ``UserWarning`` says so once).
+            classifier: the class (index or ``config.id2label`` name), validated but not used (the
+            rules do not depend on the class; a ``UserWarning`` says so once).
         additional_forward_args : tuple, dict or object, optional
             Extra forward arguments (``attention_mask``, ``token_type_ids``, ``position_ids``).
         initial_relevance : Tensor or {"first", "last", "mean"}, optional

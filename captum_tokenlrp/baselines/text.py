@@ -42,7 +42,7 @@ from .._core.capture import LayerProjections
 from .._core.text_base import PreparedText, TextTokenAttribution
 from .._core.text_gradients import attention_gradients
 from .._utils.stack import user_stacklevel
-from .._utils.validation import TargetType, _per_sample_targets
+from .._utils.validation import TargetType, _per_sample_targets, class_indices
 
 __all__ = [
     "TextAttentionRollout",
@@ -75,7 +75,7 @@ class TextRawAttention(TextTokenAttribution):
     layer : int, default -1
         The layer read, 0 nearest the input; negative counts from the output, as in Python.
     tokenizer : tokenizer, optional
-        Names the tokens (:meth:`tokens`).
+        Tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
 
     Options
     -------
@@ -144,7 +144,7 @@ class TextAttentionRollout(TextTokenAttribution):
     model : nn.Module
         A supported HuggingFace text Transformer.
     tokenizer : tokenizer, optional
-        Names the tokens (:meth:`tokens`).
+        Tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
 
     Options
     -------
@@ -281,6 +281,8 @@ class _TextGradientAttribution(TextTokenAttribution):
                 f"without position{' (choose the read-out with pooling)' if kind == 'embedding' else ''}."
             )
         if kind == "classifier":
+            if target is not None:
+                target = class_indices(target, self.model, is_classifier=True)
             targets = None if target is None else self._checked_ids(target, prepared, self._adapter.num_labels, "class")
             return _ReadOut(kind, self._adapter.default_start(mask), self._adapter.default_start(mask), targets)
         if kind == "language_model":
@@ -288,6 +290,12 @@ class _TextGradientAttribution(TextTokenAttribution):
             start = torch.zeros(mask.shape, device=mask.device)
             start[torch.arange(len(start), device=mask.device), positions] = 1.0
             vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            named = [target] if isinstance(target, str) else target if isinstance(target, (list, tuple)) else []
+            if any(isinstance(item, str) for item in named):
+                raise TypeError(
+                    f"target of a language model is the token id whose logit is explained, got {target!r}; convert "
+                    "a token with tokenizer.convert_tokens_to_ids(token) (one id per sample, or one for all)."
+                )
             targets = None if target is None else self._checked_ids(target, prepared, vocab, "token id")
             return _ReadOut(kind, positions, start, targets)
         if target is not None:
@@ -380,7 +388,7 @@ class TextGenericAttentionExplainability(_TextGradientAttribution):
     model : nn.Module
         A supported HuggingFace text Transformer.
     tokenizer : tokenizer, optional
-        Names the tokens (:meth:`tokens`).
+        Tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
 
     Options
     -------
@@ -473,7 +481,7 @@ class TextLayerIntegratedGradients(_TextGradientAttribution):
     internal_batch_size : int, optional
         Passed to Captum to bound memory.
     tokenizer : tokenizer, optional
-        Gives the special tokens and the named baseline tokens.
+        Tokenizes text given as ``inputs``; gives the special tokens and the named baseline tokens.
 
     Options
     -------
