@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -27,8 +28,14 @@ from torch import Tensor
 
 from ._adapters import TokenLayout
 from ._core.geometry import patch_grid
+from ._utils.stack import user_stacklevel
 
 __all__ = [
+    "CLIP_HEADROOM",
+    "CLIP_PERCENTILE",
+    "LINE_TOKENS",
+    "ColourScale",
+    "colour_scale",
     "image_for_display",
     "patch_grid",
     "plot_method_comparison",
@@ -36,6 +43,7 @@ __all__ = [
     "plot_rule_grid",
     "plot_text_relevance",
     "to_captum_image",
+    "token_labels",
 ]
 
 Interpolation = Literal["nearest", "bilinear"]
@@ -333,9 +341,93 @@ def _resolve_scale(scale: str, shared_scale: bool | None, default: str) -> str:
     return "shared" if shared_scale else "panel"
 
 
-def _limits(maps: Sequence[np.ndarray]) -> tuple[float, float]:
-    values = np.concatenate([m.ravel() for m in maps])
-    return float(np.nanmin(values)), float(np.nanmax(values))
+#: Percentile of a colour scale's maps that its top is measured against (see :func:`colour_scale`).
+CLIP_PERCENTILE = 99.0
+#: A scale's top is at most this many times its maps' ``CLIP_PERCENTILE`` (the bottom likewise for negatives).
+CLIP_HEADROOM = 2.0
+#: Outline of the cells a robust colour scale clips, and the rings and crosses of :mod:`.diagnostics`.
+_CLIPPED_COLOUR = "cyan"
+_SINK_COLOUR = "white"
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """The colour limits of a group of maps drawn on one scale, and the values they leave out.
+
+    Attributes
+    ----------
+    low, high : float
+        ``vmin`` and ``vmax`` of the colour map.
+    minimum, maximum : float
+        The maps' own extremes; above ``high`` (below ``low``) a value is *clipped*: drawn in the top
+        (bottom) colour and outlined in the figures.
+    """
+
+    low: float
+    high: float
+    minimum: float
+    maximum: float
+
+    @property
+    def clipped(self) -> bool:
+        """Whether some value lies outside ``[low, high]``."""
+        return self.maximum > self.high or self.minimum < self.low
+
+    @property
+    def extend(self) -> str:
+        """Matplotlib's colour-bar ``extend``: an arrow on the side that is clipped."""
+        top, bottom = self.maximum > self.high, self.minimum < self.low
+        return "both" if top and bottom else "max" if top else "min" if bottom else "neither"
+
+    def outside(self, values: np.ndarray) -> np.ndarray:
+        """Boolean mask of the clipped values."""
+        return (values > self.high) | (values < self.low)
+
+
+def colour_scale(maps: Sequence[ArrayLike] | ArrayLike, *, clip: float | None = CLIP_PERCENTILE) -> ColourScale:
+    """Colour limits for maps drawn on one scale, robust to a few outlying cells.
+
+    One token that holds most of a map's relevance (an attention sink's patch) would otherwise set the
+    top of the scale and leave every other cell dark. So the top is the maps' maximum, but at most
+    ``CLIP_HEADROOM`` (2) times the largest of the maps' ``clip``-th percentiles (each map's own): a smooth
+    map keeps its full range (its maximum is rarely twice its 99th percentile), a map with a few outlying
+    cells is scaled to the rest and those cells are clipped. Negative values (signed maps) are treated the
+    same way below zero.
+
+    Parameters
+    ----------
+    maps : array or sequence of arrays
+        Every value drawn on the scale (any shapes; NaN ignored).
+    clip : float in (0, 100) or None, default 99
+        The percentile; ``None`` spans the minimum to the maximum exactly.
+
+    Returns
+    -------
+    ColourScale
+        The limits, with the maps' extremes (``scale.clipped`` says whether anything lies outside).
+    """
+    if isinstance(maps, (Tensor, np.ndarray)):
+        maps = [maps]
+    arrays = [values[np.isfinite(values)] for values in (_as_array(m, "maps").ravel() for m in maps)]
+    arrays = [values for values in arrays if values.size]
+    if not arrays:
+        return ColourScale(0.0, 1.0, 0.0, 1.0)
+    minimum, maximum = min(float(v.min()) for v in arrays), max(float(v.max()) for v in arrays)
+    low, high = minimum, maximum
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < 100:
+            raise ValueError(f"clip must be a percentile in (0, 100) or None, got {clip!r}.")
+        # Each map's own percentile, the largest of them: a map that is larger throughout keeps its range,
+        # and a pixel map's many values do not outvote a patch grid's few.
+        # "lower": an observed value, never interpolated towards the maximum (a 4 x 4 grid's 99th percentile
+        # is its second largest cell, so one outlier is caught on small grids too).
+        top = max(float(np.percentile(values, clip, method="lower")) for values in arrays)
+        bottom = min(float(np.percentile(values, 100 - clip, method="higher")) for values in arrays)
+        if top > 0:
+            high = min(maximum, CLIP_HEADROOM * top)
+        if bottom < 0:
+            low = max(minimum, CLIP_HEADROOM * bottom)
+    return ColourScale(low, high, minimum, maximum)
 
 
 def _plain(axis) -> None:
@@ -343,10 +435,43 @@ def _plain(axis) -> None:
     axis.set_yticks([])
 
 
-def _draw_image(axis, background: np.ndarray) -> None:
+def _draw_image(axis, background: np.ndarray, aspect: float = 1.0) -> None:
     gray = background.shape[-1] == 1
-    axis.imshow(background[..., 0] if gray else background, cmap="gray" if gray else None, vmin=0, vmax=1)
+    axis.imshow(
+        background[..., 0] if gray else background, cmap="gray" if gray else None, vmin=0, vmax=1, aspect=aspect
+    )
     _plain(axis)
+
+
+def _cell_centres(cells: Sequence[tuple[int, int]], grid: tuple[int, int], size: tuple[int, int]):
+    """Image coordinates (x, y) of the centres of patch-grid cells on an image of ``size`` (height, width)."""
+    height, width = size
+    xs = [(col + 0.5) * width / grid[1] - 0.5 for _, col in cells]
+    ys = [(row + 0.5) * height / grid[0] - 0.5 for row, _ in cells]
+    return xs, ys
+
+
+def _outline_cells(axis, mask: np.ndarray, size: tuple[int, int], colour: str) -> None:
+    """An outline around each True cell of a patch-grid mask, on an image of ``size``."""
+    from matplotlib.patches import Rectangle
+
+    height, width = size
+    cell_h, cell_w = height / mask.shape[0], width / mask.shape[1]
+    for row, col in zip(*np.nonzero(mask), strict=True):
+        axis.add_patch(
+            Rectangle(
+                (col * cell_w - 0.5, row * cell_h - 0.5), cell_w, cell_h, fill=False, edgecolor=colour, linewidth=1.0
+            )
+        )
+
+
+def _mark(axis, cells: Sequence[tuple[int, int]], grid: tuple[int, int], size: tuple[int, int], marker: str) -> None:
+    """Diagnostics on a panel: a ring ("o", attention sink) or a cross ("x", high-norm token) per cell."""
+    if not cells:
+        return
+    xs, ys = _cell_centres(cells, grid, size)
+    style = {"markerfacecolor": "none"} if marker == "o" else {}
+    axis.plot(xs, ys, linestyle="none", marker=marker, markersize=7, markeredgewidth=1.5, color=_SINK_COLOUR, **style)
 
 
 def _draw(
@@ -356,28 +481,79 @@ def _draw(
     interpolation: str,
     cmap: str,
     alpha: float,
-    limits: tuple[float, float],
+    scale: ColourScale,
+    aspect: float = 1.0,
 ):
-    """The image, then the relevance over it (a pixel map as it is, a patch grid upsampled)."""
+    """The image, then the relevance over it (a pixel map as it is, a patch grid upsampled); clipped patch
+    cells outlined (a pixel map's clipped pixels are only counted: outlining each would hide the map)."""
     values, is_pixels = relevance
-    _draw_image(axis, background)
+    _draw_image(axis, background, aspect)
     overlay = values if is_pixels else _upsample(values, background.shape[:2], interpolation)
-    drawn = axis.imshow(overlay, cmap=cmap, alpha=alpha, vmin=limits[0], vmax=limits[1])
+    drawn = axis.imshow(overlay, cmap=cmap, alpha=alpha, vmin=scale.low, vmax=scale.high, aspect=aspect)
+    if not is_pixels and scale.clipped:
+        _outline_cells(axis, scale.outside(values), background.shape[:2], _CLIPPED_COLOUR)
     _plain(axis)
     return drawn
 
 
-def _colorbar(figure, drawn, axes) -> None:
-    bar = figure.colorbar(drawn, ax=axes, fraction=0.05, pad=0.03, aspect=15)
+def _colorbar(figure, drawn, axes, extend: str = "neither") -> None:
+    bar = figure.colorbar(drawn, ax=axes, fraction=0.05, pad=0.03, aspect=15, extend=extend)
     bar.ax.tick_params(labelsize=6)
 
 
-def _scale_note(scale: str, rows: int, row_kind: str) -> str:
+def _scale_note(scale: str, rows: int, row_kind: str, clipped: bool = False) -> str:
     if scale == "panel":
-        return "colour scale: one per panel"
-    if scale == "row" and rows > 1:
-        return f"colour scale: one per row ({row_kind})"
-    return "colour scale: one for all panels"
+        note = "colour scale: one per panel"
+    elif scale == "row" and rows > 1:
+        note = f"colour scale: one per row ({row_kind})"
+    else:
+        note = "colour scale: one for all panels"
+    if clipped:
+        note += (
+            f"; its top is at most {CLIP_HEADROOM:g} x the {CLIP_PERCENTILE:g}th percentile, "
+            f"cells above it are clipped (outlined in {_CLIPPED_COLOUR})"
+        )
+    return note
+
+
+def _view_note(geometry: Any, input_size: tuple[int, int]) -> str:
+    """What the image column shows: the model's input, and (with a geometry) which part of the photo at what aspect."""
+    height, width = input_size
+    if geometry is None:
+        return f"image: the model's {width} x {height} input, as the processor made it (aspect as the model sees it)"
+    top, left, bottom, right = geometry.visible
+    scale_y, scale_x = geometry.original[0] / geometry.resized[0], geometry.original[1] / geometry.resized[1]
+    shown_h, shown_w = round((bottom - top) * scale_y), round((right - left) * scale_x)
+    whole = (shown_h, shown_w) == tuple(geometry.original)
+    part = "all of the" if whole else f"the {shown_w} x {shown_h} px centre crop of the"
+    return (
+        f"image: the model's {width} x {height} input, showing {part} {geometry.original[1]} x "
+        f"{geometry.original[0]} px photo, drawn at the photo's aspect"
+    )
+
+
+def _pixel_aspect(geometry: Any) -> float:
+    """imshow ``aspect`` (height / width of one input pixel in the photo) so the panel has the photo's proportions."""
+    if geometry is None:
+        return 1.0
+    from .images import ImageGeometry
+
+    if not isinstance(geometry, ImageGeometry):
+        raise TypeError(
+            f"Expected geometry as an ImageGeometry (captum_tokenlrp.images.processor_geometry(processor, "
+            f"image)), got {type(geometry).__name__}."
+        )
+    return (geometry.original[0] / geometry.resized[0]) / (geometry.original[1] / geometry.resized[1])
+
+
+def _check_geometry(geometry: Any, background: np.ndarray) -> float:
+    aspect = _pixel_aspect(geometry)
+    if geometry is not None and tuple(geometry.input) != tuple(background.shape[:2]):
+        raise ValueError(
+            f"geometry is for a {geometry.input[0]} x {geometry.input[1]} model input, but the image is "
+            f"{background.shape[0]} x {background.shape[1]}; pass the geometry of this image's processor call."
+        )
+    return aspect
 
 
 def _title(title: str | None, prediction: tuple[str, float] | None) -> str | None:
@@ -412,6 +588,8 @@ def plot_overlay(
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
     processor: Any = None,
+    clip: float | None = CLIP_PERCENTILE,
+    geometry: Any = None,
 ):
     """One relevance map over its image.
 
@@ -436,11 +614,19 @@ def plot_overlay(
     title : str, optional
         Above the panel.
     colorbar : bool
-        Draw a colour bar; the colour scale spans the map's minimum to maximum.
+        Draw a colour bar (with an arrow when the top is clipped, see ``clip``).
     size : float
         Panel height in inches (the width adds 25 % with the colour bar).
     mean, std, processor : optional
         The image's normalisation, undone for display; see :func:`image_for_display`.
+    clip : float or None, default 99
+        Robust colour scales: each scale's top is at most 2 x this percentile of its maps (see
+        :func:`colour_scale`), so one outlying token cannot leave the rest dark; clipped patch cells are
+        outlined and the colour bar gets an arrow. ``None``: minimum to maximum.
+    geometry : ImageGeometry, optional
+        ``captum_tokenlrp.images.processor_geometry(processor, photo)``: the panels are drawn at the photo's
+        proportions (a processor that warps a 640 x 480 photo to 224 x 224 is undone for display) and the
+        note says which part of the photo the model saw. Without it the input is drawn as the model sees it.
 
     Returns
     -------
@@ -451,11 +637,14 @@ def plot_overlay(
     _check_options(interpolation)
     background = image_for_display(image, mean=mean, std=std, processor=processor)
     relevance_map = _relevance_map(relevance, background.shape, layout, "relevance")
-    figure = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), layout="constrained")
+    aspect = _check_geometry(geometry, background)
+    proportions = background.shape[1] / (background.shape[0] * aspect)
+    figure = Figure(figsize=(size * proportions + (0.25 * size if colorbar else 0.0), size), layout="constrained")
     axis = figure.subplots()
-    drawn = _draw(axis, background, relevance_map, interpolation, cmap, alpha, _limits([relevance_map[0]]))
+    limits = colour_scale([relevance_map[0]], clip=clip)
+    drawn = _draw(axis, background, relevance_map, interpolation, cmap, alpha, limits, aspect)
     if colorbar:
-        _colorbar(figure, drawn, axis)
+        _colorbar(figure, drawn, axis, limits.extend)
     if title:
         axis.set_title(title, fontsize=10)
     return figure
@@ -476,6 +665,8 @@ def plot_method_comparison(
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
     processor: Any = None,
+    clip: float | None = CLIP_PERCENTILE,
+    geometry: Any = None,
 ):
     """One image, one column per method: the image itself, then each method's map over it.
 
@@ -507,6 +698,14 @@ def plot_method_comparison(
         Panel height in inches; each colour bar adds 0.6 inch to the width.
     mean, std, processor : optional
         The image's normalisation, undone for display; see :func:`image_for_display`.
+    clip : float or None, default 99
+        Robust colour scales: each scale's top is at most 2 x this percentile of its maps (see
+        :func:`colour_scale`), so one outlying token cannot leave the rest dark; clipped patch cells are
+        outlined and the colour bar gets an arrow. ``None``: minimum to maximum.
+    geometry : ImageGeometry, optional
+        ``captum_tokenlrp.images.processor_geometry(processor, photo)``: the panels are drawn at the photo's
+        proportions (a processor that warps a 640 x 480 photo to 224 x 224 is undone for display) and the
+        note says which part of the photo the model saw. Without it the input is drawn as the model sees it.
 
     Returns
     -------
@@ -521,23 +720,27 @@ def plot_method_comparison(
         raise ValueError("maps is empty; pass at least one method name -> map.")
     background = image_for_display(image, mean=mean, std=std, processor=processor)
     relevance = {name: _relevance_map(m, background.shape, layout, f"maps[{name!r}]") for name, m in maps.items()}
+    aspect = _check_geometry(geometry, background)
+    panel_width = panel_size * background.shape[1] / (background.shape[0] * aspect)
     bars = len(maps) if scale == "panel" else 1
-    height = panel_size + _NOTE_INCHES + (0.35 if title else 0.0)
-    figure = Figure(figsize=(panel_size * (len(maps) + 1) + _COLORBAR_INCHES * bars, height), layout="constrained")
+    height = panel_size + 2 * _NOTE_INCHES + (0.35 if title else 0.0)
+    figure = Figure(figsize=(panel_width * (len(maps) + 1) + _COLORBAR_INCHES * bars, height), layout="constrained")
     axes = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
-    _draw_image(axes[0], background)
+    _draw_image(axes[0], background, aspect)
     axes[0].set_title("image", fontsize=9)
-    shared = _limits([values for values, _ in relevance.values()])
-    drawn = None
+    shared = colour_scale([values for values, _ in relevance.values()], clip=clip)
+    drawn, clipped = None, False
     for axis, (name, values) in zip(axes[1:], relevance.items(), strict=True):
-        limits = _limits([values[0]]) if scale == "panel" else shared
-        drawn = _draw(axis, background, values, interpolation, cmap, alpha, limits)
+        limits = colour_scale([values[0]], clip=clip) if scale == "panel" else shared
+        clipped |= limits.clipped
+        drawn = _draw(axis, background, values, interpolation, cmap, alpha, limits, aspect)
         axis.set_title(name, fontsize=9)
         if scale == "panel":
-            _colorbar(figure, drawn, axis)
+            _colorbar(figure, drawn, axis, limits.extend)
     if scale != "panel":
-        _colorbar(figure, drawn, list(axes[1:]))
-    figure.supxlabel(_scale_note(scale, 1, "method"), fontsize=7)
+        _colorbar(figure, drawn, list(axes[1:]), shared.extend)
+    notes = [_scale_note(scale, 1, "method", clipped), _view_note(geometry, background.shape[:2])]
+    figure.supxlabel("\n".join(notes), fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
@@ -560,6 +763,9 @@ def plot_rule_grid(
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
     processor: Any = None,
+    clip: float | None = CLIP_PERCENTILE,
+    geometry: Any = None,
+    diagnostics: Any = None,
 ):
     """The paper's figure: one row per rule (or method): the image, the fused map, then one map per head.
 
@@ -574,13 +780,15 @@ def plot_rule_grid(
     per_head : mapping of str to Tensor or ndarray, optional
         Row label (a key of ``fused``) -> per-head maps `(num_heads, grid_rows, grid_cols)`,
         `(num_heads, height, width)`, or `(num_heads, num_tokens)` with ``layout``. Rows with fewer
-        heads leave their last panels empty.
+        heads leave their last panels empty. Columns are titled ``head 0`` .. ``head {num_heads - 1}``:
+        the index of the heads axis, as ``token_relevance(..., head_fusion=None)[:, h]`` reads it.
     layout : TokenLayout, optional
         ``lrp.token_layout(pixel_values)``; required for token relevance.
     scale : {"row", "panel", "shared"}, default "row"
         Colour scales: ``"row"``, one per row (rule) with one colour bar at the row's end; ``"panel"``,
         one per panel with a colour bar each; ``"shared"``, one for the whole figure and one colour bar.
-        Each scale spans the minimum to maximum of its maps; a line under the panels states the policy.
+        Each scale spans its maps' minimum to maximum, the top clipped as ``clip`` says; a line under
+        the panels states the policy.
     shared_scale : bool, optional
         Deprecated alias: True is ``scale="shared"``, False ``scale="panel"``.
     interpolation : {"nearest", "bilinear"}
@@ -595,9 +803,21 @@ def plot_rule_grid(
         A classifier's predicted class name and probability, shown in the title as
         ``"predicted: star (p = 0.97)"`` (on a second line under ``title``).
     panel_size : float
-        Panel side in inches; each column of colour bars adds 0.6 inch to the width.
+        Panel height in inches; each column of colour bars adds 0.6 inch to the width.
     mean, std, processor : optional
         The image's normalisation, undone for display; see :func:`image_for_display`.
+    clip : float or None, default 99
+        Robust colour scales: each scale's top is at most 2 x this percentile of its maps (see
+        :func:`colour_scale`), so one token (an attention sink's patch) cannot leave the other panels
+        dark; clipped patch cells are outlined and the colour bar gets an arrow. ``None``: minimum to maximum.
+    geometry : ImageGeometry, optional
+        ``captum_tokenlrp.images.processor_geometry(processor, photo)``: the panels are drawn at the photo's
+        proportions (a processor that warps a 640 x 480 photo to 224 x 224 is undone for display) and the
+        note says which part of the photo the model saw. Without it the input is drawn as the model sees it.
+    diagnostics : Diagnostics, optional
+        From :func:`captum_tokenlrp.diagnostics.diagnose` on the same input: each head's attention-sink
+        patches get a white ring in that head's column (its title a ``*``), high-norm patches a white
+        cross in the image column, and a line under the figure names them (the largest four of each).
 
     Returns
     -------
@@ -627,17 +847,25 @@ def plot_rule_grid(
         panels[label] = row
     rows, num_heads = len(panels), max(len(row) for row in panels.values()) - 1
     columns = 2 + num_heads
+    aspect = _check_geometry(geometry, background)
+    notes_lines = _diagnostics_lines(diagnostics, layout)
     title_text = _title(title, prediction)
     bar_columns = columns - 1 if scale == "panel" else 1
-    width = panel_size * columns + _COLORBAR_INCHES * bar_columns
-    height = panel_size * rows + _NOTE_INCHES + (0.25 * (title_text.count("\n") + 1) + 0.1 if title_text else 0.0)
+    panel_width = panel_size * background.shape[1] / (background.shape[0] * aspect)
+    width = panel_width * columns + _COLORBAR_INCHES * bar_columns
+    note_inches = _NOTE_INCHES * (2 + len(notes_lines)) * 0.6
+    height = panel_size * rows + note_inches + (0.25 * (title_text.count("\n") + 1) + 0.1 if title_text else 0.0)
     figure = Figure(figsize=(width, height), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
-    shared = _limits([values for row in panels.values() for values, _ in row])
+    shared = colour_scale([values for row in panels.values() for values, _ in row], clip=clip)
+    clipped = False
+    size = background.shape[:2]
     for r, (label, row) in enumerate(panels.items()):
-        _draw_image(axes[r][0], background)
+        _draw_image(axes[r][0], background, aspect)
         axes[r][0].set_ylabel(label, fontsize=9)
-        row_limits = _limits([values for values, _ in row])
+        if diagnostics is not None:
+            _mark(axes[r][0], diagnostics.high_norm_cells(), diagnostics.layout.grid, size, "x")
+        row_scale = colour_scale([values for values, _ in row], clip=clip)
         drawn = None
         for c in range(1, columns):
             axis = axes[r][c]
@@ -645,23 +873,63 @@ def plot_rule_grid(
                 axis.set_axis_off()
                 continue
             if scale == "panel":
-                limits = _limits([row[c - 1][0]])
+                limits = colour_scale([row[c - 1][0]], clip=clip)
             else:
-                limits = row_limits if scale == "row" else shared
-            drawn = _draw(axis, background, row[c - 1], interpolation, cmap, alpha, limits)
+                limits = row_scale if scale == "row" else shared
+            clipped |= limits.clipped
+            drawn = _draw(axis, background, row[c - 1], interpolation, cmap, alpha, limits, aspect)
+            if diagnostics is not None and c >= 2:
+                _mark(axis, diagnostics.sink_cells(c - 2), diagnostics.layout.grid, size, "o")
             if scale == "panel":
-                _colorbar(figure, drawn, axis)
+                _colorbar(figure, drawn, axis, limits.extend)
         if scale == "row":
-            _colorbar(figure, drawn, list(axes[r][1:]))
+            _colorbar(figure, drawn, list(axes[r][1:]), row_scale.extend)
         if r == 0:
             for c in range(columns):
-                axes[0][c].set_title("image" if c == 0 else "fused" if c == 1 else f"head {c - 1}", fontsize=9)
+                axes[0][c].set_title(_column_title(c, diagnostics), fontsize=9)
     if scale == "shared":
-        _colorbar(figure, drawn, [axis for row_axes in axes for axis in row_axes[1:]])
-    figure.supxlabel(_scale_note(scale, rows, "rule"), fontsize=7)
+        _colorbar(figure, drawn, [axis for row_axes in axes for axis in row_axes[1:]], shared.extend)
+    notes = [_scale_note(scale, rows, "rule", clipped), _view_note(geometry, size), *notes_lines]
+    figure.supxlabel("\n".join(notes), fontsize=7)
     if title_text:
         figure.suptitle(title_text, fontsize=10)
     return figure
+
+
+def _column_title(column: int, diagnostics: Any) -> str:
+    """"image", "fused", then "head 0" ..: the heads axis' own index; a ``*`` where the head has a sink."""
+    if column < 2:
+        return "image" if column == 0 else "fused"
+    head = column - 2
+    sink = diagnostics is not None and any(s.head == head for s in diagnostics.sinks)
+    return f"head {head}{' *' if sink else ''}"
+
+
+def _diagnostics_lines(diagnostics: Any, layout: TokenLayout | None) -> list[str]:
+    """The lines the figure prints for :func:`~captum_tokenlrp.diagnostics.diagnose`'s findings (checked first)."""
+    if diagnostics is None:
+        return []
+    from .diagnostics import Diagnostics
+
+    if not isinstance(diagnostics, Diagnostics):
+        raise TypeError(
+            f"Expected diagnostics from captum_tokenlrp.diagnostics.diagnose(model, pixel_values), got "
+            f"{type(diagnostics).__name__}."
+        )
+    if layout is not None and layout.grid != diagnostics.layout.grid:
+        raise ValueError(
+            f"diagnostics are for a {diagnostics.layout.grid} patch grid, the maps for {layout.grid}: "
+            f"diagnose the same pixel_values."
+        )
+    lines = diagnostics.summary()
+    if lines:
+        lines[-1] += "   (* / ring: head with a sink and its token; cross: high-norm token)"
+    else:
+        lines = [
+            f"no attention sink (>= {100 * diagnostics.sink_share:.0f} % of a head's attention on one token) "
+            f"and no high-norm token (>= {diagnostics.norm_ratio:g}x the median norm)"
+        ]
+    return lines
 
 
 # ------------------------------------------------------------------ text
@@ -694,6 +962,151 @@ def _text_heads(value: object, name: str, num_tokens: int) -> np.ndarray:
     return array
 
 
+#: Tokens per line of :func:`plot_text_relevance` before a text is wrapped.
+LINE_TOKENS = 40
+_CONTINUES = "\u00b7"  # middle dot: the token continues the previous word
+_MISSING_GLYPH = "\u25a1"  # white square: no installed font draws the character
+_BYTE_LEVEL_MARKS = ("\u0120", "\u010a")  # GPT-2's space and newline, in its byte-to-character alphabet
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet back to bytes: printable bytes stand for themselves, the others for 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    characters, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            characters[chr(byte)] = byte
+        else:
+            characters[chr(256 + extra)] = byte
+            extra += 1
+    return characters
+
+
+def _is_special(token: str) -> bool:
+    return (token.startswith("[") and token.endswith("]")) or (token.startswith("<") and token.endswith(">"))
+
+
+def _rtl(label: str) -> str:
+    """A right-to-left word (Hebrew, Arabic) in visual order: matplotlib draws characters left to right."""
+    import unicodedata
+
+    kinds = {unicodedata.bidirectional(character) for character in label}
+    return label[::-1] if kinds & {"R", "AL"} and not kinds & {"L"} else label
+
+
+def token_labels(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Readable labels for a tokenizer's token strings, and the notes that explain their marks.
+
+    Sub-word pieces are marked, not shown in the tokenizer's own code: a piece that continues the previous
+    word gets a leading ``·`` (WordPiece's ``##ing``, a byte-level BPE piece without GPT-2's ``Ġ`` space,
+    a SentencePiece piece without ``▁``); word-start markers are dropped; GPT-2's byte-level characters
+    are decoded back to text (``Ċ`` is ``\n``, ``æĹ¥`` is 日); a space alone is ``␣``. Right-to-left words
+    are reversed into visual order (matplotlib lays characters out left to right and does not join
+    Arabic letters). Special tokens (``[CLS]``, ``<s>``) are kept as they are.
+
+    Parameters
+    ----------
+    tokens : sequence of str
+        ``lrp.tokens(input_ids)[0]``.
+
+    Returns
+    -------
+    (list of str, list of str)
+        One label per token, and a note per mark used (for the figure's legend line).
+    """
+    byte_level = any(mark in token for token in tokens for mark in _BYTE_LEVEL_MARKS)
+    sentencepiece = not byte_level and any(token.startswith("\u2581") for token in tokens)
+    wordpiece = not byte_level and not sentencepiece and any(t.startswith("##") and len(t) > 2 for t in tokens)
+    decoder = _byte_decoder() if byte_level else {}
+    labels, marked, previous_word = [], False, False
+    for token in tokens:
+        if _is_special(token):
+            labels.append(token)
+            previous_word = False
+            continue
+        text, starts_word = token, True
+        if wordpiece and token.startswith("##") and len(token) > 2:
+            text, starts_word = token[2:], False
+        elif byte_level:
+            if all(character in decoder for character in token):
+                raw = bytes(decoder[character] for character in token)
+                text = raw.decode("utf-8", errors="replace")
+            starts_word = text[:1] in (" ", "\n", "") or not previous_word
+            text = text.lstrip(" ") or text
+        elif sentencepiece:
+            starts_word = token.startswith("\u2581") or not previous_word
+            text = token.lstrip("\u2581") or token
+        continues = not starts_word and text[:1].isalnum()
+        text = text.replace("\n", "\\n").replace("\t", "\\t")
+        if text.strip() == "":
+            text = "\u2423"
+        text = _rtl(text)
+        if continues:
+            text, marked = _CONTINUES + text, True
+        labels.append(text)
+        previous_word = text[-1:].isalnum()
+    notes = [f"{_CONTINUES}x: x continues the previous word (a sub-word piece)"] if marked else []
+    return labels, notes
+
+
+_FONT_CACHE: dict[str, Any] = {}
+
+
+def _font_charmaps() -> list[tuple[str, frozenset[int]]]:
+    """(family, code points) of every installed font matplotlib knows, read once per process."""
+    if "charmaps" not in _FONT_CACHE:
+        from matplotlib import font_manager
+        from matplotlib.ft2font import FT2Font
+
+        seen, charmaps = set(), []
+        for entry in font_manager.fontManager.ttflist:
+            # "Last Resort" fonts map every code point to a box: drawing with them hides that a glyph is missing.
+            if entry.name in seen or entry.style != "normal" or "last resort" in entry.name.lower():
+                continue
+            try:
+                codes = frozenset(FT2Font(entry.fname).get_charmap())
+            except (OSError, RuntimeError, ValueError):
+                continue
+            seen.add(entry.name)
+            charmaps.append((entry.name, codes))
+        _FONT_CACHE["charmaps"] = charmaps
+    return _FONT_CACHE["charmaps"]
+
+
+def _label_fonts(labels: list[str]) -> tuple[list[str], list[str]]:
+    """Font families that draw ``labels`` (the default first, then installed fallbacks that have the glyphs),
+    and the labels with the characters no installed font has replaced by ``□``; one warning names those."""
+    from matplotlib import font_manager, rcParams
+    from matplotlib.ft2font import FT2Font
+
+    default_path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    default_name = font_manager.FontProperties(fname=default_path).get_name()
+    key = f"default:{default_path}"
+    if key not in _FONT_CACHE:
+        _FONT_CACHE[key] = frozenset(FT2Font(default_path).get_charmap())
+    covered = _FONT_CACHE[key]
+    wanted = {ord(c) for label in labels for c in label if ord(c) not in covered and not c.isspace()}
+    families, missing = [default_name], set()
+    if wanted:
+        for name, codes in _font_charmaps():
+            found = wanted & codes
+            if found and name not in families:
+                families.append(name)
+                wanted -= found
+        missing = wanted
+    if missing:
+        shown = "".join(sorted(chr(code) for code in missing)[:12])
+        warnings.warn(
+            f"No installed font draws {len(missing)} character(s) of the tokens ({shown!r}); they are drawn as "
+            f"{_MISSING_GLYPH}. Install a font that has them (e.g. fonts-noto-cjk for Chinese and Japanese) "
+            "and matplotlib finds it (after its font cache is rebuilt).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+        labels = ["".join(_MISSING_GLYPH if ord(c) in missing else c for c in label) for label in labels]
+    return families, labels
+
+
 def plot_text_relevance(
     tokens: Sequence[str],
     fused: Mapping[str, ArrayLike],
@@ -705,11 +1118,16 @@ def plot_text_relevance(
     title: str | None = None,
     annotate: bool | None = None,
     cell_size: float = 0.42,
+    line_tokens: int = LINE_TOKENS,
+    heads: bool | None = None,
+    clip: float | None = CLIP_PERCENTILE,
 ):
     """Token heat-strips of one text: one block per rule (or method), a row for the fused map and one per head.
 
     The text counterpart of :func:`plot_rule_grid`: rules x heads, each row a strip with one cell per token,
-    the colour its relevance, the token strings under the last block.
+    the colour its relevance, the token strings under the strips (made readable by :func:`token_labels`,
+    drawn with an installed font that has their glyphs). A text longer than ``line_tokens`` is wrapped
+    into lines of that many tokens, so the figure's width is bounded; each line shows every block.
 
     Parameters
     ----------
@@ -719,12 +1137,13 @@ def plot_text_relevance(
         Block label (e.g. ``"rule (iv)"``) -> fused relevance `(num_tokens,)` (or a batch of one, `(1, num_tokens)`).
     per_head : mapping of str to Tensor or ndarray, optional
         Block label (a key of ``fused``) -> per-head relevance `(num_heads, num_tokens)` (or `(1, num_heads,
-        num_tokens)`), drawn as rows ``head 0`` .. under the block's ``fused`` row.
+        num_tokens)`), drawn as rows ``head 0`` .. (the heads axis' own index) under the block's ``fused`` row.
     token_mask : Tensor or ndarray, optional
         `(num_tokens,)`, 1 for real tokens (the ``attention_mask`` row): padding columns are left out.
     scale : {"row", "shared"}, default "row"
         Colour scales: ``"row"``, one per block (rule) with its own colour bar; ``"shared"``, one for the
-        figure. Each spans its maps' minimum to maximum; a line under the blocks states the policy.
+        figure. Each spans its maps' minimum to maximum, the top clipped as ``clip`` says; a line under
+        the blocks states the policy.
     cmap : str
         Matplotlib colour map of the relevance.
     title : str, optional
@@ -732,12 +1151,20 @@ def plot_text_relevance(
     annotate : bool, optional
         Write each cell's value in it; by default only for the fused rows of texts of at most 24 tokens.
     cell_size : float
-        Cell width in inches (rows are about half as high); the figure grows with the tokens and the rows.
+        Cell width in inches (rows are about half as high).
+    line_tokens : int, default 40
+        Tokens per line; a longer text is wrapped.
+    heads : bool, optional
+        Draw the per-head rows of ``per_head``; by default only when the text fits on one line (a wrapped
+        text shows the fused rows, and says so).
+    clip : float or None, default 99
+        Robust colour scales (see :func:`colour_scale`): one token ([CLS], [SEP]) cannot leave the others
+        dark; clipped cells are outlined. ``None``: minimum to maximum.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Axes: one per block, top to bottom, then the colour bars.
+        Axes: one per block, top to bottom (a wrapped text: one per line), then the colour bars.
     """
     from matplotlib.figure import Figure
 
@@ -747,6 +1174,8 @@ def plot_text_relevance(
         )
     if scale not in _TEXT_SCALES:
         raise ValueError(f"scale must be one of {_TEXT_SCALES}, got {scale!r}.")
+    if isinstance(line_tokens, bool) or not isinstance(line_tokens, int) or line_tokens < 1:
+        raise ValueError(f"line_tokens must be a positive int, got {line_tokens!r}.")
     if not fused:
         raise ValueError("fused is empty; pass at least one label -> fused relevance (num_tokens,).")
     per_head = dict(per_head or {})
@@ -766,40 +1195,84 @@ def plot_text_relevance(
         keep = mask != 0
         if not keep.any():
             raise ValueError("token_mask marks every token as padding; there is nothing to draw.")
-    labels = [token for token, kept in zip(tokens, keep, strict=True) if kept]
+    labels, label_notes = token_labels([token for token, kept in zip(tokens, keep, strict=True) if kept])
+    families, labels = _label_fonts(labels)
+    lines = -(-len(labels) // line_tokens)
+    draw_heads = heads if heads is not None else lines == 1
     blocks: dict[str, tuple[np.ndarray, list[str]]] = {}
     for label in fused:
         rows = [_text_vector(fused[label], f"fused[{label!r}]", num_tokens)[None]]
         names = ["fused"]
         if label in per_head:
-            heads = _text_heads(per_head[label], f"per_head[{label!r}]", num_tokens)
-            rows.append(heads)
-            names += [f"head {h}" for h in range(heads.shape[0])]
+            head_rows = _text_heads(per_head[label], f"per_head[{label!r}]", num_tokens)
+            if draw_heads:
+                rows.append(head_rows)
+                names += [f"head {h}" for h in range(head_rows.shape[0])]
         blocks[label] = (np.concatenate(rows)[:, keep], names)
     if annotate is None:
         annotate = len(labels) <= 24
+    scales = {label: colour_scale([values], clip=clip) for label, (values, _) in blocks.items()}
+    if scale == "shared":
+        shared = colour_scale([values for values, _ in blocks.values()], clip=clip)
+        scales = dict.fromkeys(blocks, shared)
+    notes = [_scale_note(scale, len(blocks), "rule", any(s.clipped for s in scales.values()))]
+    if per_head and not draw_heads:
+        notes.append(f"per-head rows left out: the text is wrapped into {lines} lines (heads=True draws them)")
+    notes += label_notes
     total_rows = sum(values.shape[0] for values, _ in blocks.values())
-    label_inches = 0.08 * max(len(token) for token in labels) + 0.3
-    width = 1.1 + cell_size * len(labels) + _COLORBAR_INCHES
+    label_inches = 0.08 * min(max(len(label) for label in labels), 16) + 0.3
+    shown = min(len(labels), line_tokens)
+    width = 1.1 + cell_size * shown + _COLORBAR_INCHES * (1 if scale == "shared" or lines == 1 else len(blocks))
     row_height = 0.55 * cell_size  # strips: flatter than wide, so rules x heads stays a page tall
-    height = row_height * total_rows + 0.3 * len(blocks) + label_inches + _NOTE_INCHES + (0.35 if title else 0.0)
+    title_inches = 0.35 * (title.count("\n") + 1) if title else 0.0
+    note_inches = _NOTE_INCHES * 0.6 * (1 + len(notes))
+    if lines == 1:
+        height = row_height * total_rows + 0.3 * len(blocks) + label_inches + note_inches + title_inches
+    else:
+        height = lines * (row_height * total_rows + label_inches + 0.25) + note_inches + title_inches
     figure = Figure(figsize=(max(width, 4.0), height), layout="constrained")
+    label_style = {"fontsize": 8, "rotation": 90, "fontfamily": families}
+    if lines == 1:
+        _text_blocks_one_line(figure, blocks, scales, labels, label_style, cmap, annotate, scale)
+    else:
+        _text_blocks_wrapped(figure, blocks, scales, labels, label_style, cmap, line_tokens, scale)
+    figure.supxlabel("\n".join(notes), fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _outline_text_cells(axis, outside: np.ndarray, row_offset: float = 0.0) -> None:
+    """Outline clipped cells of a heat-strip (rows x tokens, cell (r, c) centred on (c, r + row_offset))."""
+    from matplotlib.patches import Rectangle
+
+    for row, col in zip(*np.nonzero(outside), strict=True):
+        axis.add_patch(
+            Rectangle((col - 0.5, row + row_offset - 0.5), 1, 1, fill=False, edgecolor=_CLIPPED_COLOUR, linewidth=1)
+        )
+
+
+def _text_blocks_one_line(figure, blocks, scales, labels, label_style, cmap, annotate, scale) -> None:
+    """One axes per block (its rows x the tokens), token labels under the last, a colour bar per block."""
     axes = figure.subplots(
         len(blocks), 1, squeeze=False, gridspec_kw={"height_ratios": [v.shape[0] for v, _ in blocks.values()]}
     )[:, 0]
-    shared = _limits([values for values, _ in blocks.values()])
     drawn = None
     for index, (axis, (label, (values, names))) in enumerate(zip(axes, blocks.items(), strict=True)):
-        low, high = _limits([values]) if scale == "row" else shared
-        drawn = axis.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        limits = scales[label]
+        drawn = axis.imshow(
+            values, cmap=cmap, vmin=limits.low, vmax=limits.high, aspect="auto", interpolation="nearest"
+        )
+        if limits.clipped:
+            _outline_text_cells(axis, limits.outside(values))
         axis.set_yticks(range(len(names)), labels=names, fontsize=7)
         if len(names) > 1:  # set the fused row apart from the heads
             axis.axhline(0.5, color="white", linewidth=2)
         axis.set_title(label, fontsize=9, loc="left")
         last = index == len(blocks) - 1
-        axis.set_xticks(range(len(labels)), labels=labels if last else [], fontsize=8, rotation=90)
+        axis.set_xticks(range(len(labels)), labels=labels if last else [], **label_style)
         if annotate:
-            middle = (low + high) / 2
+            middle = (limits.low + limits.high) / 2
             for column, value in enumerate(values[0]):
                 axis.text(
                     column,
@@ -811,10 +1284,52 @@ def plot_text_relevance(
                     color="black" if value > middle else "white",
                 )
         if scale == "row":
-            _colorbar(figure, drawn, axis)
+            _colorbar(figure, drawn, axis, limits.extend)
     if scale == "shared":
-        _colorbar(figure, drawn, list(axes))
-    figure.supxlabel(_scale_note(scale, len(blocks), "rule"), fontsize=7)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return figure
+        _colorbar(figure, drawn, list(axes), next(iter(scales.values())).extend)
+
+
+def _text_blocks_wrapped(figure, blocks, scales, labels, label_style, cmap, line_tokens, scale) -> None:
+    """One axes per line of ``line_tokens`` tokens, every block's rows stacked in it (each on its own scale),
+    a colour bar per block (labelled with its name) beside all the lines."""
+    lines = -(-len(labels) // line_tokens)
+    axes = figure.subplots(lines, 1, squeeze=False)[:, 0]
+    first_drawn: dict[str, Any] = {}
+    for line, axis in enumerate(axes):
+        start, stop = line * line_tokens, min((line + 1) * line_tokens, len(labels))
+        offset, ticks, names_all = 0, [], []
+        for label, (values, names) in blocks.items():
+            limits = scales[label]
+            part = values[:, start:stop]
+            rows = part.shape[0]
+            drawn = axis.imshow(
+                part,
+                cmap=cmap,
+                vmin=limits.low,
+                vmax=limits.high,
+                aspect="auto",
+                interpolation="nearest",
+                extent=(-0.5, stop - start - 0.5, offset + rows - 0.5, offset - 0.5),
+            )
+            first_drawn.setdefault(label, drawn)
+            if limits.clipped:
+                _outline_text_cells(axis, limits.outside(part), offset)
+            ticks += [offset + r for r in range(rows)]
+            names_all += [label if r == 0 else names[r] for r in range(rows)]
+            offset += rows
+            if offset < sum(v.shape[0] for v, _ in blocks.values()):
+                axis.axhline(offset - 0.5, color="white", linewidth=1.5)
+        axis.set_xlim(-0.5, line_tokens - 0.5)
+        axis.set_ylim(offset - 0.5, -0.5)
+        axis.set_yticks(ticks, labels=names_all, fontsize=7)
+        axis.set_xticks(range(stop - start), labels=labels[start:stop], **label_style)
+        axis.set_title(f"tokens {start}-{stop - 1}", fontsize=8, loc="left")
+        for side in ("top", "right"):
+            axis.spines[side].set_visible(False)
+    if scale == "shared":
+        _colorbar(figure, next(iter(first_drawn.values())), list(axes), next(iter(scales.values())).extend)
+        return
+    for label, drawn in first_drawn.items():
+        bar = figure.colorbar(drawn, ax=list(axes), fraction=0.03, pad=0.01, aspect=40, extend=scales[label].extend)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(label, fontsize=7)

@@ -63,4 +63,4 @@ def test_paper_figure_has_one_row_per_rule_and_one_column_per_head(tmp_path, tin
     assert len(figure.axes) == 2 * (1 + 5) + 1  # image, fused, 4 heads per row; one colour bar
     figure.savefig(tmp_path / "grid.png", dpi=100)
     pixels = figure_is_not_blank(tmp_path / "grid.png")
-    assert pixels.shape[:2] == (230, 660)  # 2 x 1 in panels + 0.3 in note; 6 x 1 in panels + 0.6 in colour bar
+    assert pixels.shape[:2] == (236, 660)  # 2 x 1 in panels + 0.36 in notes (two lines); 6 x 1 in + 0.6 in colour bar

@@ -35,7 +35,8 @@ def upsampled(grid) -> np.ndarray:
 
 
 def texts(figure) -> list[str]:
-    return [text.get_text() for text in figure.texts]
+    """Every line of the figure's texts (the note under the panels has one line per statement)."""
+    return [line for text in figure.texts for line in text.get_text().split("\n")]
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_rule_grid_image_column_colour_scales_and_bars(tiny_images, relevance):
         assert len(figure.axes) == rows * columns + expected_bars[scale], scale
         assert notes[scale] in texts(figure)
         axes = np.array(figure.axes[: rows * columns]).reshape(rows, columns)
-        assert [axis.get_title() for axis in axes[0]] == ["image", "fused", "head 1", "head 2", "head 3", "head 4"]
+        assert [axis.get_title() for axis in axes[0]] == ["image", "fused", "head 0", "head 1", "head 2", "head 3"]
         for r, label in enumerate(fused):
             assert axes[r, 0].get_ylabel() == label
             assert len(axes[r, 0].images) == 1
