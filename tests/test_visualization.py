@@ -10,12 +10,17 @@ from captum.attr import visualization as viz
 
 from captum_tokenlrp import TokenLayout, TokenRelevanceLRP
 from captum_tokenlrp.visualization import (
+    LINE_TOKENS,
+    ColourScale,
+    colour_scale,
     image_for_display,
     patch_grid,
     plot_method_comparison,
     plot_overlay,
     plot_rule_grid,
+    plot_text_relevance,
     to_captum_image,
+    token_labels,
 )
 
 matplotlib.use("Agg")
@@ -127,7 +132,8 @@ def test_rule_grid_image_column_colour_scales_and_bars(tiny_images, relevance):
     notes["shared"] = "colour scale: one for all panels"
     everything = torch.cat([torch.cat([fused[k][None], per_head[k]]).flatten() for k in fused])
     for scale in ("row", "panel", "shared"):
-        figure = plot_rule_grid(tiny_images[0], fused, per_head, scale=scale, panel_size=1.0)
+        # clip=None: each scale spans its maps exactly (the robust default is tested below)
+        figure = plot_rule_grid(tiny_images[0], fused, per_head, scale=scale, panel_size=1.0, clip=None)
         assert len(figure.axes) == rows * columns + expected_bars[scale], scale
         assert notes[scale] in texts(figure)
         axes = np.array(figure.axes[: rows * columns]).reshape(rows, columns)
@@ -198,7 +204,7 @@ def test_method_comparison_scales_and_mixed_inputs(tiny_images, relevance):
     maps = {"rule (iv)": relevance["tokens"], "scaled": 10 * grid.numpy(), "pixels": relevance["pixels"]}
     expected = [upsampled(grid.double()), upsampled(10 * grid.double()), relevance["pixels"][0].double().sum(0)]
     for scale, bars in (("panel", 3), ("shared", 1), ("row", 1)):
-        figure = plot_method_comparison(tiny_images[0], maps, layout=layout, scale=scale)
+        figure = plot_method_comparison(tiny_images[0], maps, layout=layout, scale=scale, clip=None)
         assert len(figure.axes) == 4 + bars
         assert [axis.get_title() for axis in figure.axes[:4]] == ["image", *maps]
         np.testing.assert_array_equal(figure.axes[0].images[0].get_array(), image_for_display(tiny_images[0]))
@@ -280,3 +286,170 @@ def test_normalisation_arguments_are_checked(processed):
     np.testing.assert_allclose(figure.axes[0].images[0].get_array(), image_for_display(small[0], processor=processor))
     figure = plot_overlay(small[0], grid, mean=0.5, std=0.5)
     np.testing.assert_allclose(figure.axes[0].images[0].get_array(), image_for_display(small[0], mean=0.5, std=0.5))
+
+
+# ------------------------------------------------------------------ robust scales, photo aspect, diagnostics
+def sink_maps(rows=8, cols=8, seed=0):
+    """Patch grids like a real model's with an attention sink: small values everywhere, 0.9 on one cell."""
+    rng = np.random.default_rng(seed)
+    fused = rng.uniform(0.0, 0.01, size=(rows, cols))
+    heads = rng.uniform(0.0, 0.01, size=(3, rows, cols))
+    fused[2, 5], heads[1, 2, 5] = 0.3, 0.9
+    return {"rule (iv)": fused}, {"rule (iv)": heads}
+
+
+def outlined(axis) -> list[tuple[float, float]]:
+    """Lower-left corners of the cell outlines on a panel."""
+    return [patch.get_xy() for patch in axis.patches]
+
+
+def test_colour_scale_clips_a_few_outlying_cells_and_keeps_smooth_maps_whole():
+    smooth = np.linspace(0.0, 1.0, 64).reshape(8, 8)
+    assert colour_scale(smooth) == ColourScale(0.0, 1.0, 0.0, 1.0) and not colour_scale(smooth).clipped
+    fused, heads = sink_maps()
+    scale = colour_scale([fused["rule (iv)"], *heads["rule (iv)"]])
+    assert scale.maximum == 0.9 and scale.clipped and scale.extend == "max"
+    largest_rest = max(np.sort(m.ravel())[-2] for m in [fused["rule (iv)"], *heads["rule (iv)"]])
+    assert scale.high == pytest.approx(2 * largest_rest) and scale.high < 0.05  # twice the 99th percentile
+    assert colour_scale([fused["rule (iv)"]], clip=None).high == 0.3
+    signed = np.concatenate([np.linspace(-1, 1, 99), [-40.0]])
+    assert colour_scale(signed).extend == "min" and colour_scale(signed).low == pytest.approx(-2 * 1.0)
+    with pytest.raises(ValueError, match=r"clip must be a percentile in \(0, 100\)"):
+        colour_scale(smooth, clip=100)
+
+
+def test_one_outlying_token_does_not_hide_the_rule_grid(tiny_images):
+    fused, heads = sink_maps()
+    figure = plot_rule_grid(tiny_images[0], fused, heads)
+    axes = figure.axes[:5]
+    high = axes[1].images[-1].get_clim()[1]
+    assert high < 0.05  # before: 0.9, the sink's cell, and every other cell nearly black
+    assert all(axis.images[-1].get_clim()[1] == high for axis in axes[1:])  # one scale per row, as before
+    cell = 32 / 8
+    assert outlined(axes[1]) == [(5 * cell - 0.5, 2 * cell - 0.5)]  # the clipped cells, outlined
+    assert outlined(axes[3]) == [(5 * cell - 0.5, 2 * cell - 0.5)] and outlined(axes[2]) == []
+    assert figure.axes[-1]._colorbar.extend == "max"  # the colour bar's arrow: values above its top
+    assert any("cells above it are clipped (outlined in cyan)" in line for line in texts(figure))
+    assert any("2 x the 99th percentile" in line for line in texts(figure))
+    plain = plot_rule_grid(tiny_images[0], fused, heads, clip=None)
+    assert plain.axes[1].images[-1].get_clim()[1] == 0.9 and outlined(plain.axes[1]) == []
+    assert "colour scale: one for all panels" in texts(plain) and plain.axes[-1]._colorbar.extend == "neither"
+    compared = plot_method_comparison(tiny_images[0], {"a": fused["rule (iv)"], "b": heads["rule (iv)"][1]})
+    assert compared.axes[1].images[-1].get_clim()[1] < 0.05 and compared.axes[2].images[-1].get_clim()[1] < 0.05
+    overlay = plot_overlay(tiny_images[0], heads["rule (iv)"][1])
+    assert overlay.axes[0].images[-1].get_clim()[1] < 0.05 and len(outlined(overlay.axes[0])) == 1
+
+
+def test_panels_keep_the_photo_aspect_and_say_what_the_model_saw():
+    from PIL import Image
+    from transformers import BitImageProcessor, ViTImageProcessor
+
+    from captum_tokenlrp.images import processor_geometry
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, size=(48, 96, 3), dtype=np.uint8))
+    warp = ViTImageProcessor(size={"height": 32, "width": 32})  # squashes the 2:1 photo to a square
+    pixel_values = warp(images=photo, return_tensors="pt")["pixel_values"]
+    grid = torch.rand(4, 4)
+    geometry = processor_geometry(warp, photo)
+    figure = plot_rule_grid(pixel_values[0], {"rule (iv)": grid}, geometry=geometry, processor=warp)
+    for axis in figure.axes[:2]:
+        assert axis.get_aspect() == pytest.approx(0.5)  # each input pixel is drawn twice as wide as high
+    assert figure.get_size_inches()[0] > 2 * 2 * 1.8  # two panels, each twice as wide as high
+    assert "image: the model's 32 x 32 input, showing all of the 96 x 48 px photo, drawn at the photo's aspect" in (
+        texts(figure)
+    )
+    crop = BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+    cropped_input = crop(images=photo, return_tensors="pt")["pixel_values"][0]
+    cropped = plot_method_comparison(cropped_input, {"m": grid}, geometry=processor_geometry(crop, photo))
+    assert cropped.axes[0].get_aspect() == pytest.approx(1.0)  # the crop keeps the photo's proportions
+    assert any("the 43 x 43 px centre crop of the 96 x 48 px photo" in line for line in texts(cropped))
+    unknown = plot_rule_grid(pixel_values[0], {"rule (iv)": grid})
+    assert "image: the model's 32 x 32 input, as the processor made it (aspect as the model sees it)" in texts(unknown)
+    with pytest.raises(TypeError, match="ImageGeometry"):
+        plot_rule_grid(pixel_values[0], {"rule (iv)": grid}, geometry=(48, 96))
+    with pytest.raises(ValueError, match="geometry is for a 32 x 32 model input"):
+        plot_rule_grid(torch.rand(3, 64, 64), {"rule (iv)": grid}, geometry=geometry)
+
+
+def test_the_paper_figure_marks_sinks_and_high_norm_tokens(tiny_images):
+    from test_diagnostics import SINK_HEAD, build_sink, tiny_model
+
+    from captum_tokenlrp.diagnostics import diagnose
+
+    model = build_sink(tiny_model.__wrapped__())
+    lrp = TokenRelevanceLRP(model, rule="iv")
+    layout = lrp.token_layout(tiny_images[:1])
+    found = diagnose(model, tiny_images[:1])
+    fused = {"rule (iv)": lrp.token_relevance(tiny_images[:1])[0]}
+    heads = {"rule (iv)": lrp.token_relevance(tiny_images[:1], head_fusion=None)[0]}
+    figure = plot_rule_grid(tiny_images[0], fused, heads, layout=layout, diagnostics=found)
+    titles = [axis.get_title() for axis in figure.axes[:6]]
+    assert titles[2 + SINK_HEAD] == f"head {SINK_HEAD} *" and titles[:2] == ["image", "fused"]
+    ring = figure.axes[2 + SINK_HEAD].lines
+    assert len(ring) == 1 and ring[0].get_marker() == "o"
+    np.testing.assert_allclose(ring[0].get_xydata(), [[1.5 * PATCH - 0.5, 1.5 * PATCH - 0.5]])  # patch (1, 1)
+    cross = figure.axes[0].lines
+    assert len(cross) == 1 and cross[0].get_marker() == "x"
+    lines = texts(figure)
+    sink = f"layer 0 head {SINK_HEAD} -> patch (1, 1)"
+    assert any(line.startswith("attention sinks") and sink in line for line in lines)
+    assert any(line.startswith("high-norm tokens") and "patch (1, 1) (layer 0-2" in line for line in lines)
+    with pytest.raises(TypeError, match=r"diagnostics from captum_tokenlrp\.diagnostics\.diagnose"):
+        plot_rule_grid(tiny_images[0], fused, heads, layout=layout, diagnostics=found.sinks)
+
+
+# ------------------------------------------------------------------ text heat-strips
+def test_a_long_text_is_wrapped_into_lines_of_bounded_width():
+    tokens = ["[CLS]", *[f"w{index}" for index in range(510)], "[SEP]"]
+    relevance = np.random.default_rng(0).uniform(0, 0.01, 512)
+    relevance[0] = 0.6  # [CLS] holds most of it, as in the issue's nearly black figure
+    fused = {"rule (i)": relevance, "rule (iv)": relevance}
+    figure = plot_text_relevance(tokens, fused, {"rule (i)": np.ones((12, 512))})
+    width, height = figure.get_size_inches() * 110
+    assert width < 2200 and height < 3000  # before: 23841 x 1601 px
+    lines = [axis for axis in figure.axes if axis.images]
+    assert len(lines) == 13  # ceil(512 / 40)
+    shown = [label.get_text() for axis in lines for label in axis.get_xticklabels()]
+    assert shown == tokens
+    assert all(len(axis.get_xticklabels()) <= LINE_TOKENS for axis in lines)
+    assert [label.get_text() for label in lines[0].get_yticklabels()] == ["rule (i)", "rule (iv)"]
+    assert lines[0].images[0].get_clim()[1] < 0.05  # [CLS] clipped, not the scale
+    assert any("per-head rows left out" in line for line in texts(figure))
+    with_heads = plot_text_relevance(tokens[:100], {"r": relevance[:100]}, {"r": np.ones((2, 100))}, heads=True)
+    assert [label.get_text() for label in with_heads.axes[0].get_yticklabels()] == ["r", "head 0", "head 1"]
+
+
+def test_sub_word_pieces_are_marked_and_byte_level_tokens_decoded():
+    from tokenizers import pre_tokenizers
+
+    labels, notes = token_labels(["[CLS]", "play", "##ing", "chess", "[SEP]"])
+    assert labels == ["[CLS]", "play", "\u00b7ing", "chess", "[SEP]"]
+    assert notes == ["\u00b7x: x continues the previous word (a sub-word piece)"]
+    # GPT-2's byte-level strings, made by the tokenizers library itself (an independent encoder).
+    pieces = [piece for piece, _ in pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str("The cat 日本")]
+    assert pieces[1].startswith("\u0120")  # "Ġcat"
+    labels, _ = token_labels([*pieces, "ting", "\u010a"])
+    assert labels == ["The", "cat", "日本", "\u00b7ting", "\\n"]
+    labels, _ = token_labels(["<s>", "\u2581Hel", "lo", "\u2581world", "</s>"])
+    assert labels == ["<s>", "Hel", "\u00b7lo", "world", "</s>"]
+    labels, _ = token_labels(["שלום", "abc"])  # right to left: reversed into visual order
+    assert labels == ["םולש", "abc"]
+
+
+def test_missing_glyphs_give_one_warning_not_one_per_glyph(recwarn):
+    import io
+
+    tokens = ["[CLS]", "日本", "語", "は", "[SEP]"]
+    figure = plot_text_relevance(tokens, {"r": np.linspace(0, 1, 5)})
+    figure.savefig(io.BytesIO(), format="png")
+    messages = [str(w.message) for w in recwarn.list]
+    from matplotlib import font_manager
+
+    has_cjk = any("cjk" in f.name.lower() for f in font_manager.fontManager.ttflist)
+    if has_cjk:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith("No installed font draws 4 character(s)")
+        labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+        assert labels == ["[CLS]", "\u25a1\u25a1", "\u25a1", "\u25a1", "[SEP]"]
+    assert not any("Glyph" in message for message in messages)
