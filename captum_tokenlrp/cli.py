@@ -55,9 +55,10 @@ from ._utils.loaded import (
     prompt_explainer,
     target_class,
 )
+from .diagnostics import recording
 from .images import load_image
 from .models import bundled_sample_image
-from .visualization import patch_grid, plot_method_comparison, plot_rule_grid, plot_text_relevance
+from .visualization import display_geometry, patch_grid, plot_method_comparison, plot_rule_grid, plot_text_relevance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MANIFEST_NAME = "manifest.json"
@@ -271,7 +272,8 @@ def explain(args: argparse.Namespace) -> int:
     prompts = prompt_explainer(loaded, args.prompts)
     for stem, image in named:
         pixel_values = preprocess(loaded.processor, [image]).to(args.device, DTYPES[args.dtype])
-        with keep_logits(loaded.model) as logits:
+        # recording: attention sinks and high-norm tokens from the same forward pass, for the figure and the .npz
+        with keep_logits(loaded.model) as logits, recording(loaded.model) as watched:
             relevance, layout = relevance_by_rule(
                 lrp, pixel_values, rules, modes, args.target_token, forward_args, target
             )
@@ -291,6 +293,9 @@ def explain(args: argparse.Namespace) -> int:
             _, name, probability = prediction(loaded.model, logits[-1][0])
             predicted = (name, probability)
             arrays.update(prediction_arrays(loaded.model, logits[-1][0]))
+        diagnostics = watched.diagnostics(layout)
+        arrays.update(diagnostics.as_arrays())
+        geometry = display_geometry(loaded.processor, image, pixel_values.shape[-2:])
         figure = plot_rule_grid(
             pixel_values[0].float().cpu(),
             fused,
@@ -299,6 +304,8 @@ def explain(args: argparse.Namespace) -> int:
             prediction=predicted,
             scale=args.scale,
             processor=loaded.processor,
+            geometry=geometry,
+            diagnostics=diagnostics,
         )
         atomic_save_figure(out / f"{stem}.png", figure)
         if prompts is not None:

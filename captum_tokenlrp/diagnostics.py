@@ -34,10 +34,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._adapters import TokenLayout
+from ._adapters import TokenLayout, adapter_for
 from ._core.base import PreparedInputs, TokenAttribution
+from ._core.capture import LayerProjections, record_layers
 
-__all__ = ["NORM_RATIO", "SINK_SHARE", "AttentionSink", "Diagnostics", "HighNormToken", "diagnose", "token_name"]
+__all__ = [
+    "NORM_RATIO",
+    "SINK_SHARE",
+    "AttentionSink",
+    "Diagnostics",
+    "HighNormToken",
+    "Recording",
+    "diagnose",
+    "recording",
+    "token_name",
+]
 
 #: Default share of a head's attention (mean over its queries) on one token that makes it a sink.
 SINK_SHARE = 0.5
@@ -225,6 +236,10 @@ def diagnose(
     -------
     Diagnostics
         The sinks and high-norm tokens, with the layout and the thresholds.
+
+    See Also
+    --------
+    recording : the same findings from the forward pass an explanation runs anyway.
     """
     sink_share = _threshold(sink_share, "sink_share", 0.0, 1.0)
     norm_ratio = _threshold(norm_ratio, "norm_ratio", 1.0, None)
@@ -237,14 +252,33 @@ def diagnose(
             f"diagnose takes one image, got a batch of {prepared.pixel_values.shape[0]}; "
             f"call it per image, e.g. diagnose(model, pixel_values[i : i + 1])."
         )
-    layout = prepared.layout
-    # Per layer only the mean attention each token receives, (heads, N): never the N x N matrices.
+    # Per layer only the mean attention each token receives, (batch, heads, N): never the N x N matrices.
     with _block_norms(probe._adapter.transformer_blocks()) as norms:
-        received = probe._record(prepared, probe.attention_sites, lambda layer: layer.state().attention[0].mean(dim=-2))
+        received = probe._record(prepared, probe.attention_sites, _received)
+    return _findings(received, norms, prepared.layout, sink_share, norm_ratio)
+
+
+def _received(layer: LayerProjections) -> Tensor:
+    """The mean attention each token receives from the layer's queries, `(batch, heads, N)`."""
+    with torch.no_grad():  # statistics only, also inside a forward pass that a gradient method differentiates
+        return layer.state().attention.mean(dim=-2)
+
+
+def _findings(
+    received: list[Tensor | None],
+    norms: list[Tensor | None],
+    layout: TokenLayout,
+    sink_share: float,
+    norm_ratio: float,
+    index: int = 0,
+) -> Diagnostics:
+    """Sinks and high-norm tokens of input ``index`` from the per-layer statistics."""
     sinks = []
     for layer, shares in enumerate(received):
-        best, token = shares.max(dim=-1)
-        for head in range(shares.shape[0]):
+        if shares is None:
+            continue
+        best, token = shares[index].max(dim=-1)
+        for head in range(best.shape[0]):
             if float(best[head]) >= sink_share:
                 sinks.append(AttentionSink(layer, head, int(token[head]), float(best[head])))
     high = []
@@ -252,11 +286,47 @@ def diagnose(
     for layer, layer_norms in enumerate(norms):
         if layer_norms is None or layer_norms.shape[-1] != layout.num_tokens:
             continue  # a block that did not run, or one that does not output the tokens
-        values = layer_norms[0, patches].double()
+        values = layer_norms[index, patches].double()
         median = float(values.median())
         if median <= 0:
             continue
-        for index in torch.nonzero(values >= norm_ratio * median).flatten().tolist():
-            norm = float(values[index])
-            high.append(HighNormToken(layer, layout.num_special_tokens + index, norm, norm / median))
+        for position in torch.nonzero(values >= norm_ratio * median).flatten().tolist():
+            norm = float(values[position])
+            high.append(HighNormToken(layer, layout.num_special_tokens + position, norm, norm / median))
     return Diagnostics(sinks, high, layout, sink_share, norm_ratio)
+
+
+class Recording:
+    """What :func:`recording` kept during the forward passes in its block; :meth:`diagnostics` reads it."""
+
+    def __init__(self, received: list, norms: list, sink_share: float, norm_ratio: float) -> None:
+        self._received, self._norms = received, norms
+        self._thresholds = (sink_share, norm_ratio)
+
+    def diagnostics(self, layout: TokenLayout, index: int = 0) -> Diagnostics:
+        """The findings for input ``index`` of the last forward pass, on ``layout`` (``lrp.token_layout(x)``)."""
+        if all(value is None for value in self._received):
+            raise RuntimeError("No forward pass ran inside recording(model): run the explanation in the with block.")
+        return _findings(self._received, self._norms, layout, *self._thresholds, index=index)
+
+
+@contextmanager
+def recording(
+    model: nn.Module, *, sink_share: float = SINK_SHARE, norm_ratio: float = NORM_RATIO
+) -> Iterator[Recording]:
+    """:func:`diagnose` without a forward pass of its own: watch the forward passes an explanation runs anyway.
+
+    >>> with recording(model) as watched:
+    ...     maps = lrp.token_relevance(pixel_values)
+    >>> found = watched.diagnostics(lrp.token_layout(pixel_values))
+
+    Hooks on the attention layers' projections (the probabilities are recomputed in float32 from the
+    layer's query, key and score bias, as the explanation's own capture does where it recomputes) and on
+    the Transformer blocks; all removed on exit, also on error. Thresholds as for :func:`diagnose`.
+    """
+    sink_share = _threshold(sink_share, "sink_share", 0.0, 1.0)
+    norm_ratio = _threshold(norm_ratio, "norm_ratio", 1.0, None)
+    adapter = adapter_for(model)
+    with _block_norms(adapter.transformer_blocks()) as norms:
+        with record_layers(adapter.attention_sites(), _received, capture="recompute") as received:
+            yield Recording(received, norms, sink_share, norm_ratio)

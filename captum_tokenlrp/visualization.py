@@ -36,6 +36,7 @@ __all__ = [
     "LINE_TOKENS",
     "ColourScale",
     "colour_scale",
+    "display_geometry",
     "image_for_display",
     "patch_grid",
     "plot_method_comparison",
@@ -530,6 +531,36 @@ def _view_note(geometry: Any, input_size: tuple[int, int]) -> str:
         f"image: the model's {width} x {height} input, showing {part} {geometry.original[1]} x "
         f"{geometry.original[0]} px photo, drawn at the photo's aspect"
     )
+
+
+def display_geometry(processor: Any, image: Any, input_size: Sequence[int] | None = None) -> Any:
+    """The processor's :class:`~captum_tokenlrp.images.ImageGeometry` for ``image``, to draw figures at the
+    photo's aspect (``geometry=``), or None where the package does not model the processor.
+
+    Parameters
+    ----------
+    processor : image processor
+        The model's HuggingFace image processor (or a processor holding one).
+    image : PIL.Image.Image or (height, width)
+        The photo as loaded (:func:`captum_tokenlrp.images.load_image`), or its size.
+    input_size : (int, int), optional
+        `(height, width)` of the ``pixel_values`` the processor made: a geometry that predicts another
+        size is not returned.
+
+    Returns
+    -------
+    ImageGeometry or None
+    """
+    from .images import processor_geometry
+
+    size = (image.height, image.width) if hasattr(image, "height") else tuple(image)
+    try:
+        geometry = processor_geometry(getattr(processor, "image_processor", processor), size)
+    except (TypeError, ValueError):
+        return None  # a processor with its own resize code: figures then show the input as the model sees it
+    if input_size is not None and tuple(geometry.input) != tuple(int(v) for v in input_size):
+        return None
+    return geometry
 
 
 def _pixel_aspect(geometry: Any) -> float:

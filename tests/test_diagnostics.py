@@ -114,3 +114,53 @@ def test_arrays_for_the_npz_and_token_names(tiny_model, tiny_images):
     assert token_name(0, found.layout) == "cls" and token_name(16, found.layout) == "patch (3, 3)"
     cls_sink = Diagnostics([AttentionSink(1, 0, 0, 0.9)], [], found.layout)
     assert cls_sink.sink_cells(0) == [] and "-> cls (90 %)" in cls_sink.summary()[0]
+
+
+def test_recording_finds_the_same_in_the_explanation_s_own_forward_pass(tiny_model, tiny_images):
+    from captum_tokenlrp.diagnostics import recording
+
+    model = build_sink(tiny_model)
+    lrp = TokenRelevanceLRP(model, rule="iv")
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    with recording(model) as watched:
+        lrp.token_relevance(tiny_images[:1])
+    handle.remove()
+    assert len(calls) == 1  # no forward pass of its own
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    seen, alone = watched.diagnostics(lrp.token_layout(tiny_images[:1])), diagnose(model, tiny_images[:1])
+    assert [s[:3] for s in seen.sinks] == [s[:3] for s in alone.sinks] and seen.sinks
+    for mine, theirs in zip(seen.sinks + seen.high_norm_tokens, alone.sinks + alone.high_norm_tokens, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="No forward pass ran inside recording"), recording(model) as idle:
+        idle.diagnostics(seen.layout)
+
+
+def test_explain_records_the_diagnostics_and_draws_the_photo_at_its_aspect(tmp_path):
+    from PIL import Image
+
+    from captum_tokenlrp.cli import load_model, main
+    from captum_tokenlrp.images import load_image
+    from captum_tokenlrp.models import bundled_sample_image
+
+    sample = bundled_sample_image()
+    wide = Image.new("RGB", (128, 64), "white")
+    wide.paste(sample, (0, 0))
+    wide.paste(sample.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (64, 0))
+    wide.save(tmp_path / "wide.png")
+    assert main(["explain", str(tmp_path / "wide.png"), "--model", "bundled", "--out", str(tmp_path / "out")]) == 0
+    saved = np.load(tmp_path / "out" / "wide.npz")
+    loaded = load_model("bundled", "cpu", "float32")
+    pixel_values = loaded.processor(images=load_image(tmp_path / "wide.png"), return_tensors="pt")["pixel_values"]
+    expected = diagnose(loaded.model, pixel_values).as_arrays()
+    for key in ("diagnostics_sinks", "diagnostics_high_norm", "diagnostics_thresholds"):
+        np.testing.assert_allclose(saved[key], expected[key], rtol=1e-5, atol=1e-7)
+    assert saved["diagnostics_sinks"].shape[0] >= 1  # the bundled model has one (layer 4, head 1) on this photo
+    with Image.open(tmp_path / "out" / "wide.png") as figure:
+        width = figure.size[0]
+    square = tmp_path / "square.png"
+    sample.save(square)
+    assert main(["explain", str(square), "--model", "bundled", "--out", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "square.png") as figure:
+        square_width = figure.size[0]
+    assert width > 1.6 * square_width  # the 2:1 photo's panels are twice as wide, not squashed to squares
