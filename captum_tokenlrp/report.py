@@ -124,9 +124,11 @@ def _thumbnail(patches: np.ndarray, photo, size: int):
     from PIL import Image
 
     width, height = _thumbnail_shape(patches.shape, size)
+    from .visualization import colour_scale
+
     values = np.abs(patches)
-    peak = values.max()
-    normalised = values / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(values)
+    peak = colour_scale([values]).high  # robust: one sink patch does not leave the thumbnail dark
+    normalised = np.clip(values / peak, 0.0, 1.0) if peak > 0 and np.isfinite(peak) else np.zeros_like(values)
     colours = (colormaps[COLORMAP](normalised)[..., :3] * 255).astype(np.uint8)
     overlay = Image.fromarray(colours).resize((width, height), Image.Resampling.NEAREST)
     if photo is None:

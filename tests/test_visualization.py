@@ -453,3 +453,13 @@ def test_missing_glyphs_give_one_warning_not_one_per_glyph(recwarn):
         labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
         assert labels == ["[CLS]", "\u25a1\u25a1", "\u25a1", "\u25a1", "[SEP]"]
     assert not any("Glyph" in message for message in messages)
+
+
+def test_report_thumbnails_are_not_darkened_by_one_patch():
+    from captum_tokenlrp.report import _thumbnail
+
+    fused, _ = sink_maps()
+    grid = fused["rule (iv)"]
+    thumbnail = np.asarray(_thumbnail(grid, None, 64)).astype(float)
+    typical = thumbnail[: 64 // 8, : 64 // 8].mean()  # cell (0, 0): one of the ordinary cells
+    assert grid[0, 0] < 0.01 and typical > 40  # max-scaled it was within 4 % of inferno's black (about 5 of 255)
