@@ -39,6 +39,7 @@ __all__ = [
     "display_geometry",
     "image_for_display",
     "patch_grid",
+    "photo_thumbnail",
     "plot_method_comparison",
     "plot_overlay",
     "plot_rule_grid",
@@ -561,6 +562,74 @@ def display_geometry(processor: Any, image: Any, input_size: Sequence[int] | Non
     if input_size is not None and tuple(geometry.input) != tuple(int(v) for v in input_size):
         return None
     return geometry
+
+
+def photo_thumbnail(
+    grid: ArrayLike,
+    photo: Any,
+    geometry: Any,
+    width: int = 128,
+    *,
+    clip: float | None = CLIP_PERCENTILE,
+    cmap: str = "inferno",
+    alpha: float = 0.5,
+):
+    """A small PIL image of the photo at its own proportions with the patch map on the part the model saw.
+
+    For thumbnails (the report, the app): the map is placed through the processor's resize and crop
+    (``geometry``), so a photo the processor warped is not drawn squashed, and the border a centre crop
+    cut off is drawn grey and dimmed, not covered by a stretched map.
+
+    Parameters
+    ----------
+    grid : Tensor or ndarray
+        `(grid_rows, grid_cols)` patch relevance (absolute values are drawn).
+    photo : PIL.Image.Image
+        The photo as loaded (:func:`captum_tokenlrp.images.load_image`).
+    geometry : ImageGeometry
+        ``processor_geometry(processor, photo)`` (or :func:`display_geometry`).
+    width : int
+        Thumbnail width in pixels; the height follows the photo's aspect.
+    clip : float or None
+        The colour scale, as :func:`colour_scale` (robust by default).
+    cmap : str
+        Matplotlib colour map.
+    alpha : float
+        Opacity of the map over the photo.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, ``width`` x ``round(width * height / photo width)``.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    values = np.abs(_as_array(grid, "grid"))
+    if values.ndim != 2:
+        raise ValueError(f"Expected grid as a patch grid (grid_rows, grid_cols), got shape {tuple(values.shape)}.")
+    _pixel_aspect(geometry)  # checks its type
+    if tuple(geometry.original) != (photo.height, photo.width):
+        raise ValueError(
+            f"geometry is for a {geometry.original[1]} x {geometry.original[0]} photo, got one of "
+            f"{photo.width} x {photo.height}; pass processor_geometry(processor, photo)."
+        )
+    height = max(1, round(width * photo.height / photo.width))
+    # Each thumbnail pixel's centre -> resized image -> model input -> patch cell.
+    ys = (np.arange(height) + 0.5) * geometry.resized[0] / height - geometry.crop[0]
+    xs = (np.arange(width) + 0.5) * geometry.resized[1] / width - geometry.crop[1]
+    rows = np.floor(ys * values.shape[0] / geometry.input[0]).astype(int)
+    cols = np.floor(xs * values.shape[1] / geometry.input[1]).astype(int)
+    inside = ((rows >= 0) & (rows < values.shape[0]))[:, None] & ((cols >= 0) & (cols < values.shape[1]))[None, :]
+    cells = values[np.clip(rows, 0, values.shape[0] - 1)][:, np.clip(cols, 0, values.shape[1] - 1)]
+    scale = colour_scale([values], clip=clip)
+    span = scale.high - scale.low
+    normalised = np.clip((cells - scale.low) / span, 0.0, 1.0) if span > 0 else np.zeros_like(cells)
+    colours = colormaps[cmap](normalised)[..., :3]
+    base = np.asarray(photo.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64) / 255
+    outside = np.repeat(0.6 * base.mean(axis=-1, keepdims=True), 3, axis=-1)  # grey and dimmed: not seen
+    blended = np.where(inside[..., None], (1 - alpha) * base + alpha * colours, outside)
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
 def _pixel_aspect(geometry: Any) -> float:

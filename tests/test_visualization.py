@@ -463,3 +463,29 @@ def test_report_thumbnails_are_not_darkened_by_one_patch():
     thumbnail = np.asarray(_thumbnail(grid, None, 64)).astype(float)
     typical = thumbnail[: 64 // 8, : 64 // 8].mean()  # cell (0, 0): one of the ordinary cells
     assert grid[0, 0] < 0.01 and typical > 40  # max-scaled it was within 4 % of inferno's black (about 5 of 255)
+
+
+def test_photo_thumbnails_keep_the_photo_aspect_and_the_crop():
+    from PIL import Image
+    from transformers import BitImageProcessor, ViTImageProcessor
+
+    from captum_tokenlrp.images import processor_geometry
+    from captum_tokenlrp.visualization import photo_thumbnail
+
+    photo = Image.new("RGB", (96, 48), (255, 255, 255))
+    grid = np.zeros((4, 4))
+    grid[:, 0] = 1.0  # the left column of patches
+    warp = ViTImageProcessor(size={"height": 32, "width": 32})
+    thumbnail = np.asarray(photo_thumbnail(grid, photo, processor_geometry(warp, photo), 64, clip=None))
+    assert thumbnail.shape == (32, 64, 3)  # the photo's 2:1, not the grid's square
+    bright, dark = thumbnail[:, :16].mean(), thumbnail[:, 16:].mean()
+    assert bright > dark + 50  # the left quarter of the photo holds the left column
+    crop = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    cropped = np.asarray(photo_thumbnail(grid, photo, processor_geometry(crop, photo), 96, clip=None)).astype(float)
+    # Resized to 64 x 32 and centre-cropped to 32 x 32: the model saw x in [16, 48) of the 64-wide resize, the
+    # middle half of the photo (thumbnail columns 24-71); outside it the photo is grey and dimmed (0.6 x white).
+    assert np.allclose(cropped[:, :23], 153, atol=1) and np.allclose(cropped[:, 73:], 153, atol=1)
+    assert np.allclose(cropped[:, 37:71], 128, atol=1)  # zero cells of the crop: white blended with black
+    assert cropped[:, 25:35].mean() > 128 + 50  # the crop's left column of patches: bright
+    with pytest.raises(ValueError, match="geometry is for a 96 x 48 photo"):
+        photo_thumbnail(grid, Image.new("RGB", (10, 10)), processor_geometry(warp, photo))
