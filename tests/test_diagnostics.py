@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import families
 import numpy as np
 import pytest
 import torch
@@ -164,3 +165,22 @@ def test_explain_records_the_diagnostics_and_draws_the_photo_at_its_aspect(tmp_p
     with Image.open(tmp_path / "out" / "square.png") as figure:
         square_width = figure.size[0]
     assert width > 1.6 * square_width  # the 2:1 photo's panels are twice as wide, not squashed to squares
+
+
+@pytest.mark.parametrize("name", families.NAMES)
+def test_every_family_s_sink_shares_match_its_own_eager_attention(name):
+    model, info = families.build(name)
+    pixel_values = torch.randn(1, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(0))
+    found = diagnose(model, pixel_values, sink_share=1e-6)  # every head: its most attended token
+    reference = families.eager_attention_and_values(model, pixel_values)
+    received = {  # (layer, head) -> the mean attention each token receives from the head's queries
+        (layer, head): probs[0, head].mean(dim=0)
+        for layer, (probs, _) in enumerate(reference)
+        for head in range(probs.shape[1])
+    }
+    assert [(s.layer, s.head) for s in found.sinks] == list(received)
+    for sink in found.sinks:
+        shares = received[(sink.layer, sink.head)]
+        assert sink.share == pytest.approx(float(shares.max()), abs=1e-5)
+        assert float(shares[sink.token]) == pytest.approx(float(shares.max()), abs=1e-5)  # a most-attended token
+    assert found.layout.num_special_tokens == info.num_special_tokens and found.layout.grid == info.grid
