@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "captum_tokenlrp.evaluation",
     "captum_tokenlrp.data",
     "captum_tokenlrp.visualization",
+    "captum_tokenlrp.diagnostics",
     "captum_tokenlrp.images",
     "captum_tokenlrp.report",
     "captum_tokenlrp.models",
