@@ -14,12 +14,16 @@ from captum_tokenlrp.diagnostics import AttentionSink, Diagnostics, diagnose, to
 SINK_HEAD, SINK_TOKEN = 2, 6  # token 6 = CLS + 5 patches: patch (1, 1) of the 4 x 4 grid
 
 
-@pytest.fixture
-def tiny_model():
+def eager_tiny_model():
     """The conftest's tiny model, with eager attention so that it can return its attention probabilities."""
     from transformers import ViTModel
 
     return seeded(lambda: ViTModel(with_attention(tiny_config(), "eager"), add_pooling_layer=False), trained_norms=True)
+
+
+@pytest.fixture
+def tiny_model():
+    return eager_tiny_model()
 
 
 def build_sink(model, *, layer=0, head=SINK_HEAD, token=SINK_TOKEN, push=400.0):

@@ -372,11 +372,11 @@ def test_panels_keep_the_photo_aspect_and_say_what_the_model_saw():
 
 
 def test_the_paper_figure_marks_sinks_and_high_norm_tokens(tiny_images):
-    from test_diagnostics import SINK_HEAD, build_sink, tiny_model
+    from test_diagnostics import SINK_HEAD, build_sink, eager_tiny_model
 
     from captum_tokenlrp.diagnostics import diagnose
 
-    model = build_sink(tiny_model.__wrapped__())
+    model = build_sink(eager_tiny_model())
     lrp = TokenRelevanceLRP(model, rule="iv")
     layout = lrp.token_layout(tiny_images[:1])
     found = diagnose(model, tiny_images[:1])
