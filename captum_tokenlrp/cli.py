@@ -318,6 +318,7 @@ def explain(args: argparse.Namespace) -> int:
                 panels,
                 title=f"{stem} - GAE on the image-text similarity",
                 processor=loaded.processor,
+                geometry=geometry,
             )
             atomic_save_figure(out / f"{stem}.prompts.png", figure)
             print(f"Wrote {out / f'{stem}.prompts.png'}")
