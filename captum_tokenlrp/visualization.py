@@ -1429,7 +1429,8 @@ def _text_blocks_wrapped(figure, blocks, scales, labels, label_style, cmap, line
     if scale == "shared":
         _colorbar(figure, next(iter(first_drawn.values())), list(axes), next(iter(scales.values())).extend)
         return
-    for label, drawn in first_drawn.items():
+    # Constrained layout puts each new bar outside the previous ones: reversed, the first block's bar is nearest.
+    for label, drawn in reversed(first_drawn.items()):
         bar = figure.colorbar(drawn, ax=list(axes), fraction=0.03, pad=0.01, aspect=40, extend=scales[label].extend)
         bar.ax.tick_params(labelsize=6)
         bar.set_label(label, fontsize=7)
