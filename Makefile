@@ -102,6 +102,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_app.py --screenshots
 	$(BIN)/python benchmarks/bench_text_families.py
 	$(BIN)/python benchmarks/bench_text.py
+	$(BIN)/python benchmarks/bench_real.py
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
@@ -110,6 +111,7 @@ bench-quick: install
 	$(BIN)/python benchmarks/bench_app.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_text_families.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_text.py --quick > /dev/null
+	$(BIN)/python benchmarks/bench_real.py --quick > /dev/null
 
 # Explanation quality of every method on the two bundled models (scenes, shapes): writes benchmarks/RESULTS.md.
 quality: install

@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="report path (default benchmarks/REAL.md)")
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--faith-steps", type=int, default=4, help="deletion steps (4: 25 %% each)")
+    parser.add_argument("--views", default=",".join(VIEWS), help=f"views of each photo, of {', '.join(VIEWS)}")
     parser.add_argument("--faith-views", default="centre", help="views whose units the deletion curves use")
     parser.add_argument("--faith-per-head-mean", action="store_true", help="deletion curves of the per-head means too")
     parser.add_argument("--sanity-units", type=int, default=2)
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args.command = "python benchmarks/bench_real.py " + " ".join(shlex.quote(a) for a in given)
     started = time.perf_counter()
-    size, views, photo_names = 224, VIEWS, None
+    size, views, photo_names = 224, tuple(args.views.split(",")), None
     if args.quick:
         size, views, photo_names = 112, ("centre",), ["chelsea", "rocket"]
         args.ig_steps, args.faith_steps, args.sanity_units, args.resamples = 2, 2, 1, 200
@@ -756,19 +757,30 @@ def write_report(
 def observations(units, boot, local, area, head_stats, values, best_rule) -> list[str]:
     lines = []
     centre = torch.tensor([unit.view == "centre" for unit in units])
-    other = ~centre if (~centre).any() else centre
-    held_out = "the other views" if (~centre).any() else "the same views (one view only: selection not held out)"
+    if (~centre).any():
+        other, chosen_on, held_out = ~centre, "the centre views", "the other views"
+    else:  # one view: choose on every other photo, score on the rest
+        names = sorted({unit.photo for unit in units})
+        first = {name for index, name in enumerate(names) if index % 2 == 0}
+        centre = torch.tensor([unit.photo in first for unit in units])
+        other, chosen_on, held_out = ~centre, f"half the photos ({', '.join(sorted(first))})", "the other photos"
     # (a) the best single head, chosen on the centre views, against rollout on the held-out views.
     candidates = [(name, h) for name, stats in head_stats.items() for h in range(stats["mass"].shape[1])]
-    chosen = max(candidates, key=lambda c: head_stats[c[0]]["mass"][centre, c[1]].mean().item())
+    # Chosen by mass above the object's share (a photo the object fills gives every map mass 1 and decides nothing).
+    def above_share(c: tuple[str, int]) -> Tensor:
+        return head_stats[c[0]]["mass"][:, c[1]] - head_stats[c[0]]["area"][:, c[1]]
+
+    chosen = max(candidates, key=lambda c: above_share(c)[centre].mean().item())
     head_mass = head_stats[chosen[0]]["mass"][:, chosen[1]]
     rollout = local["rollout"]["mass"]
-    mean, low, high = boot.interval(head_mass[other] - rollout[other]) if other.any() else (math.nan,) * 3
+    sub = Bootstrap([unit.photo for unit, keep in zip(units, other.tolist(), strict=True) if keep], 2000)
+    mean, low, high = sub.interval(head_mass[other] - rollout[other]) if other.any() else (math.nan,) * 3
     lines += [
-        f"**(a) A head covers the object better than rollout.** Chosen on the centre views among "
+        f"**(a) A head covers the object better than rollout.** Chosen on {chosen_on} among "
         f"{len(candidates)} head maps (per-head chains of the four rules, their last-layer-per-head variants, and "
-        f"the last layer's attention per head): **{chosen[0]} {chosen[1]}**, mass {head_mass[centre].mean():.2f} "
-        f"there. On {held_out}: mass {head_mass[other].mean():.2f} vs rollout {rollout[other].mean():.2f}, paired "
+        f"the last layer's attention per head) by mass minus the object's share: **{chosen[0]} {chosen[1]}**, mass "
+        f"{head_mass[centre].mean():.2f} there (rollout {local['rollout']['mass'][centre].mean():.2f}). "
+        f"On {held_out}: mass {head_mass[other].mean():.2f} vs rollout {rollout[other].mean():.2f}, paired "
         f"difference {mean:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over photos).",
         "",
     ]
