@@ -615,9 +615,10 @@ def write_report(
     total_seconds,
 ) -> str:
     n_photos = len({unit.photo for unit in units})
+    # From the units themselves, so that --render describes the run it renders.
+    views, size = tuple(dict.fromkeys(unit.view for unit in units)), units[0].image.size[0]
     names = list(local)
     best = max(curves, key=lambda name: curves[name]["abpc"].mean().item())
-    best_rule = max((n for n in curves if n.startswith("rule")), key=lambda n: curves[n]["abpc"].mean().item())
     lines = [
         "# Real weights: a DINOv2-S/14 on real photos with hand-drawn masks",
         "",
@@ -739,22 +740,30 @@ def write_report(
     ]
     # Observations.
     lines += ["", "## The paper's four observations, measured", ""]
-    lines += observations(units, boot, local, area, head_stats, values, best_rule)
+    lines += observations(units, boot, local, area, head_stats, values, curves)
     lines += ["", "## Figures", "", "![gallery](real_gallery.png)", "", "![deletion curves](real_curves.png)", ""]
     lines += [
         "## Left out",
         "",
         "- Integrated Gradients is not in the randomisation test (cost); TE refuses `Dinov2Model` (above). The "
-              "random control is one seeded map whatever the weights, so its rho is 1 by construction.",
+        "random control is one seeded map whatever the weights, so its rho is 1 by construction.",
         "- The masks are hand-drawn by eye (precision about 5-10 px, `captum_tokenlrp/data/photos.py`); with "
         "14 px patches that is below a patch.",
         f"- {n_photos} photos: intervals are wide and differences of a few hundredths are not resolved.",
+        *(
+            [
+                f"- Views run: {', '.join(views)}; the others ({', '.join(v for v in VIEWS if v not in views)}) are "
+                f"one option away (`--views {','.join(VIEWS)}`), at about twice the time."
+            ]
+            if set(VIEWS) - set(views)
+            else []
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
-def observations(units, boot, local, area, head_stats, values, best_rule) -> list[str]:
+def observations(units, boot, local, area, head_stats, values, curves) -> list[str]:
     lines = []
     centre = torch.tensor([unit.view == "centre" for unit in units])
     if (~centre).any():
@@ -776,7 +785,7 @@ def observations(units, boot, local, area, head_stats, values, best_rule) -> lis
     sub = Bootstrap([unit.photo for unit, keep in zip(units, other.tolist(), strict=True) if keep], 2000)
     mean, low, high = sub.interval(head_mass[other] - rollout[other]) if other.any() else (math.nan,) * 3
     lines += [
-        f"**(a) A head covers the object better than rollout.** Chosen on {chosen_on} among "
+        f"**(a) Does a head cover the object better than rollout?** Chosen on {chosen_on} among "
         f"{len(candidates)} head maps (per-head chains of the four rules, their last-layer-per-head variants, and "
         f"the last layer's attention per head) by mass minus the object's share: **{chosen[0]} {chosen[1]}**, mass "
         f"{head_mass[centre].mean():.2f} there (rollout {local['rollout']['mass'][centre].mean():.2f}). "
@@ -798,12 +807,12 @@ def observations(units, boot, local, area, head_stats, values, best_rule) -> lis
                     boot.cell(stats["spread"][:, h]),
                 ]
             )
-    local_heads = [
-        f"{name} {h}"
-        for name, stats in head_stats.items()
-        for h in range(stats["mass"].shape[1])
-        if stats["mass"][:, h].mean() > stats["area"][:, h].mean() + 0.1 and stats["coverage"][:, h].mean() < 0.5
-    ]
+    local_heads = []
+    for name, stats in head_stats.items():
+        for h in range(stats["mass"].shape[1]):
+            low = boot.interval(stats["mass"][:, h] - stats["area"][:, h])[1]
+            if low > 0 and stats["spread"][:, h].mean() < 0.15:
+                local_heads.append(f"{name} {h} (spread {stats['spread'][:, h].mean():.2f})")
     background = []
     for name, stats in head_stats.items():
         for h in range(stats["mass"].shape[1]):
@@ -811,11 +820,13 @@ def observations(units, boot, local, area, head_stats, values, best_rule) -> lis
             if high < 0:
                 background.append(f"{name} {h}")
     lines += [
-        f"**(b) Heads that focus on a part** (mass on the object at least 0.1 above the object's share, yet fewer "
-        f"than half of the object's patches among its top patches): {len(local_heads)} of {len(rows)} head maps"
-        + (f", e.g. {', '.join(local_heads[:8])}." if local_heads else "."),
+        f"**(b) Heads that focus on a part?** (mass above the object's share, interval above 0, and concentrated: "
+        f"spread below 0.15, i.e. the map's effective patch count under 15 % of the patches): {len(local_heads)} of "
+        f"{len(rows)} head maps" + (f": {', '.join(local_heads)}." if local_heads else ".")
+        + " In the cat's figure (`real_cat_explain.png`, its diagnostics line) layer 0 head 5 sends all its "
+        "attention to one patch: a head-5 chain's concentration is that sink's, not necessarily a part.",
         "",
-        f"**(c) Heads that spread onto the background** (mass below the object's share, interval below 0): "
+        f"**(c) Heads that spread onto the background?** (mass below the object's share, interval below 0): "
         f"{len(background)} of {len(rows)}" + (f": {', '.join(background[:12])}." if background else "."),
         "",
         "Per head (mean [interval]): mass, mass - area, coverage (share of the top-k patches on the object, k = "
@@ -840,14 +851,28 @@ def observations(units, boot, local, area, head_stats, values, best_rule) -> lis
         ]
         for layer in range(distance.shape[1])
     ]
-    first, last = distance[:, : distance.shape[1] // 2].mean(), distance[:, distance.shape[1] // 2 :].mean()
+    by_layer = distance.mean(0)
+    peak = int(by_layer.argmax())
+    final = distance.shape[1] - 1
+    off = {rule: values[f"rule ({rule}) CLS row off itself"][:, final].mean().item() for rule in ("i", "iii", "iv")}
+    mass = {rule: local[f"rule ({rule}) fused"]["mass"].mean().item() for rule in RULES}
+    abpc = {r: curves[f"rule ({r}) fused"]["abpc"].mean().item() for r in RULES if f"rule ({r}) fused" in curves}
     lines += [
-        f"**(d) Late-layer values converge; rules (iii)/(iv) then move less relevance.** Pairwise distance of the "
-        f"patch tokens' value vectors over their mean norm (mean over heads): first half of the layers "
-        f"{first:.2f}, second half {last:.2f}. The CLS row of a layer's matrix keeps `1 - off` of the relevance "
-        "on CLS; rule (i) moves the attention's share off CLS, rules (iii)/(iv) weigh it by the value distance "
-        "`||v_j - v_CLS||` against the residual's 1 (METHOD.md), so where the distances are small the row stays "
-        "on CLS and the relevance reaching patches shrinks (the CLS share table above).",
+        f"**(d) Do late-layer values converge, and do rules (iii)/(iv) then cancel relevance?** The pairwise "
+        f"distance of the patch tokens' value vectors over their mean norm (mean over heads) peaks at layer {peak} "
+        f"({by_layer[peak]:.2f}) and falls to {by_layer[final]:.2f} at layer {final} "
+        f"({100 * (1 - by_layer[final] / by_layer[peak]):.0f} % lower): the values converge somewhat late. Rules "
+        "(iii)/(iv) weigh each attention weight by `||v_j - v_i||` against the residual's 1 (METHOD.md). On this "
+        "model those distances are large in absolute terms, so the CLS row of rules (iii)/(iv) moves **more** of "
+        f"the relevance off CLS than rule (i) in every layer (layer {final}: (iii) {off['iii']:.2f}, (iv) "
+        f"{off['iv']:.2f}, (i) {off['i']:.2f}), and the relevance left on CLS is about the same for all four rules "
+        "(table above): no cancellation on the CLS row. What the rules' maps do show: object mass "
+        + ", ".join(f"({r}) {mass[r]:.2f}" for r in RULES)
+        + "; ABPC "
+        + ", ".join(f"({r}) {abpc[r]:.2f}" for r in abpc)
+        + f". Of rule (iii)'s per-head chains {sum(n.startswith('rule (iii) head') for n in background)} lean on the "
+        "background ((c)); these numbers do not show that the convergence of the values is the cause of what "
+        "rule (iii) loses.",
         "",
         md_table(
             ["layer", "value distance / norm", "rule (i) off CLS", "rule (iii) off CLS", "rule (iv) off CLS"], rows
