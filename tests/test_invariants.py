@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from captum_tokenlrp import TokenRelevanceLRP
+from captum_tokenlrp._core.distances import row_divisors_
 from captum_tokenlrp._core.kernels import RowScaled
 from captum_tokenlrp._core.propagation import reduce_blocks, reduce_layer
-from captum_tokenlrp.rules import normalize_rows, row_divisors_
+from captum_tokenlrp.rules import normalize_rows
 
 MODES = ["mean", "max", "min", None, "per_head_mean", "last_layer_per_head"]
 

@@ -149,7 +149,7 @@ def test_distances_are_exact_for_identical_and_nearly_identical_tokens():
 def test_distances_from_differences_match_the_gram_path_exactly_where_it_refines():
     # Off the CPU the distances come from the differences (no host-device synchronisation); the CPU's
     # Gram identity with refinement of near pairs must agree with them, near pairs included.
-    from captum_tokenlrp.rules import _distances_from_differences
+    from captum_tokenlrp._core.distances import _distances_from_differences
 
     generator = torch.Generator().manual_seed(11)
     vectors = torch.randn(6, 40, 16, generator=generator)

@@ -106,13 +106,18 @@ class LayerProjections:
             self._per_head[name] = per_head
         return per_head[batch, heads]
 
-    def state(
-        self, heads: slice = slice(None), workspace: Workspace | None = None, batch: slice = slice(None)
-    ) -> AttentionState:
+    def state(self, heads: slice = slice(None), *, batch: slice = slice(None)) -> AttentionState:
         """The float32 :class:`AttentionState` of the selected heads and inputs (all by default).
 
-        With a ``workspace`` the N x N tensors live in its reusable buffers: such a state is for
-        the engine's built-in kernels only (:mod:`.kernels`), which overwrite it in place.
+        Its tensors are new ones of its own: a computation may keep them or write to them.
+        """
+        return self._state(heads, batch, None)
+
+    def _state(self, heads: slice, batch: slice, workspace: Workspace | None) -> AttentionState:
+        """:meth:`state`, with the N x N tensors in ``workspace``'s reusable buffers where one is given.
+
+        Such a state is for the engine's built-in kernels only (:mod:`.kernels`), which overwrite it
+        in place; the next state taken with the same workspace reuses its memory.
         """
         query = self._heads("query", heads, batch)
         key = self._heads("key", heads, batch).transpose(-1, -2)
@@ -150,19 +155,21 @@ class LayerProjections:
             bias = bias[batch]
         return bias if bias.shape[1] == 1 else bias[:, heads]
 
-    def head_chunks(self, max_elements: int, workspace: Workspace | None = None) -> Iterator[AttentionState]:
+    def head_chunks(self, max_elements: int) -> Iterator[AttentionState]:
         """States of consecutive groups of heads whose `(batch, heads, N, N)` stays under ``max_elements``.
 
         Long sequences then never hold every head's N x N matrices at once (one head at a time when
-        even that is larger). With a ``workspace``, each state reuses the previous one's buffers:
-        consume it before taking the next.
+        even that is larger).
         """
-        for _inputs, state in self.blocks(max_elements, workspace, split_inputs=False):
+        return self._head_chunks(max_elements, None)
+
+    def _head_chunks(self, max_elements: int, workspace: Workspace | None) -> Iterator[AttentionState]:
+        """:meth:`head_chunks`; with a ``workspace``, each state reuses the previous one's buffers
+        (see :meth:`_state`): consume it before taking the next."""
+        for _inputs, state in self._blocks(max_elements, workspace, split_inputs=False):
             yield state
 
-    def blocks(
-        self, max_elements: int, workspace: Workspace | None = None, *, split_inputs: bool = True
-    ) -> Iterator[tuple[slice, AttentionState]]:
+    def blocks(self, max_elements: int, *, split_inputs: bool = True) -> Iterator[tuple[slice, AttentionState]]:
         """``(inputs, state)`` for blocks of heads and inputs, `(inputs, heads, N, N)` under ``max_elements``.
 
         Groups of heads of the whole batch, as :meth:`head_chunks`; where one head of the whole
@@ -171,18 +178,24 @@ class LayerProjections:
         cache while a kernel passes over it several times. ``inputs`` is the block's slice of the
         batch, with explicit bounds.
         """
+        return self._blocks(max_elements, None, split_inputs=split_inputs)
+
+    def _blocks(
+        self, max_elements: int, workspace: Workspace | None, *, split_inputs: bool = True
+    ) -> Iterator[tuple[slice, AttentionState]]:
+        """:meth:`blocks`, each state's N x N tensors in ``workspace`` where one is given (see :meth:`_state`)."""
         batch, tokens, _ = self.query.shape
         per_input = tokens * tokens
         if not split_inputs or batch * per_input <= max_elements:
             step = max(1, min(self.site.num_heads, max_elements // (batch * per_input)))
             for first in range(0, self.site.num_heads, step):
-                yield slice(0, batch), self.state(slice(first, first + step), workspace)
+                yield slice(0, batch), self._state(slice(first, first + step), slice(None), workspace)
             return
         rows = max(1, max_elements // per_input)
         for first in range(0, batch, rows):
             inputs = slice(first, min(batch, first + rows))
             for head in range(self.site.num_heads):
-                yield inputs, self.state(slice(head, head + 1), workspace, inputs)
+                yield inputs, self._state(slice(head, head + 1), inputs, workspace)
 
     def _token_mask(self, batch: slice) -> Tensor | None:
         """:attr:`token_mask` of the inputs ``batch``, or None where every token is real."""
@@ -211,16 +224,14 @@ class _CapturedLayer(LayerProjections):
     #: ``"exact"``: the float32 probabilities the model's own attention computed, `(batch, num_heads, N, N)`.
     probabilities: Tensor | None = None
 
-    def state(
-        self, heads: slice = slice(None), workspace: Workspace | None = None, batch: slice = slice(None)
-    ) -> AttentionState:
+    def _state(self, heads: slice, batch: slice, workspace: Workspace | None) -> AttentionState:
         if self.probabilities is not None:
             attention = self.probabilities[batch, heads]
             if workspace is not None:  # the built-in kernels overwrite it: never the model's own tensor
                 attention = workspace.get("attention", tuple(attention.shape), attention).copy_(attention)
             values = self._heads("value", heads, batch)
             return AttentionState(attention, values, self.site.layer_index, self._token_mask(batch))
-        state = super().state(heads, workspace, batch)
+        state = super()._state(heads, batch, workspace)
         # Before returning: a built-in kernel overwrites the probabilities (workspace) in place.
         values = self.model_values[batch, heads]
         attention = state.attention if state.attention.dtype == values.dtype else state.attention.to(values.dtype)

@@ -21,9 +21,8 @@ from ..rules import (
     UnitActivation,
     ValueDeviationActivation,
     ValueDistanceWeight,
-    pairwise_distances,
-    row_divisors_,
 )
+from .distances import pairwise_distances, row_divisors_
 from .workspace import Workspace
 
 

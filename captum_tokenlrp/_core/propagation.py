@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ..rules import normalize_rows_
+from .distances import normalize_rows_
 from .kernels import RowScaled
 
 #: Head modes that give one map per sample, `(batch_size, num_tokens)`.

@@ -195,7 +195,7 @@ class RedistributionRules:
             fused_on_cpu = fuses_heads(head_fusion, is_last) and layer.device.type == "cpu"
             if fused_on_cpu and kernel is not None:
                 # Blocks of inputs and heads small enough to stay in cache while the kernel passes over them.
-                blocks = layer.blocks(min(limit, CACHE_BLOCK_ELEMENTS), reuse)
+                blocks = layer._blocks(min(limit, CACHE_BLOCK_ELEMENTS), reuse)
                 matrices = ((inputs, kernel(state, reuse, divide=False)) for inputs, state in blocks)
                 return reduce_blocks(matrices, head_fusion, is_last, layer.site.num_heads, layer.batch_size)
             if fused_on_cpu:
@@ -203,7 +203,7 @@ class RedistributionRules:
                 # head if larger) keep the work memory a small share of the L x B x N^2 fused matrices kept.
                 per_head = layer.batch_size * layer.num_tokens**2
                 limit = min(limit, max(per_head, FUSED_CHUNK_ELEMENTS))
-            states = layer.head_chunks(limit, reuse)
+            states = layer._head_chunks(limit, reuse)
             chunks = (rule.redistribution(state) if kernel is None else kernel(state, reuse) for state in states)
             return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 
