@@ -35,8 +35,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ._adapters import TokenLayout
-from ._core.geometry import patch_grid as _patch_grid
-from ._core.geometry import patch_relevance_to_pixels
+from ._utils.geometry import patch_grid as _patch_grid
+from ._utils.geometry import patch_relevance_to_pixels
 from ._utils.stack import user_stacklevel
 from ._utils.validation import TextPrompts, one_prompt
 

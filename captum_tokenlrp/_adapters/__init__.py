@@ -4,6 +4,7 @@ from . import beit as _beit  # noqa: F401  (each module registers its adapter)
 from . import clip as _clip  # noqa: F401
 from . import deit as _deit  # noqa: F401
 from . import dinov2 as _dinov2  # noqa: F401
+from . import text as _text  # noqa: F401  (its registry tells adapter_for which models are text ones)
 from . import vit as _vit  # noqa: F401
 from . import vit_mae as _vit_mae  # noqa: F401
 from .base import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._core.geometry import TokenLayout
+from .._utils.geometry import TokenLayout
 from .._utils.stack import user_stacklevel
 
 
@@ -190,6 +190,10 @@ class ModelAdapter(ABC):
 
 
 _ADAPTERS: list[type[ModelAdapter]] = []
+#: ``(model) -> message or None``, one per other adapter registry (the text one): for a model that one handles,
+#: the error :func:`adapter_for` raises, naming the class that explains it. The other registry adds its check when
+#: imported, so that it imports this module and not the other way round.
+_OTHER_REGISTRIES: list[Callable[[nn.Module], str | None]] = []
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
@@ -264,13 +268,10 @@ def adapter_for(model: object) -> ModelAdapter:
     for adapter in _ADAPTERS:
         if adapter.handles(model):
             return adapter(model)
-    from .text import text_adapter_class  # text adapters import this module
-
-    if text_adapter_class(model) is not None:
-        raise TypeError(
-            f"{type(model).__name__} is a text Transformer: explain it with captum_tokenlrp.TextTokenRelevanceLRP "
-            "(token ids as inputs); TokenRelevanceLRP explains vision Transformers."
-        )
+    for explained_elsewhere in _OTHER_REGISTRIES:
+        message = explained_elsewhere(model)
+        if message is not None:
+            raise TypeError(message)
     raise TypeError(
         f"Unsupported model class {type(model).__name__}. Supported: "
         f"{', '.join(supported_model_classes())}. Other architectures need an adapter "

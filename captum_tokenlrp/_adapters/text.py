@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .base import AttentionSite
+from .base import _OTHER_REGISTRIES, AttentionSite, unwrap_model
 
 
 class TextModelAdapter(ABC):
@@ -159,6 +159,19 @@ def text_adapter_class(model: object) -> type[TextModelAdapter] | None:
     return next((adapter for adapter in _TEXT_ADAPTERS if adapter.handles(model)), None)
 
 
+def _explained_by_text_classes(model: nn.Module) -> str | None:
+    """:func:`~captum_tokenlrp._adapters.base.adapter_for`'s error for a model this registry handles."""
+    if text_adapter_class(model) is None:
+        return None
+    return (
+        f"{type(model).__name__} is a text Transformer: explain it with captum_tokenlrp.TextTokenRelevanceLRP "
+        "(token ids as inputs); TokenRelevanceLRP explains vision Transformers."
+    )
+
+
+_OTHER_REGISTRIES.append(_explained_by_text_classes)
+
+
 def text_adapter_for_model_type(model_type: str) -> type[TextModelAdapter] | None:
     """The text adapter that explains checkpoints of ``config.model_type``, if any."""
     return next((adapter for adapter in _TEXT_ADAPTERS if model_type in adapter.model_types), None)
@@ -172,8 +185,6 @@ def text_adapter_for(model: object) -> TextModelAdapter:
     TypeError
         If ``model`` is not an ``nn.Module`` or no text adapter handles its class.
     """
-    from .base import unwrap_model
-
     model = unwrap_model(model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected a HuggingFace text Transformer (torch.nn.Module), got {type(model).__name__}.")

@@ -15,6 +15,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite, TokenLayout, adapter_for
+from .._utils.geometry import patch_relevance_to_pixels
 from .._utils.stack import user_stacklevel
 from .._utils.validation import (
     TargetType,
@@ -30,7 +31,6 @@ from .._utils.validation import (
     resolve_start,
 )
 from .capture import LayerProjections, record_layers
-from .geometry import patch_relevance_to_pixels
 
 #: Class-specific methods of the package, named in the warning of class-agnostic ones on a classifier: the
 #: class-sensitive rules first (the same method, steered by the class), then the gradient baselines.

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .._adapters import TokenLayout, adapter_for
 from .._core.attention_gradients import attention_gradients
 from .._core.base import PreparedInputs, TokenAttribution, evaluation_mode
-from .._core.geometry import grid_to_tokens, patch_sums, tokens_to_grid
+from .._utils.geometry import grid_to_tokens, patch_sums, tokens_to_grid
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, TextPrompts, parse_targets, parse_text_target
 
