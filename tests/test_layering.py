@@ -139,3 +139,21 @@ def test_the_engine_workspace_is_not_part_of_the_public_state():
     """``LayerProjections.state`` hands out tensors of its own; reusable buffers are the engine's private path."""
     for method in (LayerProjections.state, LayerProjections.head_chunks, LayerProjections.blocks):
         assert "workspace" not in inspect.signature(method).parameters, method.__name__
+
+
+def test_the_model_specific_baselines_ask_the_adapter_for_a_capability():
+    """AttnLRP and TransformerAttribution read what the adapter states, not which class it is."""
+    from captum_tokenlrp._adapters.base import registered_adapters
+
+    graph = import_graph()
+    for baseline in ("attnlrp", "transformer_attribution"):
+        concrete = {
+            imported
+            for imported in graph[f"captum_tokenlrp.baselines.{baseline}"]
+            if imported.startswith("captum_tokenlrp._adapters.") and imported != "captum_tokenlrp._adapters.base"
+        }
+        assert concrete == set(), baseline
+    by_name = {adapter.__name__: adapter for adapter in registered_adapters()}
+    pre_norm = {name for name, adapter in by_name.items() if adapter.pre_norm_blocks}
+    assert pre_norm == {"ViTAdapter", "DeiTAdapter", "Dinov2Adapter", "Dinov2WithRegistersAdapter", "ViTMAEAdapter"}
+    assert {name for name, adapter in by_name.items() if adapter.vit_layers} == {"ViTAdapter"}

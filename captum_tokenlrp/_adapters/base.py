@@ -77,6 +77,18 @@ class ModelAdapter(ABC):
     #: Whether the model accepts any image size (it always interpolates its position embeddings).
     any_image_size: ClassVar[bool] = False
 
+    #: Whether every block is a pre-norm block whose operations AttnLRP's rules cover: LayerNorm,
+    #: self-attention, residual add, LayerNorm, an MLP of two Linears around one elementwise activation
+    #: module, residual add (a per-channel layer scale allowed; no relative position bias, no gated MLP).
+    #: :class:`~captum_tokenlrp.baselines.AttnLRP` asks this instead of knowing the adapter classes.
+    pre_norm_blocks: ClassVar[bool] = False
+
+    #: Whether every layer has transformers' ``ViTLayer`` layout and the model ViT's head (``layernorm_before``,
+    #: the attention's query/key/value/output Linears, ``layernorm_after``, a two-Linear MLP, no layer scale,
+    #: the final ``layernorm``): what the hand-written relevance propagation of
+    #: :class:`~captum_tokenlrp.baselines.TransformerAttribution` is written for.
+    vit_layers: ClassVar[bool] = False
+
     #: ``config.model_type`` values of the checkpoints this adapter explains (for loading by config).
     model_types: ClassVar[tuple[str, ...]] = ()
 
@@ -207,6 +219,11 @@ def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
 def supported_model_classes() -> Sequence[str]:
     """Names of every model class some registered adapter handles."""
     return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.supported_class_names)
+
+
+def registered_adapters() -> tuple[type[ModelAdapter], ...]:
+    """Every registered adapter class, in registration order (a method asks them for its capability)."""
+    return tuple(reversed(_ADAPTERS))
 
 
 def adapter_class_for_model_type(model_type: str) -> type[ModelAdapter] | None:

@@ -21,6 +21,7 @@ class DeiTAdapter(HFViTFamilyAdapter):
     supported_class_names = ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
     model_types = ("deit",)
     backbone_attribute = "deit"
+    pre_norm_blocks = True
 
     @classmethod
     def base_classes(cls) -> tuple[type, ...]:

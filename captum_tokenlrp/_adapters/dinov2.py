@@ -16,6 +16,7 @@ from .hf_vit_family import HFViTFamilyAdapter
 
 class _Dinov2Family(HFViTFamilyAdapter):
     any_image_size = True
+    pre_norm_blocks = True  # with layer scale; the SwiGLU variant is refused by AttnLRP from its config
 
     def classifier_start(self, layout: TokenLayout) -> Tensor:
         """The classifier reads ``[CLS, mean of patches]``: half the relevance on CLS, half spread over patches."""

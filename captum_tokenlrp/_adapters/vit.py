@@ -11,6 +11,8 @@ class ViTAdapter(HFViTFamilyAdapter):
     supported_class_names = ("ViTModel", "ViTForImageClassification")
     model_types = ("vit",)
     backbone_attribute = "vit"
+    pre_norm_blocks = True
+    vit_layers = True
 
     @classmethod
     def base_classes(cls) -> tuple[type, ...]:

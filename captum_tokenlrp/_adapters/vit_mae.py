@@ -27,6 +27,7 @@ class ViTMAEAdapter(HFViTFamilyAdapter):
     supported_class_names = ("ViTMAEModel",)
     model_types = ("vit_mae",)
     backbone_attribute = "vit"
+    pre_norm_blocks = True
 
     @classmethod
     def base_classes(cls) -> tuple[type, ...]:

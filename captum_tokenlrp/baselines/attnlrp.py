@@ -39,25 +39,13 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from .._adapters import ModelAdapter
-from .._adapters.deit import DeiTAdapter
-from .._adapters.dinov2 import Dinov2Adapter, Dinov2WithRegistersAdapter
-from .._adapters.vit import ViTAdapter
-from .._adapters.vit_mae import ViTMAEAdapter
+from .._adapters.base import registered_adapters
 from .._core.base import PreparedInputs, evaluation_mode
 from .._utils.validation import TargetType
 from .gradient import _GradientAttribution
 
 __all__ = ["AttnLRP", "attnlrp_rules"]
 
-#: Adapters whose blocks are pre-norm ViT blocks (LayerNorm, self-attention, LayerNorm, GELU MLP):
-#: the operations the rules cover.
-SUPPORTED_ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    ViTAdapter,
-    DeiTAdapter,
-    Dinov2Adapter,
-    Dinov2WithRegistersAdapter,
-    ViTMAEAdapter,
-)
 #: Values of the ``attention_rule`` option.
 ATTENTION_RULES = ("attnlrp", "cp")
 #: lxt's stabiliser in the identity rule's ratio ``y / (x + eps)``.
@@ -120,8 +108,10 @@ def _is_activation(module: nn.Module) -> bool:
 def _check_rule_sites(adapter: ModelAdapter) -> list[nn.Module]:
     """The blocks' activation modules (one per block); a TypeError where the rules would miss an operation."""
     name = type(adapter.model).__name__
-    if not isinstance(adapter, SUPPORTED_ADAPTERS):
-        supported = ", ".join(name for known in SUPPORTED_ADAPTERS for name in known.supported_class_names)
+    if not adapter.pre_norm_blocks:
+        supported = ", ".join(
+            name for known in registered_adapters() if known.pre_norm_blocks for name in known.supported_class_names
+        )
         raise TypeError(
             f"AttnLRP covers pre-norm ViT blocks (LayerNorm, self-attention, GELU MLP); {name} is not one of "
             f"them. Supported: {supported}."
@@ -157,7 +147,7 @@ def attnlrp_rules(adapter: ModelAdapter, attention_rule: str = "attnlrp") -> Ite
     Parameters
     ----------
     adapter : ModelAdapter
-        The model's adapter (one of :data:`SUPPORTED_ADAPTERS`).
+        The model's adapter; its blocks must be pre-norm ones (``adapter.pre_norm_blocks``).
     attention_rule : {"attnlrp", "cp"}, default "attnlrp"
         AttnLRP's uniform and softmax rules, or CP-LRP's attention-as-constant.
     """

@@ -32,8 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._adapters import AttentionSite
-from .._adapters.vit import ViTAdapter
+from .._adapters import AttentionSite, ModelAdapter
 from .._core.base import PreparedInputs, evaluation_mode
 from .._utils.validation import TargetType
 from .gradient import _GradientAttribution
@@ -119,7 +118,7 @@ class _Block:
     fc2: nn.Linear
 
 
-def _vit_blocks(adapter: ViTAdapter) -> list[_Block]:
+def _vit_blocks(adapter: ModelAdapter) -> list[_Block]:
     """Each layer's modules, in either HF layout (``mlp.fc1/fc2`` on transformers 5, ``intermediate.dense`` /
     ``output.dense`` on 4.x); a TypeError where the layer is not a ViT layer."""
     blocks = []
@@ -265,7 +264,7 @@ class TransformerAttribution(_GradientAttribution):
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
         super().__init__(model, tokenizer=tokenizer)
-        if type(self._adapter) is not ViTAdapter:
+        if not self._adapter.vit_layers:
             raise TypeError(
                 f"TransformerAttribution supports ViTModel and ViTForImageClassification (DINO ViT checkpoints "
                 f"included), got {type(self.model).__name__}. GenericAttentionExplainability explains every "
