@@ -168,9 +168,11 @@ class UnitActivation:
 class ValueDeviationActivation:
     """``a_j = ||v_j - v_mean||_2`` (rules (ii) and (iv)).
 
-    ``v_mean`` is the mean value vector over all ``N`` tokens (special tokens
-    included) of the same image, layer and head: a token far from the mean
-    carries more specific features and takes more relevance.
+    ``v_mean`` is the mean value vector over the tokens of the same input,
+    layer and head: all ``N`` tokens of an image (special tokens included), the
+    real tokens of a padded text batch (the masked mean over its ``token_mask``,
+    see :class:`AttentionState`). A token far from the mean carries more
+    specific features and takes more relevance.
     """
 
     def __call__(self, state: AttentionState) -> Tensor:

@@ -7,8 +7,9 @@ implementation: the head's output is ``ctx_i = sum_j A_ij v_j``, so
     dS/dA_ij = <dS/dctx_i, v_j>,
 
 with ``dS/dctx`` the gradient at the input of the layer's output projection (one backward pass for
-every layer). ``A`` is recomputed in float32 from the hooked query and key, as everywhere in this
-package, while the model's own kernel runs (the gradient must flow through it). No parameter's
+every layer). ``A`` is recomputed in float32 from the hooked query and key while the model's own
+kernel runs: the ``"recompute"`` mode of :func:`.capture.record_layers`, whatever the method's
+``attention_capture`` (the gradient must flow through the model's kernel, which ``"fast"`` replaces). No parameter's
 ``.grad`` is touched and every hook is removed in ``finally``.
 """
 

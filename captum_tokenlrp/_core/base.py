@@ -137,6 +137,11 @@ class TokenAttribution(MethodOptions, Attribution):
     #: How each forward pass obtains the attention probabilities (see :mod:`.capture`): ``"exact"``
     #: leaves the model's outputs bitwise its own; ``"fast"`` computes every layer's attention once,
     #: in float32 (outputs within float32 rounding of the model's kernel; the fastest on sdpa models).
+    #: The default differs from :class:`~captum_tokenlrp.TokenRelevanceLRP`'s ``"fast"`` on purpose: the
+    #: methods that inherit it (the baselines) take no ``attention_capture`` argument and promise the
+    #: model's outputs bitwise its own during the call, and ``"fast"`` would move those outputs (and so
+    #: anything read from them) by float32 rounding. The LRP, whose cost is every layer's N x N
+    #: matrices, takes the argument and defaults to ``"fast"``.
     attention_capture: str = "exact"
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:

@@ -17,9 +17,12 @@ code reads with a hook on the probabilities of an eager attention (no dropout: t
 runs in eval mode).
 
 Reading it there, rather than switching the model to an attention implementation whose
-probabilities require grad, keeps the model's forward its own on every path (sdpa, flash,
-eager; transformers 4.x encoders that never call the attention registry included): nothing about
-the model is switched, so nothing has to be switched back. The probabilities and values
+probabilities require grad, keeps the model's computation its own on every path (sdpa, flash,
+eager; transformers 4.x encoders that never call the attention registry included): the model's
+own attention function computes every layer's output. Where the model calls the attention
+registry, the attention configs point ``_attn_implementation`` at a registered wrapper of that
+function for the call (it hands the query, key and value over on the way), and configs, registry
+and hooks are restored on exit, also on an error. The probabilities and values
 themselves are read as :class:`~captum_tokenlrp.TextTokenRelevanceLRP` reads them
 (:func:`.text_capture.record_text_layers`), so every method is compared on the same attention.
 No parameter's ``.grad`` is touched (``torch.autograd.grad`` on the kept tensors only).

@@ -211,7 +211,7 @@ class RedistributionRules:
 
 
 class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
-    r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace ViTs.
+    r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace vision Transformers.
 
     Layer-wise Relevance Propagation between tokens: in every layer the
     attention is turned into a row-stochastic redistribution matrix
@@ -228,17 +228,23 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     The activation ``a_j`` and weight ``W_ij`` come from a :class:`TokenRule`
     (rules (i)-(iv) of the paper, or your own).
 
-    The cost is one forward pass under ``torch.no_grad()``: forward hooks on
-    each layer's query, key and value projections recompute the attention
-    probabilities in float32 with the module's own scaling, so the result is
-    the same whatever ``attn_implementation`` the model uses; the model is
-    never switched or modified.
+    The cost is one forward pass under ``torch.no_grad()``. With the default
+    ``attention_capture="fast"`` each layer's attention probabilities are computed
+    once, in float32, from the hooked query and key with the module's own scaling,
+    and the layer's output is formed from them: for the call, the attention
+    modules' configs point ``_attn_implementation`` at a function registered under
+    a unique name. Configs, registry and every hook are restored on exit (also on
+    an error), so the model is unchanged after the call; the result is the same
+    whatever ``attn_implementation`` the model uses (see ``attention_capture`` and
+    :mod:`captum_tokenlrp._core.capture` for the other two modes).
 
     Parameters
     ----------
     model : nn.Module
-        ``transformers.ViTModel`` (e.g. ``facebook/dino-vits16``) or
-        ``ViTForImageClassification``, transformers 4.x or 5.x layout.
+        A HuggingFace vision Transformer with a registered adapter, transformers 4.x or 5.x
+        layout: ViT (e.g. ``facebook/dino-vits16``), DeiT, DINOv2 (with or without registers),
+        ViT-MAE and BEiT, bare or with their image-classification heads, and the vision towers
+        of CLIP and SigLIP (:func:`~captum_tokenlrp.supported_model_classes` lists the classes).
     rule : str or TokenRule, default "iv"
         Default rule for every layer: ``"i"``, ``"ii"``, ``"iii"``, ``"iv"``, a
         name registered with :func:`~captum_tokenlrp.register_rule`, or any
