@@ -23,6 +23,7 @@ def dino_reference_layers(dino_s16, dino_images):
     return per_layer_qkv_float64(dino_s16, dino_images)
 
 
+@pytest.mark.slow  # the whole DINO ViT-S/16 forward in float64, for every rule and head mode
 @pytest.mark.parametrize("rule", RULES)
 def test_dino_vits16_config_matches_float64_reference(rule, dino_s16, dino_images, dino_reference_layers):
     lrp = TokenRelevanceLRP(dino_s16, rule=rule)
