@@ -7,24 +7,5 @@ module re-exports it for the modules that still import it from here.
 
 from __future__ import annotations
 
-from .._utils.geometry import (
-    TokenLayout,
-    block_sums,
-    crop_to_grid,
-    grid_to_tokens,
-    patch_grid,
-    patch_relevance_to_pixels,
-    patch_sums,
-    tokens_to_grid,
-)
-
-__all__ = [
-    "TokenLayout",
-    "block_sums",
-    "crop_to_grid",
-    "grid_to_tokens",
-    "patch_grid",
-    "patch_relevance_to_pixels",
-    "patch_sums",
-    "tokens_to_grid",
-]
+from .._utils.geometry import *  # noqa: F403  (every public name, from its new place)
+from .._utils.geometry import __all__ as __all__
