@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import math
 import re
 import sys
 import tempfile
@@ -326,6 +327,7 @@ class Explorer:
             `(L + 1, num_tokens)` for the fused modes, `(num_heads, L + 1, num_tokens)` per head; index 0 is
             the map on the input tokens, index L the start.
         """
+        start_token = resolve_start_token(capture, start_token)
         key = ("rule", rule, head_fusion, start_token)
         with self._lock:
             if key not in capture.results:
@@ -336,11 +338,6 @@ class Explorer:
         self, capture: Capture, key: tuple, rule: str, head_fusion: str | None, start_token: int | None
     ) -> None:
         """Replay the kept projections through ``rule`` (no forward pass) and cache ``R^(l)`` at every depth."""
-        if start_token is not None and not 0 <= start_token < capture.layout.num_tokens:
-            raise AppInputError(
-                f"Start token {start_token} is out of range: the model has {capture.layout.num_tokens} tokens "
-                f"(0 .. {capture.layout.num_tokens - 1})."
-            )
         layer_matrix = self.lrp._layer_matrix(head_fusion, get_rule(rule))
         matrices = [layer_matrix(layer) for layer in capture.layers]
         explicit = None
@@ -413,6 +410,56 @@ class Explorer:
         """Token relevance `(num_tokens,)` as a map on the original image `(H_orig, W_orig)`."""
         grid = patch_grid(relevance, capture.layout)
         return map_to_original(grid, capture.geometry, patch_size=capture.layout.patch_size)
+
+
+def resolve_start_token(capture: Capture, start_token: int | None) -> int | None:
+    """The start token as an index in ``[0, N)``: negative ones count from the end, as Python's (and the API's
+    ``target``) do; None (the box left empty) stays None, the start where the model's output is read.
+
+    Raises
+    ------
+    AppInputError
+        Outside ``[-N, N)``, ``N`` the model's token count.
+    """
+    if start_token is None:
+        return None
+    count = capture.layout.num_tokens
+    if not -count <= start_token < count:
+        raise AppInputError(
+            f"Start token {start_token} is out of range: the model has {count} tokens, so a start token lies in "
+            f"[-{count}, {count}) (0 .. {count - 1}, or -1 .. -{count} counting from the end); leave the box "
+            "empty to start where the model's output is read."
+        )
+    return start_token % count
+
+
+def _start_token_from_box(text: object) -> int | None:
+    """The "Start token" box's text as a token index: empty is None (where the model's output is read)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise AppInputError(
+            f"Start token {str(text).strip()!r} is not a token index: type an integer (negative ones count from "
+            "the end, -1 the last token), or leave the box empty to start where the model's output is read."
+        )
+    return int(value)
+
+
+def describe_start_token(capture: Capture, start_token: int | None) -> str:
+    """Which token a start token names, for the page: ``"-1 = token 16 (patch row 3, col 3)"``, ``"token 0 (cls)"``."""
+    resolved = resolve_start_token(capture, start_token)
+    if resolved is None:
+        return "where the model's output is read"
+    layout = capture.layout
+    given = f"{start_token} = token {resolved}" if start_token != resolved else f"token {resolved}"
+    if resolved < layout.num_special_tokens:
+        return f"{given} ({layout.special_token_names[resolved]})"
+    row, col = divmod(resolved - layout.num_special_tokens, layout.grid[1])
+    return f"{given} (patch row {row}, col {col})"
 
 
 def _forward_parameters(model: torch.nn.Module) -> Sequence[str]:
@@ -652,7 +699,9 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
 
     figure_image = None
     if figure and settings.rules:
-        figure_key = ("figure", settings.rules, settings.head_fusion, settings.start_token)
+        # By the token it resolves to: -1 and N - 1 are one figure.
+        start = resolve_start_token(capture, settings.start_token)
+        figure_key = ("figure", settings.rules, settings.head_fusion, start)
         if figure_key not in capture.results:
             explorer._remember(capture, figure_key, _paper_figure(explorer, capture, settings, prediction))
         figure_image = capture.results[figure_key]
@@ -694,6 +743,8 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
         if total
         else f"{label}: the map is empty."
     ]
+    if by_layer is not None:
+        parts.append(f"Start: {describe_start_token(capture, settings.start_token)}.")
     if mass is not None:
         parts.append(f"Mass on the object: **{mass:.3f}** (its area share: {capture.mask.mean():.3f}).")
     seconds = time.perf_counter() - began
@@ -757,7 +808,7 @@ class _Session:
     start token it last ran, and the folder of its downloads."""
 
     explorer: Explorer | None = None
-    start_token: object = -1
+    start_token: object = ""
     downloads: Path | None = None
 
     def __deepcopy__(self, memo) -> _Session:
@@ -854,7 +905,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
         depth,
         size_mode,
     ):
-        start = None if start_token in (None, "") or int(start_token) < 0 else int(start_token)
+        start = _start_token_from_box(start_token)
         return ViewSettings(
             rules=tuple(rules or ()),
             method=method,
@@ -986,10 +1037,14 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 method = gr.Radio(explorer.methods, value="iv", label="Method of the overlay", elem_id="method")
                 head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion", elem_id="fusion")
                 head = gr.Radio(heads_of(explorer), value="fused", label="Head of the overlay", elem_id="head")
-                start_token = gr.Number(
-                    value=-1,
-                    precision=0,
-                    label="Start token (-1: where the model's output is read)",
+                # A text box, not gr.Number: an empty Number reaches the handler as 0, a token like any other.
+                start_token = gr.Textbox(
+                    value="",
+                    placeholder="empty: where the model's output is read",
+                    lines=1,
+                    max_lines=1,
+                    label="Start token (empty: where the model's output is read; -1: the last token)",
+                    info="A token index; negative ones count from the end, as in Python and the API's target.",
                     elem_id="start-token",
                 )
                 target_class = gr.Dropdown(

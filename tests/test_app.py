@@ -84,6 +84,33 @@ def test_a_start_token_on_a_backbone_is_the_one_hot_start(backbone, samples):
         backbone.relevance_by_layer(capture, "iii", "mean", start_token=capture.layout.num_tokens)
 
 
+def test_negative_start_tokens_count_from_the_end_and_the_page_names_the_token(backbone, samples):
+    """As the API's ``target`` (and Python): ``[-N, N)``, -1 the last token; the summary says which it is."""
+    capture = backbone.capture(sample_image(samples, 2))
+    count, layout = capture.layout.num_tokens, capture.layout
+    for negative in (-1, -5, -count):
+        replayed = backbone.relevance_by_layer(capture, "iii", "mean", start_token=negative)
+        torch.testing.assert_close(replayed, backbone.relevance_by_layer(capture, "iii", "mean", count + negative))
+    lrp = TokenRelevanceLRP(backbone.loaded.model, rule="ii")
+    views = render(backbone, capture, ViewSettings(method="ii", start_token=-1))
+    np.testing.assert_allclose(views.arrays["selected"], lrp.token_relevance(capture.pixel_values, target=-1)[0])
+    row, col = divmod(count - 1 - layout.num_special_tokens, layout.grid[1])
+    assert f"Start: -1 = token {count - 1} (patch row {row}, col {col})." in views.summary
+    first = render(backbone, capture, ViewSettings(start_token=0)).summary
+    assert f"Start: token 0 ({layout.special_token_names[0]})." in first
+    assert "Start: where the model's output is read." in render(backbone, capture, ViewSettings()).summary
+    # -1 and N - 1 are one figure (one cache entry), drawn from the same start.
+    assert render(backbone, capture, ViewSettings(start_token=count - 1)).figure is views.figure
+    # The box's text: empty starts where the output is read, integers (also "-1", " 3 ") are tokens, else refused.
+    assert [app._start_token_from_box(text) for text in ("", "  ", None, "-1", " 3 ", "7.0")] == [None] * 3 + [-1, 3, 7]
+    for text in ("abc", "1.5", "-"):
+        with pytest.raises(AppInputError, match=rf"Start token '{text}' is not a token index"):
+            app._start_token_from_box(text)
+    for outside in (count, -count - 1):
+        with pytest.raises(AppInputError, match=rf"Start token {outside} is out of range.*\[-{count}, {count}\)"):
+            render(backbone, capture, ViewSettings(start_token=outside))
+
+
 def test_changing_rule_head_layer_or_opacity_never_runs_the_model_again(bundled, samples):
     image = sample_image(samples, 1)
     calls, handle = counting_forwards(bundled.loaded.model)
@@ -516,6 +543,13 @@ def test_typing_a_start_token_runs_once_and_user_errors_log_one_line(samples, tm
         box.send_keys(Keys.TAB)
         wait_for_new_image(driver, "overlay", overlay)
         assert starts == [None, 999, 5]
+        overlay = image_source(driver, "overlay")
+        box.clear()
+        box.send_keys("-1")  # counts from the end, as in Python: the last of the bundled model's 1 + 8 x 8 tokens
+        box.send_keys(Keys.TAB)
+        wait_for_new_image(driver, "overlay", overlay)
+        assert starts == [None, 999, 5, -1]
+        wait.until(lambda d: "Start: -1 = token 64 (patch row 7, col 7)." in page_text(d))
         load_from_page(driver, str(tmp_path / "no-such-model"))
         wait.until(lambda d: "Could not load" in page_text(d))
         # The failed load leaves the page as it was: its choices shown, not replaced by "Error" badges.
