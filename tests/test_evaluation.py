@@ -271,6 +271,35 @@ def test_perturbation_rejects_bad_input(tiny_classifier, tiny_images):
         perturbation_curves(tiny_classifier, tiny_images, maps, num_steps=0)
 
 
+def test_class_names_of_id2label_are_targets_as_in_the_attribution_api(tiny_classifier, tiny_model, tiny_images):
+    names = ["cat", "dog", "star", "disc", "ring"]
+    tiny_classifier.config.id2label = dict(enumerate(names))
+    tiny_classifier.config.label2id = {name: index for index, name in enumerate(names)}
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(3))
+    by_index = perturbation_curves(tiny_classifier, tiny_images, maps, target=2)
+    by_name = perturbation_curves(tiny_classifier, tiny_images, maps, target="star")
+    torch.testing.assert_close(by_name.morf, by_index.morf)
+    per_image = perturbation_curves(tiny_classifier, tiny_images, maps, target=["star", "dog", "ring"])
+    torch.testing.assert_close(
+        per_image.lerf, perturbation_curves(tiny_classifier, tiny_images, maps, target=[2, 1, 4]).lerf
+    )
+    with torch.no_grad():
+        probability = torch.softmax(tiny_classifier(tiny_images).logits, 1)
+    torch.testing.assert_close(per_image.morf[:, 0], probability[[0, 1, 2], [2, 1, 4]])
+    with pytest.raises(ValueError, match=r"'moon' is not a class.*'cat', 'dog', 'star', 'disc', 'ring'"):
+        perturbation_curves(tiny_classifier, tiny_images, maps, target="moon")
+    with pytest.raises(TypeError, match="no classification head"):
+        perturbation_curves(tiny_model, tiny_images, maps, target="star")
+    with pytest.raises(TypeError, match=r"forward function without a HuggingFace config\.id2label"):
+        perturbation_curves(lambda x: x.mean((2, 3)), tiny_images, maps, target="star", patch_size=8)
+    # The localisation scores have no model to read names from: they say so, and how to look a name up.
+    masks = torch.ones(3, 2, 4, 4, dtype=torch.bool)
+    with pytest.raises(TypeError, match=r"object indices.*label2id"):
+        class_localisation_scores(maps, masks, "star")
+    with pytest.raises(TypeError, match="integer object indices"):
+        class_localisation_scores(maps, masks, torch.tensor([0.0, 1.0, 0.5]))
+
+
 # ------------------------------------------------------------------ randomisation
 def test_spearman_known_values():
     ramp = torch.arange(6.0)[None]

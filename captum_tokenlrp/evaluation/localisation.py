@@ -163,7 +163,16 @@ def class_localisation_scores(
             "object_masks must be a (batch_size, num_objects, height, width) tensor, got "
             f"{tuple(object_masks.shape) if isinstance(object_masks, Tensor) else type(object_masks).__name__}."
         )
-    target = torch.as_tensor(target).long().reshape(-1)
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
+        # No model here to read names from: the caller knows which mask is which class.
+        raise TypeError(
+            f"target must hold object indices (the position of each image's object in object_masks), got "
+            f"{target!r}. To score a class by name, look its index up first: model.config.label2id[name]."
+        )
+    target = torch.as_tensor(target)
+    if target.is_floating_point():
+        raise TypeError(f"target must hold integer object indices, got {target.tolist()}.")
+    target = target.long().reshape(-1)
     batch, num_objects = object_masks.shape[:2]
     if target.shape != (batch,) or ((target < 0) | (target >= num_objects)).any():
         raise ValueError(

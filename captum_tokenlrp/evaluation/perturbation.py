@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .._adapters import adapter_for
 from .._core.base import evaluation_mode
 from .._core.geometry import block_sums, crop_to_grid
+from .._utils.validation import class_indices
 from ._maps import Sign, apply_sign, attribution_map
 
 Baseline = Literal["mean", "blur"]
@@ -143,7 +144,25 @@ class _TargetScore:
         return F.cosine_similarity(outputs, reference, dim=-1)
 
 
-def _targets(target: object, outputs: Tensor, score: str) -> Tensor | None:
+def _class_names_to_indices(target: object, model: object) -> object:
+    """``target`` with class names (one, or one per image) replaced by their index in ``config.id2label``,
+    as the attribution methods take them; integer targets unchanged."""
+    if not (isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target))):
+        return target
+    try:
+        adapter = adapter_for(model)
+    except TypeError:
+        raise TypeError(
+            f"target {target!r} is a class name, but model is a forward function without a HuggingFace "
+            "config.id2label to look names up in. Pass class indices, or the HuggingFace classifier itself."
+        ) from None
+    return class_indices(target, adapter.model, adapter.is_classifier)
+
+
+def _targets(target: object, outputs: Tensor, score: str, model: object = None) -> Tensor | None:
+    # Names first, also for the cosine score: a class name on a model without classes is a mistake to report,
+    # not a target to ignore.
+    target = _class_names_to_indices(target, model)
     if score == "cosine":
         return None
     batch, num_classes = outputs.shape
@@ -151,7 +170,9 @@ def _targets(target: object, outputs: Tensor, score: str) -> Tensor | None:
         return outputs.argmax(dim=1)
     chosen = torch.as_tensor(target, device=outputs.device)
     if chosen.is_floating_point() or chosen.dim() > 1:
-        raise TypeError(f"target must be an int, a sequence of ints or an integer tensor, got {target!r}.")
+        raise TypeError(
+            f"target must be an int, a class name, a sequence of them or an integer tensor, got {target!r}."
+        )
     chosen = chosen.expand(batch) if chosen.dim() == 0 else chosen
     if chosen.shape != (batch,):
         raise ValueError(f"target must give one class per image ({batch}), got {tuple(chosen.shape)}.")
@@ -165,7 +186,7 @@ def perturbation_curves(
     inputs: Tensor | tuple[Tensor],
     attributions: Tensor | tuple[Tensor],
     *,
-    target: int | Sequence[int] | Tensor | None = None,
+    target: int | str | Sequence[int] | Sequence[str] | Tensor | None = None,
     patch_size: int | tuple[int, int] | None = None,
     num_steps: int = 10,
     baseline: Baseline | Tensor = "mean",
@@ -186,8 +207,9 @@ def perturbation_curves(
     attributions : Tensor or 1-tuple of Tensor
         The maps to test: `(batch_size, channels, height, width)` at pixel resolution (summed over
         channels and patches) or `(batch_size, rows, cols)`, one value per patch.
-    target : int, sequence of int or Tensor, optional
-        Class whose probability is followed (classifiers); default: the class the model
+    target : int, str, sequence of int or str, or Tensor, optional
+        Class whose probability is followed (classifiers), by index or by name of
+        ``model.config.id2label`` (one for the batch or one per image); default: the class the model
         predicts on the unperturbed image.
     patch_size : int or (int, int), optional
         The removal unit; default: the model's patch size (required for other forward functions).
@@ -247,7 +269,7 @@ def perturbation_curves(
     context = evaluation_mode(model) if isinstance(model, nn.Module) else nullcontext()
     with context, torch.no_grad():
         reference = scorer.outputs(inputs)
-        targets = _targets(target, reference, scorer.score)
+        targets = _targets(target, reference, scorer.score, model)
         both = torch.cat([ranking, ranking.flip(1)])  # MoRF rows, then LeRF rows
         # Both orders run as one batch: inputs, fillers, references and targets doubled once.
         doubled, fill = inputs.repeat(2, 1, 1, 1), filler.repeat(2, 1, 1, 1)
