@@ -51,9 +51,11 @@ from ._utils.loaded import (
     prompt_explainer,
 )
 from .baselines import GenericAttentionExplainability
+from .diagnostics import Diagnostics, recording, token_name
 from .evaluation import relevance_mass
 from .images import ImageGeometry, _pil_layout_kwargs, load_image, map_to_original, processor_geometry
 from .rules import available_rules, get_rule
+from .visualization import CLIP_HEADROOM, CLIP_PERCENTILE, ColourScale, colour_scale
 
 __all__ = [
     "AppInputError",
@@ -80,6 +82,9 @@ HEAD_FUSIONS = (*FUSED_HEAD_MODES, "last_layer_per_head")
 SIZE_MODES = ("processor", "native")
 #: Opacity of the maps in the paper's figure (the overlay's slider leaves the figure as it is).
 FIGURE_OPACITY = 0.6
+#: The paper's figure's margins: left of the first panel (the rules' names), above the first row (title and
+#: column names), and between panels.
+FIGURE_LEFT, FIGURE_TOP, FIGURE_GAP = 64, 44, 4
 
 
 class AppInputError(ValueError):
@@ -113,6 +118,9 @@ class Capture:
         bool `(H_orig, W_orig)`: the object's pixels, for the bundled shapes samples.
     forward_seconds : float
         Wall time of the forward pass that made this capture.
+    diagnostics : Diagnostics or None
+        Attention sinks and high-norm tokens (:func:`~captum_tokenlrp.diagnostics.recording`), read from
+        this same forward pass; None where the model's blocks could not be watched.
     """
 
     key: str
@@ -125,6 +133,7 @@ class Capture:
     logits: Tensor | None
     mask: np.ndarray | None
     forward_seconds: float
+    diagnostics: Diagnostics | None = None
     results: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
 
@@ -257,10 +266,15 @@ class Explorer:
         pixel_values, geometry, forward_args = self._model_input(loaded, size_mode)
         prepared = self.lrp._prepare(pixel_values, forward_args)
         began = time.perf_counter()
-        with keep_logits(self.loaded.model) as logits:
+        # The sinks and high-norm tokens from the same forward pass (hooks, no second pass).
+        with recording(self.loaded.model) as watched, keep_logits(self.loaded.model) as logits:
             layers = self.lrp._record(prepared, self.sites, lambda layer: layer)
         seconds = time.perf_counter() - began
         layout = self.lrp.token_layout(pixel_values, forward_args)
+        try:
+            diagnostics = watched.diagnostics(layout)
+        except (RuntimeError, ValueError):  # blocks that did not report: the page says it has no diagnostics
+            diagnostics = None
         capture = Capture(
             key=key,
             image=loaded,
@@ -272,6 +286,7 @@ class Explorer:
             logits=logits[-1][0] if logits else None,
             mask=self.masks.get(pixels_key),
             forward_seconds=seconds,
+            diagnostics=diagnostics,
         )
         self._captures[key] = capture
         while len(self._captures) > self.cache_size:
@@ -498,6 +513,8 @@ class Views:
     #: The overlay's colour bar, bottom and top, in percent of the map's total relevance per patch (the unit
     #: of the "Top patches" table).
     colour_scale: tuple[float, float] = (0.0, 0.0)
+    #: The attention sinks and high-norm tokens of the image, as Markdown tables (:func:`diagnostics_markdown`).
+    diagnostics: str = ""
 
 
 def overlay_image(
@@ -508,6 +525,7 @@ def overlay_image(
     side: int = 480,
     *,
     percent_per_value: float | None = None,
+    high: float | None = None,
 ) -> Image.Image:
     """The map blended over the image, scaled so that its longer side is ``side``, with a labelled colour bar.
 
@@ -527,18 +545,29 @@ def overlay_image(
         Converts a value of ``relevance_map`` (relevance per original pixel) into the percent of the total
         relevance that a patch of that density holds (:func:`_percent_per_pixel_value`); the bar is then
         labelled in that unit, the one of the "Top patches" table. Without it the bar shows the raw values.
+    high : float, optional
+        Top of the colour scale in the map's values (the robust top of :func:`_robust_top`); the map's
+        maximum by default. Pixels above it are drawn in the top colour and outlined in cyan, and the bar's
+        top label reads "≥".
     """
     from PIL import ImageDraw
 
     if not 0.0 <= opacity <= 1.0:
         raise AppInputError(f"Opacity must lie in [0, 1], got {opacity}.")
     values = relevance_map.double().numpy()
-    low, high = float(values.min()), float(values.max())
+    low, maximum = float(values.min()), float(values.max())
+    high = maximum if high is None else min(float(high), maximum)
+    clipped = maximum > high
     colours = Image.fromarray(_colours(values, low, high))
     scale = side / max(image.width, image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
     blended = Image.blend(image.convert("RGB").resize(size, resample), colours.resize(size, resample), opacity)
+    if clipped:
+        outside = Image.fromarray((values > high).astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+        pixels = np.asarray(blended).copy()
+        pixels[_outline(np.asarray(outside) > 0)] = CLIPPED_RGB
+        blended = Image.fromarray(pixels)
     bar_width, margin, header = 16, 70, 22
     canvas = Image.new("RGB", (size[0] + bar_width + margin, size[1] + header), "white")
     canvas.paste(blended, (0, header))
@@ -548,14 +577,48 @@ def overlay_image(
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill="black")
     x = size[0] + bar_width + 10
+    above = ">= " if clipped else ""  # the top colour also stands for the clipped values above it
     if percent_per_value is None:
-        draw.text((x, header), f"{high:.3g}", fill="black")
+        draw.text((x, header), f"{above}{high:.3g}", fill="black")
         draw.text((x, header + size[1] - 12), f"{low:.3g}", fill="black")
     else:
-        draw.text((x, header), f"{high * percent_per_value:.3g} %", fill="black")
+        draw.text((x, header), f"{above}{high * percent_per_value:.3g} %", fill="black")
         draw.text((x, header + size[1] - 12), f"{low * percent_per_value:.3g} %", fill="black")
         draw.text((x, header + size[1] // 2 - 12), "of total\nper patch", fill="black")
     return canvas
+
+
+#: Outline of the cells (pixels) a robust colour scale clips: the colour :mod:`.visualization` outlines them in.
+CLIPPED_RGB = (0, 255, 255)
+#: Rings (attention sinks) and crosses (high-norm tokens) on the paper's figure, as :mod:`.visualization`.
+MARKER_RGB = (255, 255, 255)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The border pixels of a boolean mask's regions (True pixels with a False or missing 4-neighbour)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def _robust_scale(capture: Capture, relevance: Tensor) -> ColourScale:
+    """The colour scale of one map's patches in percent of its total (the unit of the bars and "Top patches"),
+    robust to a few outlying patches (:func:`~captum_tokenlrp.visualization.colour_scale`).
+
+    Taken on the patch tokens, one value per patch, not on the map's pixels: on a grid of a few dozen
+    patches one patch covers more than 1 % of the pixels, so the pixels' percentile would be the outlier.
+    """
+    total = float(relevance.sum())
+    patches = relevance[capture.layout.patch_slice].double().numpy()
+    return colour_scale([100.0 * patches / total if total else patches])
+
+
+def _robust_top(capture: Capture, relevance: Tensor, percent_per_value: float) -> float | None:
+    """The top of :func:`_robust_scale` in the values of :meth:`Explorer.original_map` (relevance per
+    original pixel), for :func:`overlay_image`'s ``high``; None for an empty map (nothing to clip)."""
+    if not percent_per_value:
+        return None
+    return _robust_scale(capture, relevance).high / percent_per_value
 
 
 def _percent_per_pixel_value(capture: Capture, total: float) -> float:
@@ -622,7 +685,10 @@ def _paper_figure(
     """The paper's figure: one row per rule with the model input, the fused map, then one map per head.
 
     Drawn with PIL (a few tens of ms, where matplotlib's :func:`~captum_tokenlrp.visualization.plot_rule_grid`
-    takes seconds), one colour scale per row as that function's default, stated under the panels.
+    takes seconds), one robust colour scale per row as that function's default
+    (:func:`~captum_tokenlrp.visualization.colour_scale`: clipped cells outlined in cyan), stated under the
+    panels; the image's attention sinks ringed on their head's panels (``*`` on the head) and its high-norm
+    tokens crossed on the image column, as that function marks them.
     """
     from PIL import ImageDraw
 
@@ -631,8 +697,14 @@ def _paper_figure(
     background = image_for_display(capture.pixel_values[0].float().cpu(), processor=explorer.loaded.processor)
     photo = Image.fromarray((background * 255).round().astype(np.uint8)).resize((tile, tile), Image.Resampling.BILINEAR)
     rows = list(settings.rules)
-    columns = ["image", "fused", *(f"head {index}" for index in range(explorer.num_heads))]
-    left, top, gap, bottom = 64, 44, 4, 22
+    diagnostics = capture.diagnostics
+    sink_heads = {sink.head for sink in diagnostics.sinks} if diagnostics is not None else set()
+    columns = [
+        "image",
+        "fused",
+        *(f"head {index}{' *' if index in sink_heads else ''}" for index in range(explorer.num_heads)),
+    ]
+    left, top, gap, bottom = FIGURE_LEFT, FIGURE_TOP, FIGURE_GAP, 50
     width = left + len(columns) * (tile + gap)
     canvas = Image.new("RGB", (width, top + len(rows) * (tile + gap) + bottom), "white")
     draw = ImageDraw.Draw(canvas)
@@ -642,23 +714,78 @@ def _paper_figure(
     draw.text((4, 4), title, fill="black")
     for column, name in enumerate(columns):
         draw.text((left + column * (tile + gap) + 2, top - 14), name, fill="black")
+    cells = capture.layout.grid
+    clipped_any = False
     for row, rule in enumerate(rows):
         fused_rel, head_rel = _fused_and_heads(explorer, capture, rule, settings)
         grids = [patch_grid(fused_rel, capture.layout), *patch_grid(head_rel, capture.layout)]
         maps = [grid.double().numpy() for grid in grids]
-        low, high = min(m.min() for m in maps), max(m.max() for m in maps)
-        y = top + row * (tile + gap)
+        scale = colour_scale(maps)  # one per row, robust: one sink's patch does not darken the whole row
+        clipped_any |= scale.clipped
+        _, y = figure_panel_origin(row, 0, tile)
         draw.text((4, y + tile // 2 - 6), f"rule ({rule})", fill="black")
         canvas.paste(photo, (left, y))
+        if diagnostics is not None:
+            for cell in diagnostics.high_norm_cells():
+                _cross(draw, figure_cell_box(left, y, tile, cells, cell))
         for column, values in enumerate(maps, start=1):
-            colours = Image.fromarray(_colours(values, low, high)).resize((tile, tile), Image.Resampling.NEAREST)
-            canvas.paste(Image.blend(photo, colours, FIGURE_OPACITY), (left + column * (tile + gap), y))
-    draw.text(
-        (left, canvas.height - bottom + 4),
-        "colour scale: one per row (rule), its minimum to maximum; inferno: dark = low, bright = high",
-        fill="black",
-    )
+            colours = Image.fromarray(_colours(values, scale.low, scale.high)).resize(
+                (tile, tile), Image.Resampling.NEAREST
+            )
+            x, _ = figure_panel_origin(row, column, tile)
+            canvas.paste(Image.blend(photo, colours, FIGURE_OPACITY), (x, y))
+            for cell in zip(*np.nonzero(scale.outside(values)), strict=True):
+                draw.rectangle(figure_cell_box(x, y, tile, cells, cell), outline=CLIPPED_RGB)
+            if diagnostics is not None and column >= 2:
+                for cell in diagnostics.sink_cells(column - 2):
+                    draw.ellipse(_inset(figure_cell_box(x, y, tile, cells, cell), 0.2), outline=MARKER_RGB, width=2)
+    note = "colour scale: one per row (rule)"
+    if clipped_any:
+        note += (
+            f"; its top is at most {CLIP_HEADROOM:g} x the {CLIP_PERCENTILE:g}th percentile of the row's maps, "
+            "cells above it clipped (outlined in cyan)"
+        )
+    else:
+        note += ", its minimum to maximum (nothing clipped)"
+    draw.text((4, canvas.height - bottom + 2), note, fill="black")
+    draw.text((4, canvas.height - bottom + 16), "inferno: dark = low, bright = high", fill="black")
+    if diagnostics is not None:
+        marks = (
+            "ring: an attention sink's token on its head (* on the head); cross: a high-norm token"
+            if diagnostics.sinks or diagnostics.high_norm_tokens
+            else "no attention sink and no high-norm token"
+        )
+        draw.text((4, canvas.height - bottom + 30), marks, fill="black")
     return canvas
+
+
+def figure_panel_origin(row: int, column: int, tile: int = 96) -> tuple[int, int]:
+    """Top left ``(x, y)`` of the paper's figure's panel in ``row`` (rule) and ``column`` (0: the image,
+    1: fused, 2 + h: head h)."""
+    return FIGURE_LEFT + column * (tile + FIGURE_GAP), FIGURE_TOP + row * (tile + FIGURE_GAP)
+
+
+def figure_cell_box(x: int, y: int, tile: int, grid: tuple[int, int], cell: tuple[int, int]) -> tuple[int, ...]:
+    """The pixel box ``(x0, y0, x1, y1)`` of patch-grid ``cell`` (row, col) in a figure panel whose top left is
+    ``(x, y)``, ``tile`` pixels square (corners inclusive, as PIL draws them)."""
+    row, col = (int(value) for value in cell)
+    x0, x1 = x + col * tile // grid[1], x + (col + 1) * tile // grid[1] - 1
+    y0, y1 = y + row * tile // grid[0], y + (row + 1) * tile // grid[0] - 1
+    return x0, y0, x1, y1
+
+
+def _inset(box: tuple[int, ...], share: float) -> tuple[int, ...]:
+    """``box`` shrunk by ``share`` of its size on each side (at most 1 pixel of room left)."""
+    x0, y0, x1, y1 = box
+    dx, dy = round((x1 - x0) * share), round((y1 - y0) * share)
+    return x0 + dx, y0 + dy, max(x0 + dx, x1 - dx), max(y0 + dy, y1 - dy)
+
+
+def _cross(draw, box: tuple[int, ...]) -> None:
+    """A cross over ``box`` (a high-norm token's cell), in the markers' colour."""
+    x0, y0, x1, y1 = _inset(box, 0.2)
+    draw.line((x0, y0, x1, y1), fill=MARKER_RGB, width=2)
+    draw.line((x0, y1, x1, y0), fill=MARKER_RGB, width=2)
 
 
 def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figure: bool = True) -> Views:
@@ -712,12 +839,15 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
 
     original = explorer.original_map(capture, selected)
     percent = _percent_per_pixel_value(capture, float(selected.sum()))
-    overlay = overlay_image(capture.image, original, settings.opacity, label, percent_per_value=percent)
-    colour_scale = (float(original.min()) * percent, float(original.max()) * percent)
+    top = _robust_top(capture, selected, percent)
+    overlay = overlay_image(capture.image, original, settings.opacity, label, percent_per_value=percent, high=top)
+    bar_top = float(original.max()) if top is None else min(top, float(original.max()))
+    colour_scale = (float(original.min()) * percent, bar_top * percent)
     layer_view = None
     if by_layer is not None:
         depth_map = explorer.original_map(capture, by_layer[settings.depth])
         depth_percent = _percent_per_pixel_value(capture, float(by_layer[settings.depth].sum()))
+        depth_top = _robust_top(capture, by_layer[settings.depth], depth_percent)
         where = "the input tokens (the final map)" if settings.depth == 0 else f"entering layer {settings.depth}"
         if settings.depth == explorer.num_layers:
             where = "the start"
@@ -728,6 +858,7 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
             f"R({settings.depth}): {where}",
             320,
             percent_per_value=depth_percent,
+            high=depth_top,
         )
     mask_image = None
     mass = explorer.mass_on_object(capture, selected)
@@ -745,6 +876,13 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
     ]
     if by_layer is not None:
         parts.append(f"Start: {describe_start_token(capture, settings.start_token)}.")
+    scale = _robust_scale(capture, selected)
+    if scale.clipped:
+        count = int(scale.outside(selected[layout.patch_slice].double().numpy() * 100.0 / total).sum())
+        parts.append(
+            f"Colour scale: its top is at most {CLIP_HEADROOM:g} x the {CLIP_PERCENTILE:g}th percentile of the "
+            f"patches; {count} patch(es) above it are clipped (drawn in the top colour, outlined in cyan)."
+        )
     if mass is not None:
         parts.append(f"Mass on the object: **{mass:.3f}** (its area share: {capture.mask.mean():.3f}).")
     seconds = time.perf_counter() - began
@@ -754,6 +892,8 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
     arrays["patch_size"] = np.array(layout.patch_size)
     if capture.logits is not None:
         arrays["logits"] = capture.logits.numpy()
+    if capture.diagnostics is not None:
+        arrays.update(capture.diagnostics.as_arrays())
     return Views(
         figure=figure_image,
         overlay=overlay,
@@ -765,7 +905,54 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
         arrays=arrays,
         seconds=seconds,
         colour_scale=colour_scale,
+        diagnostics=diagnostics_markdown(capture.diagnostics),
     )
+
+
+def diagnostics_markdown(diagnostics: Diagnostics | None, max_rows: int = 12) -> str:
+    """The image's attention sinks and high-norm tokens for the page: two Markdown tables (layers, heads and
+    tokens counted from 0, as the API indexes them), or one line saying there are none."""
+    if diagnostics is None:
+        return "Attention sinks and high-norm tokens: not available for this model (its blocks could not be watched)."
+    layout = diagnostics.layout
+    sink_rule = f"a head whose queries send >= {100 * diagnostics.sink_share:.0f} % of their attention to one token"
+    norm_rule = f"a patch token whose hidden-state norm is >= {diagnostics.norm_ratio:g} x its layer's median"
+    if not diagnostics.sinks and not diagnostics.high_norm_tokens:
+        return f"No attention sink ({sink_rule}) and no high-norm token ({norm_rule})."
+    lines = []
+    if diagnostics.sinks:
+        ranked = sorted(diagnostics.sinks, key=lambda sink: -sink.share)
+        lines += [
+            f"**Attention sinks** ({sink_rule}; ringed on the figure, * on the head):",
+            "",
+            "| layer | head | token | share |",
+            "|---:|---:|---|---:|",
+        ]
+        lines += [
+            f"| {s.layer} | {s.head} | {s.token} = {token_name(s.token, layout)} | {100 * s.share:.1f} % |"
+            for s in ranked[:max_rows]
+        ]
+        if len(ranked) > max_rows:
+            lines.append(f"| | | {len(ranked) - max_rows} more | |")
+        lines.append("")
+    if diagnostics.high_norm_tokens:
+        by_token: dict[int, list] = {}
+        for entry in diagnostics.high_norm_tokens:
+            by_token.setdefault(entry.token, []).append(entry)
+        ranked_tokens = sorted(by_token.items(), key=lambda item: -max(entry.ratio for entry in item[1]))
+        lines += [
+            f"**High-norm tokens** ({norm_rule}; crossed on the figure's image column):",
+            "",
+            "| token | layers | largest ratio |",
+            "|---|---|---:|",
+        ]
+        for token, entries in ranked_tokens[:max_rows]:
+            layers = ", ".join(str(entry.layer) for entry in sorted(entries))
+            ratio = max(entry.ratio for entry in entries)
+            lines.append(f"| {token} = {token_name(token, layout)} | {layers} | {ratio:.1f} x |")
+        if len(ranked_tokens) > max_rows:
+            lines.append(f"| {len(ranked_tokens) - max_rows} more | | |")
+    return "\n".join(lines).strip()
 
 
 # ------------------------------------------------------------------------------------- samples
@@ -942,12 +1129,13 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
             views.mask,
             views.summary,
             files if full else gr.skip(),
+            views.diagnostics,
         )
 
     def guarded(full: bool) -> Callable:
         def handler(session: _Session, image, size_mode, *choices):
             if image is None:
-                return (None, None, None, [], None, None, "Upload an image or pick a bundled sample.", None)
+                return (None, None, None, [], None, None, "Upload an image or pick a bundled sample.", None, "")
             explorer = explorer_of(session)
             try:
                 capture = explorer.capture(image, size_mode)
@@ -1068,6 +1256,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 )
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="summary")
+                diagnostics = gr.Markdown(elem_id="diagnostics")
                 overlay = gr.Image(label="Overlay", show_label=False, elem_id="overlay", format="png")
                 with gr.Row():
                     layer_view = gr.Image(label="Layer by layer", show_label=False, elem_id="layer-view", format="png")
@@ -1086,7 +1275,7 @@ def build_app(explorer: Explorer, *, sample_dir: Path | None = None):
                 figure = gr.Image(label="The paper's figure: rules x (fused, heads)", elem_id="figure", format="png")
                 files = gr.File(label="Download: figure (PNG) and relevance (.npz)", file_count="multiple")
         choices = [rules, method, head_fusion, head, start_token, target_class, target_prompt, opacity, depth]
-        outputs = [figure, overlay, layer_view, top, predictions, mask, summary, files]
+        outputs = [figure, overlay, layer_view, top, predictions, mask, summary, files, diagnostics]
         full, light = guarded(True), guarded(False)
         inputs = [session, image, size_mode, *choices]
         changed_by_load = [header, method, head, target_class, target_prompt, depth, predictions]

@@ -565,3 +565,75 @@ def test_typing_a_start_token_runs_once_and_user_errors_log_one_line(samples, tm
     finally:
         server.close()
         driver.quit()
+
+
+def test_an_attention_sink_is_named_marked_and_sets_no_colour_scale(tmp_path, samples):
+    """A head built to send all its attention to one patch (the sink of tests/test_diagnostics.py): the page
+    names it (layer, head, token, share) and its high-norm token, the .npz keeps them, the figure rings and
+    crosses them, and the outlier patch it leaves in the maps is clipped instead of setting the colours."""
+    from captum_tokenlrp.diagnostics import diagnose
+    from test_diagnostics import SINK_HEAD, SINK_TOKEN, build_sink, eager_tiny_model
+
+    from captum_tokenlrp.visualization import colour_scale
+
+    explorer = Explorer(str(save_checkpoint(tmp_path / "sink", build_sink(eager_tiny_model()), 32)))
+    calls, handle = counting_forwards(explorer.loaded.model)
+    try:
+        capture = explorer.capture(sample_image(samples, 2))
+    finally:
+        handle.remove()
+    assert calls[0] == 1  # the diagnostics come from the capture's own forward pass
+    direct = diagnose(explorer.loaded.model, capture.pixel_values)
+    found = capture.diagnostics
+    assert [(s.layer, s.head, s.token) for s in found.sinks] == [(s.layer, s.head, s.token) for s in direct.sinks]
+    assert [s.share for s in found.sinks] == pytest.approx([s.share for s in direct.sinks], abs=1e-5)
+    sink = next(s for s in found.sinks if s.layer == 0)
+    assert (sink.head, sink.token) == (SINK_HEAD, SINK_TOKEN)
+    views = render(explorer, capture, ViewSettings(method="iv"))
+    assert "**Attention sinks**" in views.diagnostics and "**High-norm tokens**" in views.diagnostics
+    assert f"| 0 | {SINK_HEAD} | {SINK_TOKEN} = patch (1, 1) | {100 * sink.share:.1f} % |" in views.diagnostics
+    assert f"| {SINK_TOKEN} = patch (1, 1) | 0, 1, 2 |" in views.diagnostics
+    np.testing.assert_allclose(views.arrays["diagnostics_sinks"], direct.as_arrays()["diagnostics_sinks"], atol=1e-5)
+    assert views.arrays["diagnostics_high_norm"][:, 1].tolist() == [SINK_TOKEN] * 3
+
+    # The overlay: the sink's patch holds far more than the others; the bar's top is the robust one, below it.
+    selected = torch.from_numpy(views.arrays["selected"])
+    percents = 100 * selected[capture.layout.patch_slice] / selected.sum()
+    robust = colour_scale([percents.numpy()])
+    assert robust.clipped and int(percents.argmax()) == SINK_TOKEN - 1
+    assert views.colour_scale[1] == pytest.approx(robust.high, rel=1e-6)
+    assert views.colour_scale[1] < views.top_patches[0][4] / 2  # the outlier no longer sets the top
+    assert "clipped (drawn in the top colour, outlined in cyan)" in views.summary
+    overlay = np.asarray(views.overlay)
+    assert (overlay == app.CLIPPED_RGB).all(axis=-1).any()  # the clipped patch outlined
+
+    # The figure: per row the robust scale, its clipped cells outlined; the sink ringed on its head's panel,
+    # the high-norm token crossed on the image column, and both stated under the panels.
+    figure = np.asarray(views.figure)
+    for row, rule in enumerate(RULES):
+        fused = explorer.relevance_by_layer(capture, rule, "mean")[0]
+        heads = explorer.relevance_by_layer(capture, rule, None)[:, 0]
+        maps = [m.reshape(4, 4).double().numpy() for m in (fused[1:], *heads[:, 1:])]
+        scale = colour_scale(maps)
+        for column, values in enumerate(maps, start=1):
+            x, y = app.figure_panel_origin(row, column)
+            for cell in zip(*np.nonzero(scale.outside(values)), strict=True):
+                x0, y0, x1, y1 = app.figure_cell_box(x, y, 96, (4, 4), cell)
+                assert tuple(figure[y0, x0]) == app.CLIPPED_RGB and tuple(figure[y1, x1]) == app.CLIPPED_RGB
+        for head in range(4):  # a ring exactly on the cells where the head is a sink in some layer
+            x, y = app.figure_panel_origin(row, 2 + head)
+            for cell in np.ndindex(4, 4):
+                x0, y0, x1, y1 = app._inset(app.figure_cell_box(x, y, 96, (4, 4), cell), 0.2)
+                ring = figure[(y0 + y1) // 2 - 1 : (y0 + y1) // 2 + 2, x0 : x0 + 2]
+                assert (ring == app.MARKER_RGB).all(axis=-1).any() == (cell in found.sink_cells(head)), (head, cell)
+        x, y = app.figure_panel_origin(row, 0)
+        x0, y0, x1, y1 = app._inset(app.figure_cell_box(x, y, 96, (4, 4), (1, 1)), 0.2)
+        assert tuple(figure[y0 + 1, x0 + 1]) == app.MARKER_RGB  # the cross's stroke from the top left
+    assert not (figure[: app.FIGURE_TOP] == app.CLIPPED_RGB).all(axis=-1).any()
+
+    # A model without sinks says so in one line.
+    plain = render(explorer, explorer.capture(sample_image(samples, 2)), ViewSettings())
+    assert plain.diagnostics == views.diagnostics  # same capture, same findings
+    assert app.diagnostics_markdown(dataclasses.replace(found, sinks=[], high_norm_tokens=[])).startswith(
+        "No attention sink (a head whose queries send >= 50 % of their attention to one token)"
+    )
