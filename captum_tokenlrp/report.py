@@ -56,6 +56,8 @@ MARKER = ".tokenlrp-report"
 #: and ``predicted_class`` for a classifier).
 CLASS_KEYS = ("class_name", "predicted_class", "label")
 COLORMAP = "inferno"
+#: Outline of the patches a thumbnail's robust colour scale clips (cyan, as the figures outline them).
+CLIPPED_RGB = (0, 255, 255)
 #: Runs of at least this many images print their progress to stderr (one line per tenth: logs stay short).
 PROGRESS_MIN_IMAGES = 200
 #: Names of the images not found under ``--images`` (or unreadable there) that the warning spells out.
@@ -119,21 +121,37 @@ def concentration_score(patches: np.ndarray, top_share: float = TOP_SHARE) -> fl
 
 
 def _thumbnail(patches: np.ndarray, photo, size: int):
-    """A PIL image ``size`` wide: the map (nearest, colormapped) blended on ``photo`` (a PIL image) if given."""
+    """A PIL image ``size`` wide: the map (nearest, colormapped) blended on ``photo`` (a PIL image) if given.
+
+    The colours run from 0 to the robust top of :func:`~captum_tokenlrp.visualization.colour_scale` (the
+    maximum, but at most ``CLIP_HEADROOM`` x the 99th percentile of the patches): one sink patch does not
+    leave the rest of the thumbnail dark. The patches above it are drawn in the top colour and outlined in
+    :data:`CLIPPED_RGB`, as the figures outline them.
+    """
     from matplotlib import colormaps
     from PIL import Image
 
-    width, height = _thumbnail_shape(patches.shape, size)
     from .visualization import colour_scale
 
+    width, height = _thumbnail_shape(patches.shape, size)
     values = np.abs(patches)
-    peak = colour_scale([values]).high  # robust: one sink patch does not leave the thumbnail dark
+    scale = colour_scale([values])
+    peak = scale.high
     normalised = np.clip(values / peak, 0.0, 1.0) if peak > 0 and np.isfinite(peak) else np.zeros_like(values)
     colours = (colormaps[COLORMAP](normalised)[..., :3] * 255).astype(np.uint8)
     overlay = Image.fromarray(colours).resize((width, height), Image.Resampling.NEAREST)
-    if photo is None:
-        return overlay
-    return Image.blend(photo.resize((width, height), Image.Resampling.BILINEAR), overlay, 0.5)
+    if photo is not None:
+        overlay = Image.blend(photo.resize((width, height), Image.Resampling.BILINEAR), overlay, 0.5)
+    clipped = np.isfinite(values) & (values > peak)
+    if clipped.any():
+        cells = Image.fromarray(clipped.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+        inside = np.asarray(cells) > 0
+        padded = np.pad(inside, 1, constant_values=False)
+        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        pixels = np.asarray(overlay).copy()
+        pixels[inside & ~interior] = CLIPPED_RGB
+        overlay = Image.fromarray(pixels)
+    return overlay
 
 
 def _thumbnail_shape(grid: Sequence[int], size: int) -> tuple[int, int]:
@@ -486,6 +504,8 @@ def _page(run: _Run, items: Sequence[Mapping], images: Path | None) -> str:
                 [(item["name"], item["reason"]) for item in run.without_map],
             )
         )
+    from .visualization import CLIP_HEADROOM, CLIP_PERCENTILE  # the thumbnails' colour scale, stated on the page
+
     title = f"tokenlrp report: {_json_text(manifest.get('model', '?'))}"
     return (
         _TEMPLATE.replace("%%TITLE%%", html.escape(title))
@@ -494,6 +514,8 @@ def _page(run: _Run, items: Sequence[Mapping], images: Path | None) -> str:
         .replace("%%COUNT%%", str(len(items)))
         .replace("%%SKIPPED%%", "\n".join(notice for notice in notices if notice))
         .replace("%%TOP%%", f"{round(TOP_SHARE * 100)}")
+        .replace("%%HEADROOM%%", f"{CLIP_HEADROOM:g}")
+        .replace("%%PERCENTILE%%", f"{CLIP_PERCENTILE:g}")
     )
 
 
@@ -529,7 +551,10 @@ details summary { cursor: pointer; }
 </table>
 </details>
 <p>%%COUNT%% image(s). Concentration: the share of the map's absolute relevance held by its top %%TOP%% %
-of patches (about 0.1 for a uniform map, 1 when a few patches hold everything).</p>
+of patches (about 0.1 for a uniform map, 1 when a few patches hold everything).
+Colour scale: one per thumbnail, from 0 to the map's largest |relevance|, but at most %%HEADROOM%% x its
+%%PERCENTILE%%th-percentile patch, so that one outlying patch (an attention sink's) does not leave the rest dark;
+the patches above it are drawn in the top colour and outlined in cyan.</p>
 %%SKIPPED%%
 <div id="controls">
   <label>Name <input id="filter" type="search" placeholder="filter by file name"></label>

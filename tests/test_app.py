@@ -571,9 +571,9 @@ def test_an_attention_sink_is_named_marked_and_sets_no_colour_scale(tmp_path, sa
     """A head built to send all its attention to one patch (the sink of tests/test_diagnostics.py): the page
     names it (layer, head, token, share) and its high-norm token, the .npz keeps them, the figure rings and
     crosses them, and the outlier patch it leaves in the maps is clipped instead of setting the colours."""
-    from captum_tokenlrp.diagnostics import diagnose
     from test_diagnostics import SINK_HEAD, SINK_TOKEN, build_sink, eager_tiny_model
 
+    from captum_tokenlrp.diagnostics import diagnose
     from captum_tokenlrp.visualization import colour_scale
 
     explorer = Explorer(str(save_checkpoint(tmp_path / "sink", build_sink(eager_tiny_model()), 32)))

@@ -308,3 +308,46 @@ def test_large_runs_print_progress_to_stderr(tmp_path, run, capsys, monkeypatch)
     write_report(out, None)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tokenlrp report:")]
     assert lines == [f"tokenlrp report: {done}/4 images" for done in (1, 2, 3, 4)]
+
+
+def test_one_outlying_patch_does_not_set_a_thumbnails_colour_scale(run):
+    """A sink-like patch holding 100 x the others: the other patches keep their colours (on main they were all
+    near black), the outlier is drawn in the top colour and outlined in cyan, and the page states the scale."""
+    from matplotlib import colormaps
+
+    from captum_tokenlrp.report import CLIPPED_RGB, _thumbnail
+    from captum_tokenlrp.visualization import colour_scale
+
+    patches = np.random.default_rng(0).uniform(1.0, 2.0, (8, 8))
+    patches[2, 5] = 200.0
+    scale = colour_scale([patches])
+    assert scale.clipped and scale.high < 4.0  # the robust top: 2 x the 99th percentile, not the outlier
+    thumb = np.asarray(_thumbnail(patches, None, 128))
+    assert thumb.shape == (128, 128, 3)
+
+    def colour(value):
+        return tuple((np.array(colormaps["inferno"](min(value / scale.high, 1.0))[:3]) * 255).astype(np.uint8))
+
+    # Every other patch at the centre of its 16 x 16 cell: coloured on the robust scale, not by the outlier.
+    for row, col in np.ndindex(8, 8):
+        if (row, col) != (2, 5):
+            assert tuple(thumb[16 * row + 8, 16 * col + 8]) == colour(patches[row, col])
+    brightest_other = np.sort(patches.ravel())[-2]
+    assert colour(brightest_other)[0] > 180  # bright, where value / max (0.01) would be near black
+    assert tuple(thumb[2 * 16 + 8, 5 * 16 + 8]) == colour(patches.max())  # the outlier: the top colour
+    border = [thumb[32, 80:96], thumb[47, 80:96], thumb[32:48, 80], thumb[32:48, 95]]
+    assert all((edge == CLIPPED_RGB).all() for edge in border)
+    assert (thumb == CLIPPED_RGB).all(axis=-1).sum() == 4 * 15  # only that patch is outlined
+    # Without an outlier nothing is clipped or outlined, and the top is the maximum.
+    smooth = np.asarray(_thumbnail(np.linspace(1, 2, 64).reshape(8, 8), None, 128))
+    assert not (smooth == CLIPPED_RGB).all(axis=-1).any()
+    assert tuple(smooth[7 * 16 + 8, 7 * 16 + 8]) == colour_top()
+    page = run["index"].read_text(encoding="utf-8")
+    assert "Colour scale: one per thumbnail, from 0 to the map's largest |relevance|, but at most 2 x its" in page
+    assert "99th-percentile patch" in page and "outlined in cyan" in page
+
+
+def colour_top():
+    from matplotlib import colormaps
+
+    return tuple((np.array(colormaps["inferno"](1.0)[:3]) * 255).astype(np.uint8))
