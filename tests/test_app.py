@@ -367,6 +367,15 @@ def test_the_page_updates_on_upload_rule_and_head_in_headless_chromium(samples, 
         wait.until(lambda d: "Mass on the object" in d.find_element(By.ID, "summary").text)
         forwards = calls[0]
         assert forwards == 1
+        # The image's sinks and high-norm tokens are on the page (the capture's own findings; no other pass).
+        found = explorer.capture(sorted(samples[0].glob("*.png"))[0]).diagnostics
+        assert calls[0] == forwards and found is not None
+        if found.sinks:
+            top = max(found.sinks, key=lambda sink: sink.share)
+            expected = f"{top.layer} {top.head} {top.token} = "  # the table's first row, as the page shows it
+        else:
+            expected = "High-norm tokens" if found.high_norm_tokens else "No attention sink"
+        wait.until(lambda d: expected in d.find_element(By.ID, "diagnostics").text.replace("\n", " "))
 
         choose("method", "ii")
         overlay = changed("overlay", overlay)
