@@ -615,10 +615,12 @@ def _robust_scale(capture: Capture, relevance: Tensor) -> ColourScale:
 
 def _robust_top(capture: Capture, relevance: Tensor, percent_per_value: float) -> float | None:
     """The top of :func:`_robust_scale` in the values of :meth:`Explorer.original_map` (relevance per
-    original pixel), for :func:`overlay_image`'s ``high``; None for an empty map (nothing to clip)."""
-    if not percent_per_value:
+    original pixel), for :func:`overlay_image`'s ``high``; None where it clips nothing (the map's own maximum
+    is then the top: decided on the patches, not on the pixels' rounding) or the map is empty."""
+    scale = _robust_scale(capture, relevance)
+    if not percent_per_value or not scale.clipped:
         return None
-    return _robust_scale(capture, relevance).high / percent_per_value
+    return scale.high / percent_per_value
 
 
 def _percent_per_pixel_value(capture: Capture, total: float) -> float:
