@@ -312,12 +312,14 @@ def test_large_runs_print_progress_to_stderr(tmp_path, run, capsys, monkeypatch)
 
 def test_one_outlying_patch_does_not_set_a_thumbnails_colour_scale(run):
     """A sink-like patch holding 100 x the others: the other patches keep their colours (on main they were all
-    near black), the outlier is drawn in the top colour and outlined in cyan, and the page states the scale."""
+    near black with the maximum as the top), the outlier is drawn in the top colour and outlined in cyan, and the
+    page states the scale."""
     from matplotlib import colormaps
 
-    from captum_tokenlrp.report import CLIPPED_RGB, _thumbnail
+    from captum_tokenlrp.report import _thumbnail
     from captum_tokenlrp.visualization import colour_scale
 
+    cyan = (0, 255, 255)
     patches = np.random.default_rng(0).uniform(1.0, 2.0, (8, 8))
     patches[2, 5] = 200.0
     scale = colour_scale([patches])
@@ -336,11 +338,11 @@ def test_one_outlying_patch_does_not_set_a_thumbnails_colour_scale(run):
     assert colour(brightest_other)[0] > 180  # bright, where value / max (0.01) would be near black
     assert tuple(thumb[2 * 16 + 8, 5 * 16 + 8]) == colour(patches.max())  # the outlier: the top colour
     border = [thumb[32, 80:96], thumb[47, 80:96], thumb[32:48, 80], thumb[32:48, 95]]
-    assert all((edge == CLIPPED_RGB).all() for edge in border)
-    assert (thumb == CLIPPED_RGB).all(axis=-1).sum() == 4 * 15  # only that patch is outlined
+    assert all((edge == cyan).all() for edge in border)
+    assert (thumb == cyan).all(axis=-1).sum() == 4 * 15  # only that patch is outlined
     # Without an outlier nothing is clipped or outlined, and the top is the maximum.
     smooth = np.asarray(_thumbnail(np.linspace(1, 2, 64).reshape(8, 8), None, 128))
-    assert not (smooth == CLIPPED_RGB).all(axis=-1).any()
+    assert not (smooth == cyan).all(axis=-1).any()
     assert tuple(smooth[7 * 16 + 8, 7 * 16 + 8]) == colour_top()
     page = run["index"].read_text(encoding="utf-8")
     assert "Colour scale: one per thumbnail, from 0 to the map's largest |relevance|, but at most 2 x its" in page
