@@ -311,9 +311,9 @@ def test_large_runs_print_progress_to_stderr(tmp_path, run, capsys, monkeypatch)
 
 
 def test_one_outlying_patch_does_not_set_a_thumbnails_colour_scale(run):
-    """A sink-like patch holding 100 x the others: the other patches keep their colours (on main they were all
-    near black with the maximum as the top), the outlier is drawn in the top colour and outlined in cyan, and the
-    page states the scale."""
+    """A sink-like patch holding 100 x the others: the other patches keep their colours (with the maximum as the
+    top they were all near black), the outlier is drawn in the top colour and outlined in cyan, and the page
+    states the scale."""
     from matplotlib import colormaps
 
     from captum_tokenlrp.report import _thumbnail
