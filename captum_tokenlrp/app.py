@@ -511,7 +511,8 @@ class Views:
     arrays: dict[str, np.ndarray]
     seconds: float
     #: The overlay's colour bar, bottom and top, in percent of the map's total relevance per patch (the unit
-    #: of the "Top patches" table).
+    #: of the "Top patches" table); the top is the robust one of ``visualization.colour_scale`` where that
+    #: clips a patch (then below the first row of "Top patches"), else the map's maximum.
     colour_scale: tuple[float, float] = (0.0, 0.0)
     #: The attention sinks and high-norm tokens of the image, as Markdown tables (:func:`diagnostics_markdown`).
     diagnostics: str = ""
