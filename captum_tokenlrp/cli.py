@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -53,11 +55,11 @@ from ._utils.loaded import (
     prediction_arrays,
     preprocess,
     prompt_explainer,
+    quiet_transformers,
     target_class,
 )
 from .diagnostics import recording
 from .images import load_image
-from .models import bundled_sample_image
 from .visualization import display_geometry, patch_grid, plot_method_comparison, plot_rule_grid, plot_text_relevance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -68,6 +70,17 @@ TEXT_STARTS = ("default", "first", "last", "mean")
 
 
 # ------------------------------------------------------------------ outputs
+#: What every file the commands write is marked with (a ``.npz`` manifest's ``package``, a PNG's
+#: ``Software`` text chunk, a JSON file's ``package``): only files so marked are ever replaced.
+PACKAGE = "captum-tokenlrp"
+#: First line of the labels file of ``tokenlrp shapes``.
+SHAPES_HEADER = "file,label,class"
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a resumable command: the message says how far it got; the exit status is 130."""
+
+
 def _readable_mode() -> int:
     """The mode an ordinary ``open(path, "w")`` would give a new file: 0o666 less the umask."""
     umask = os.umask(0)
@@ -75,36 +88,125 @@ def _readable_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, suffix: str, write) -> None:
-    """Write ``path`` so that it either exists complete or not at all (temp file + rename).
+def atomic_write_files(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write every ``(path, content)`` so that all of them appear complete, or none is changed.
 
-    The temporary file is created private (mode 0600); it gets the mode an ordinary write would
-    give before the rename, so results are readable by whoever the umask allows (shared clusters).
+    Each file goes to a temporary name beside its target first (created private, mode 0600, then
+    given the mode an ordinary write would give, so that results are readable by whoever the umask
+    allows on shared clusters); only when every one is written are they renamed into place. A failure
+    or Ctrl-C before that leaves nothing behind, in particular no figure without its ``.npz``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    temporaries: list[str] = []
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.chmod(temporary, _readable_mode())
-        os.replace(temporary, path)
+        for path, content in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+            temporaries.append(temporary)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(content)
+            os.chmod(temporary, _readable_mode())
+        for (path, _), temporary in zip(files, temporaries, strict=True):
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for temporary in temporaries:
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def figure_bytes(figure) -> bytes:
+    """A figure as PNG, marked as written by this package (the ``Software`` text chunk)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=110, format="png", metadata={"Software": f"{PACKAGE} {__version__}"})
+    return buffer.getvalue()
+
+
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to ``path``, atomically (see :func:`_atomic_write`)."""
-    _atomic_write(path, ".npz", lambda stream: np.savez(stream, **arrays))
+    """``np.savez`` to ``path``, atomically (see :func:`atomic_write_files`)."""
+    atomic_write_files([(path, npz_bytes(**arrays))])
 
 
 def atomic_save_figure(path: Path, figure) -> None:
     """A figure as PNG at ``path``, atomically."""
-    _atomic_write(path, ".png", lambda stream: figure.savefig(stream, dpi=110, format="png"))
+    atomic_write_files([(path, figure_bytes(figure))])
 
 
 def atomic_save_text(path: Path, text: str) -> None:
-    _atomic_write(path, ".txt", lambda stream: stream.write(text.encode("utf-8")))
+    """``text`` at ``path``, atomically, ending with a newline (as a text file should, for ``cat``)."""
+    atomic_write_files([(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))])
+
+
+def written_by_tokenlrp(path: Path) -> bool:
+    """Whether the file at ``path`` is one these commands wrote (and so may replace)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path) as saved:
+                if "manifest" not in saved.files:
+                    return False
+                recorded = json.loads(str(saved["manifest"]))
+            return isinstance(recorded, dict) and recorded.get("package") == PACKAGE
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return str(image.info.get("Software", "")).startswith(PACKAGE)
+        if suffix == ".json":
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(recorded, dict) and recorded.get("package") == PACKAGE
+        if suffix == ".csv":
+            with path.open(encoding="utf-8") as stream:
+                return stream.readline().rstrip("\n") == SHAPES_HEADER
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def refuse_foreign(outputs: Sequence[Path], inputs: Sequence[Path] = ()) -> None:
+    """Refuse, before anything is written, to write over an input or over a file these commands did not write.
+
+    Raises
+    ------
+    CliError
+        Naming the file: one of ``inputs``, or an existing file (or folder, or link) not marked as
+        written by this package (see :func:`written_by_tokenlrp`).
+    """
+    given = {identity for identity in map(_file_id, inputs) if identity is not None}
+    for path in outputs:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if _file_id(path) in given:
+            raise CliError(
+                f"{path} is one of the inputs, and would be replaced by an output: tokenlrp never writes over "
+                "an input. Choose another --out."
+            )
+        if path.is_symlink() or not path.is_file() or not written_by_tokenlrp(path):
+            raise CliError(
+                f"{path} exists and was not written by tokenlrp, so it is left as it is (nothing was written). "
+                "Move it away, or choose another --out."
+            )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes: an input's identity, so that a changed input is explained again."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
@@ -119,7 +221,7 @@ def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:
 def model_identity(loaded: LoadedModel | LoadedTextModel) -> dict[str, object]:
     """The package and model fields every run manifest (image or text) starts with."""
     return {
-        "package": "captum-tokenlrp",
+        "package": PACKAGE,
         "version": __version__,
         "model": loaded.name,
         "model_class": type(loaded.model).__name__,
@@ -134,7 +236,7 @@ def run_manifest(loaded: LoadedModel, args: argparse.Namespace, rules: Sequence[
     return {
         **model_identity(loaded),
         "processor_sha256": hashlib.sha256(processor.encode()).hexdigest(),
-        "rules": list(rules),
+        "rules": rule_set(rules),
         "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
         "target_token": args.target_token,
         "class_sensitive": getattr(args, "class_sensitive", None),
@@ -150,8 +252,12 @@ def manifest_json(manifest: dict[str, object]) -> str:
 
 
 def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool, inputs: str = "image") -> None:
-    """Refuse to mix this run's outputs with another run's; write the manifest if there is none."""
+    """Refuse to mix this run's outputs with another run's; write the manifest if there is none.
+
+    A ``manifest.json`` this package did not write is never replaced, not even with ``--overwrite``.
+    """
     path = out / MANIFEST_NAME
+    refuse_foreign([path])
     if path.exists() and not overwrite:
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
@@ -167,11 +273,11 @@ def check_manifest(out: Path, manifest: dict[str, object], overwrite: bool, inpu
                 f"{out} holds the outputs of a run with other settings ({'; '.join(differences)}). "
                 f"Use another --out, or --overwrite to redo every {inputs} with the new settings."
             )
-    if not path.exists() or overwrite or path.read_text(encoding="utf-8") != manifest_json(manifest):
+    if not path.exists() or overwrite or path.read_text(encoding="utf-8") != manifest_json(manifest) + "\n":
         atomic_save_text(path, manifest_json(manifest))
 
 
-def is_done(path: Path, manifest_text: str) -> bool:
+def _is_output_of(path: Path, manifest_text: str) -> bool:
     """Whether ``path`` is a complete output of this very run (its recorded manifest matches)."""
     try:
         with np.load(path) as saved:
@@ -183,6 +289,28 @@ def is_done(path: Path, manifest_text: str) -> bool:
 def rule_names(args: argparse.Namespace) -> list[str]:
     """The rules of ``--rule``/``--rules`` (aliases), in order, without repeats."""
     return list(dict.fromkeys(args.rules))
+
+
+def rule_set(rules: Sequence[str]) -> list[str]:
+    """The rules as a manifest records them: a set (sorted), so ``--rules iv i`` continues a ``--rules i iv`` run."""
+    return sorted(set(rules))
+
+
+def relevance_arrays(
+    rules: Sequence[str], fused: dict[str, np.ndarray], per_head: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The relevance entries of every ``.npz`` the commands write (one schema, see the README).
+
+    ``relevance_<rule>``: the map of ``--head-fusion``, `(num_tokens,)`, or `(num_heads, num_tokens)` for
+    ``none``; ``relevance``: the same when one rule is given; ``relevance_<rule>_per_head``: the maps of
+    each head `(num_heads, num_tokens)`, where the command draws them (``explain``, ``explain-text``).
+    """
+    arrays = {f"relevance_{rule}": fused[rule] for rule in rules}
+    if len(rules) == 1:
+        arrays["relevance"] = fused[rules[0]]
+    for rule, maps in (per_head or {}).items():
+        arrays[f"relevance_{rule}_per_head"] = maps
+    return arrays
 
 
 def relevance_by_rule(
@@ -231,10 +359,14 @@ def class_sensitive_lrp(loaded: LoadedModel, rule: str, args: argparse.Namespace
         raise CliError(str(error)) from None
 
 
-def output_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names for the images given to ``explain``: the stem where it is unique, else the file name."""
-    stems = [path.stem for path in paths]
-    names = [path.stem if stems.count(path.stem) == 1 else path.name for path in paths]
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Output names for the images given to ``explain``: the file name, extension included.
+
+    ``OUT/<name>.png`` and ``OUT/<name>.npz`` (``cat.jpg`` -> ``cat.jpg.png``, ``cat.jpg.npz``), as
+    ``explain-dir`` names its outputs: an output never has an input's name, even with ``--out`` the
+    input's own folder.
+    """
+    names = [path.name for path in paths]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise CliError(
@@ -246,19 +378,19 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def explain(args: argparse.Namespace) -> int:
+    """The paper's figure and a ``.npz`` per image; every output is computed before any is written."""
     loaded = load_model(args.model, args.device, args.dtype)
     forward_args = forward_options(loaded, args.interpolate_pos_encoding)
     rules = rule_names(args)
-    if args.images:
-        paths = [Path(path) for path in args.images]
-        named = []
-        for path, stem in zip(paths, output_stems(paths), strict=True):
-            try:
-                named.append((stem, load_image(path)))
-            except (OSError, ValueError) as error:
-                raise CliError(f"Cannot read image {path}: {error}") from None
-    else:
-        named = [("sample", bundled_sample_image())]
+    from .models import BUNDLED_SAMPLE
+
+    paths = [Path(path) for path in args.images] if args.images else [BUNDLED_SAMPLE]
+    named = []
+    for path, name in zip(paths, output_names(paths), strict=True):
+        try:
+            named.append((name, load_image(path), file_sha256(path)))
+        except (OSError, ValueError) as error:
+            raise CliError(f"Cannot read image {path}: {error}") from None
     out = Path(args.out)
     lrp = class_sensitive_lrp(loaded, rules[0], args)
     target = target_class(loaded.model, args.target_class)
@@ -270,28 +402,27 @@ def explain(args: argparse.Namespace) -> int:
     if target is not None:
         mode += f", class {loaded.model.config.id2label[target]}"
     prompts = prompt_explainer(loaded, args.prompts)
-    for stem, image in named:
+    outputs = [out / f"{name}{suffix}" for name, _, _ in named for suffix in (".png", ".npz", ".prompts.png")]
+    refuse_foreign(outputs, inputs=paths if args.images else ())
+    files: list[tuple[Path, bytes]] = []
+    for name, image, digest in named:
         pixel_values = preprocess(loaded.processor, [image]).to(args.device, DTYPES[args.dtype])
         # recording: attention sinks and high-norm tokens from the same forward pass, for the figure and the .npz
         with keep_logits(loaded.model) as logits, recording(loaded.model) as watched:
             relevance, layout = relevance_by_rule(
                 lrp, pixel_values, rules, modes, args.target_token, forward_args, target
             )
-        fused, per_head, arrays = {}, {}, {}
-        for rule in rules:
-            fused_rel = relevance[rule][args.head_fusion][0]
-            if fused_rel.ndim == 2:  # a per-head --head-fusion: show its mean as the fused column
-                fused_rel = fused_rel.mean(axis=0)
-            fused[f"rule ({rule})"] = patch_grid(torch.from_numpy(fused_rel), layout)
-            arrays[f"rule_{rule}_fused"] = fused_rel
-            if per_head_maps:
-                head_rel = relevance[rule][None][0]
-                per_head[f"rule ({rule})"] = patch_grid(torch.from_numpy(head_rel), layout)
-                arrays[f"rule_{rule}_per_head"] = head_rel
+        fused_maps = {rule: relevance[rule][args.head_fusion][0] for rule in rules}
+        head_maps = {rule: relevance[rule][None][0] for rule in rules} if per_head_maps else {}
+        arrays = relevance_arrays(rules, fused_maps, head_maps)
+        # a per-head --head-fusion shows its mean as the fused column
+        fused = {f"rule ({rule})": patch_grid(torch.from_numpy(_fused_for_display(fused_maps[rule])), layout)
+                 for rule in rules}
+        per_head = {f"rule ({rule})": patch_grid(torch.from_numpy(maps), layout) for rule, maps in head_maps.items()}
         predicted = None
         if logits:
-            _, name, probability = prediction(loaded.model, logits[-1][0])
-            predicted = (name, probability)
+            _, class_label, probability = prediction(loaded.model, logits[-1][0])
+            predicted = (class_label, probability)
             arrays.update(prediction_arrays(loaded.model, logits[-1][0]))
         diagnostics = watched.diagnostics(layout)
         arrays.update(diagnostics.as_arrays())
@@ -300,14 +431,14 @@ def explain(args: argparse.Namespace) -> int:
             pixel_values[0].float().cpu(),
             fused,
             per_head or None,
-            title=f"{stem} - {loaded.name}{mode}",
+            title=f"{name} - {loaded.name}{mode}",
             prediction=predicted,
             scale=args.scale,
             processor=loaded.processor,
             geometry=geometry,
             diagnostics=diagnostics,
         )
-        atomic_save_figure(out / f"{stem}.png", figure)
+        written = [(out / f"{name}.png", figure_bytes(figure))]
         if prompts is not None:
             maps = prompts.token_relevance(pixel_values, target=args.prompts, additional_forward_args=forward_args)
             arrays["prompts"] = np.array(args.prompts)
@@ -316,22 +447,57 @@ def explain(args: argparse.Namespace) -> int:
             figure = plot_method_comparison(
                 pixel_values[0].float().cpu(),
                 panels,
-                title=f"{stem} - GAE on the image-text similarity",
+                title=f"{name} - GAE on the image-text similarity",
                 processor=loaded.processor,
                 geometry=geometry,
             )
-            atomic_save_figure(out / f"{stem}.prompts.png", figure)
-            print(f"Wrote {out / f'{stem}.prompts.png'}")
-        atomic_save_npz(out / f"{stem}.npz", **arrays, **layout_arrays(layout), manifest=np.array(manifest_text))
-        print(f"Wrote {out / f'{stem}.png'} and {out / f'{stem}.npz'}")
+            written.append((out / f"{name}.prompts.png", figure_bytes(figure)))
+        arrays.update(input=np.array(name), input_sha256=np.array(digest))
+        written.append(
+            (out / f"{name}.npz", npz_bytes(**arrays, **layout_arrays(layout), manifest=np.array(manifest_text)))
+        )
+        files += written
+    atomic_write_files(files)  # all or nothing: a failure on any image leaves no output of the run
+    for path, _ in files:
+        print(f"Wrote {path}")
     return 0
 
 
 # ------------------------------------------------------------------ explain-dir
-def find_images(root: Path) -> list[Path]:
+def find_images(root: Path, out: Path | None = None) -> list[Path]:
+    """The images under ``root``, those under ``out`` left out where it lies inside ``root`` (a report's
+    thumbnails are no inputs)."""
     if not root.is_dir():
         raise CliError(f"{root} is not a directory.")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    skip = out.resolve() if out is not None else None
+    if skip is not None and (skip == root.resolve() or not skip.is_relative_to(root.resolve())):
+        skip = None
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not (skip and p.resolve().is_relative_to(skip))
+    )
+
+
+def _digest(path: Path) -> str:
+    """:func:`file_sha256`, or "" for a file that cannot be read (the loader reports it and skips it)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
+
+
+def output_state(path: Path, manifest_text: str, digest: str) -> str:
+    """``"done"``: a complete output of this very run for this very input; ``"changed"``: one of this run
+    for another content of the input (it was replaced since); ``"missing"``: anything else."""
+    try:
+        with np.load(path) as saved:
+            if "manifest" not in saved.files or str(saved["manifest"]) != manifest_text:
+                return "missing"
+            recorded = str(saved["input_sha256"]) if "input_sha256" in saved.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return "missing"
+    return "done" if recorded == digest else "changed"
 
 
 def output_path(out: Path, root: Path, image: Path) -> Path:
@@ -378,19 +544,21 @@ def explain_dir(args: argparse.Namespace) -> int:
 
     rank, world = _distributed()
     root, out = Path(args.directory), Path(args.out)
-    paths = find_images(root)
+    paths = find_images(root, out)
     mine = paths[rank::world]
     loaded = load_model(args.model, args.device, args.dtype)
     forward_args = forward_options(loaded, args.interpolate_pos_encoding)
     rules = rule_names(args)
     manifest = run_manifest(loaded, args, rules)
     manifest_text = manifest_json(manifest)
-    check_manifest(out, manifest, args.overwrite)
-    if args.overwrite:
-        pending = list(mine)
-    else:
-        pending = [p for p in mine if not is_done(output_path(out, root, p), manifest_text)]
+    digests = {path: _digest(path) for path in mine}  # resume by content: a replaced image is redone
+    states = {path: "missing" if args.overwrite else output_state(output_path(out, root, path), manifest_text,
+                                                                  digests[path]) for path in mine}
+    pending = [path for path in mine if states[path] != "done"]
+    redone = sum(state == "changed" for state in states.values())
     skipped = len(mine) - len(pending)
+    refuse_foreign([output_path(out, root, path) for path in pending], inputs=mine)
+    check_manifest(out, manifest, args.overwrite)
     # Each layer's attention computed once (not by the model's kernel and again for the maps): the
     # maps are the same, the recorded prediction within float32 rounding of the model's own.
     lrp = TokenRelevanceLRP(loaded.model, rule=rules[0], attention_capture="fast")
@@ -403,34 +571,43 @@ def explain_dir(args: argparse.Namespace) -> int:
     done, failed = 0, []
     started = time.perf_counter()
     progress = tqdm(total=len(pending), disable=args.quiet or rank != 0, desc="explain-dir", file=sys.stderr)
-    for items in loader:
-        good = [(index, pixels) for index, pixels, error in items if error is None]
-        failed += [(pending[index], error) for index, _, error in items if error is not None]
-        if good:
-            pixel_values = torch.stack([pixels for _, pixels in good]).to(args.device, DTYPES[args.dtype])
-            with keep_logits(loaded.model) as logits:  # a classifier's prediction, from the same forward pass
-                relevance, layout = relevance_by_rule(
-                    lrp, pixel_values, rules, [args.head_fusion], args.target_token, forward_args
-                )
-            for row, (index, _) in enumerate(good):
-                maps = {f"relevance_{rule}": relevance[rule][args.head_fusion][row] for rule in rules}
-                if len(rules) == 1:
-                    maps["relevance"] = maps[f"relevance_{rules[0]}"]
-                if logits:
-                    maps.update(prediction_arrays(loaded.model, logits[-1][row]))
-                atomic_save_npz(
-                    output_path(out, root, pending[index]),
-                    **maps,
-                    **layout_arrays(layout),
-                    manifest=np.array(manifest_text),
-                )
-            done += len(good)
-        progress.update(len(items))
+    try:
+        for items in loader:
+            good = [(index, pixels) for index, pixels, error in items if error is None]
+            failed += [(pending[index], error) for index, _, error in items if error is not None]
+            if good:
+                pixel_values = torch.stack([pixels for _, pixels in good]).to(args.device, DTYPES[args.dtype])
+                with keep_logits(loaded.model) as logits:  # a classifier's prediction, from the same forward pass
+                    relevance, layout = relevance_by_rule(
+                        lrp, pixel_values, rules, [args.head_fusion], args.target_token, forward_args
+                    )
+                for row, (index, _) in enumerate(good):
+                    path = pending[index]
+                    maps = relevance_arrays(rules, {rule: relevance[rule][args.head_fusion][row] for rule in rules})
+                    if logits:
+                        maps.update(prediction_arrays(loaded.model, logits[-1][row]))
+                    atomic_save_npz(
+                        output_path(out, root, path),
+                        **maps,
+                        **layout_arrays(layout),
+                        input=np.array(path.relative_to(root).as_posix()),
+                        input_sha256=np.array(digests[path]),
+                        manifest=np.array(manifest_text),
+                    )
+                    done += 1
+            progress.update(len(items))
+    except KeyboardInterrupt:
+        progress.close()
+        where = f" on rank {rank}" if world > 1 else ""
+        raise Interrupted(
+            f"explain-dir: interrupted{where}, {done} done in this run ({done + skipped} of {len(mine)} images "
+            "in all); rerun the same command to resume."
+        ) from None
     progress.close()
     seconds = time.perf_counter() - started
     for path, error in failed:
         print(f"[rank {rank}] skipped unreadable image {path}: {error}", file=sys.stderr)
-    counts = torch.tensor([done, skipped, len(failed)], dtype=torch.float64)
+    counts = torch.tensor([done, skipped, len(failed), redone], dtype=torch.float64)
     if world > 1:
         import torch.distributed as dist
 
@@ -440,12 +617,15 @@ def explain_dir(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        total_done, total_skipped, total_failed = (int(c) for c in counts)
+        total_done, total_skipped, total_failed, total_redone = (int(c) for c in counts)
         rate = done / seconds if seconds > 0 else 0.0
+        again = (
+            f"; {total_redone} of them redone: the image changed since its output was written" if total_redone else ""
+        )
         print(
             f"explain-dir: {total_done} explained, {total_skipped} already done (skipped), "
             f"{total_failed} unreadable, {len(paths)} images in {root}; "
-            f"{rate:.1f} images/s on rank 0 ({world} process{'es' if world > 1 else ''})"
+            f"{rate:.1f} images/s on rank 0 ({world} process{'es' if world > 1 else ''}){again}"
         )
     return 0
 
@@ -469,7 +649,7 @@ def text_manifest(loaded: LoadedTextModel, args: argparse.Namespace, rules: Sequ
         **model_identity(loaded),
         "tokenizer_sha256": loaded.tokenizer_sha256,
         "max_length": loaded.max_length,
-        "rules": list(rules),
+        "rules": rule_set(rules),
         "head_fusion": "none" if args.head_fusion is None else args.head_fusion,
         "start": str(args.start),
         "dtype": args.dtype,
@@ -520,11 +700,27 @@ def _fused_for_display(relevance: np.ndarray) -> np.ndarray:
     return relevance.mean(axis=0) if relevance.ndim == 2 else relevance
 
 
+def text_output_stem(text: str) -> str:
+    """``<first words>-<sha256 of the text, 12 hex digits>``: a name of its own for every text, readable.
+
+    Two texts never share outputs; the same text again replaces its own.
+    """
+    words = "-".join(re.findall(r"[a-z0-9]+", text.lower())[:6])[:40].strip("-") or "text"
+    return f"{words}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
 def explain_text(args: argparse.Namespace) -> int:
-    """Heat-strip figure (rules x heads) and ``relevance.npz`` for one text, every rule from one forward pass."""
+    """Heat-strip figure (rules x heads) and ``.npz`` for one text, every rule from one forward pass.
+
+    Written to ``OUT/<first words>-<hash>.png`` and ``.npz`` (see :func:`text_output_stem`).
+    """
     text = args.text
     if not text.strip():
         raise CliError("explain-text needs a text to explain, got an empty one.")
+    out = Path(args.out)
+    stem = text_output_stem(text)
+    figure_path, arrays_path = out / f"{stem}.png", out / f"{stem}.npz"
+    refuse_foreign([figure_path, arrays_path])
     loaded = load_text_model(args.model, args.device, args.dtype)
     rules = rule_names(args)
     lrp = TextTokenRelevanceLRP(loaded.model, rule=rules[0], tokenizer=loaded.tokenizer)
@@ -538,31 +734,31 @@ def explain_text(args: argparse.Namespace) -> int:
     with classifier_logits(loaded.model) as logits:
         relevance = lrp.token_relevance_by_rule(inputs, rules, head_fusions=modes, **options)
     tokens = lrp.tokens(inputs["input_ids"])[0]
+    fused_maps = {rule: relevance[rule][args.head_fusion][0].float().cpu().numpy() for rule in rules}
+    head_maps = {rule: relevance[rule][None][0].float().cpu().numpy() for rule in rules}
     arrays: dict[str, np.ndarray] = {
+        **relevance_arrays(rules, fused_maps, head_maps),
         "text": np.array(text),
         "tokens": np.array(tokens),
         "input_ids": inputs["input_ids"][0].cpu().numpy(),
         "truncated": np.array(truncated[0]),
     }
-    fused, per_head = {}, {}
-    for rule in rules:
-        fused_rel = relevance[rule][args.head_fusion][0].float().cpu().numpy()
-        head_rel = relevance[rule][None][0].float().cpu().numpy()
-        arrays[f"rule_{rule}_fused"] = fused_rel
-        arrays[f"rule_{rule}_per_head"] = head_rel
-        fused[f"rule ({rule})"] = _fused_for_display(fused_rel)
-        per_head[f"rule ({rule})"] = head_rel
+    fused = {f"rule ({rule})": _fused_for_display(fused_maps[rule]) for rule in rules}
+    per_head = {f"rule ({rule})": head_maps[rule] for rule in rules}
     title = f"{_shorten(text)} - {loaded.name}"
     if logits:
         arrays.update(prediction_arrays(loaded.model, logits[-1][0]))
         _, name, probability = prediction(loaded.model, logits[-1][0])
         title += f"\npredicted: {name} (p = {probability:.2f})"
     figure = plot_text_relevance(tokens, fused, per_head, title=title)
-    out = Path(args.out)
     manifest_text = manifest_json(text_manifest(loaded, args, rules))
-    atomic_save_figure(out / "relevance.png", figure)
-    atomic_save_npz(out / "relevance.npz", **arrays, manifest=np.array(manifest_text))
-    print(f"Wrote {out / 'relevance.png'} and {out / 'relevance.npz'}")
+    atomic_write_files(
+        [
+            (figure_path, figure_bytes(figure)),
+            (arrays_path, npz_bytes(**arrays, manifest=np.array(manifest_text))),
+        ]
+    )
+    print(f"Wrote {figure_path} and {arrays_path}")
     return 0
 
 
@@ -597,7 +793,7 @@ def text_line_summary(path: Path, manifest_text: str, text: str, rules: Sequence
             if "manifest" not in saved.files or str(saved["manifest"]) != manifest_text:
                 return None
             if "text" not in saved.files or str(saved["text"]) != text:
-                return None
+                return None  # an output of this run for what the line said before: explained again
             tokens = [str(token) for token in saved["tokens"]]
             maps = {rule: saved[f"relevance_{rule}"] for rule in rules}
             return {
@@ -624,16 +820,20 @@ def explain_text_dir(args: argparse.Namespace) -> int:
     rules = rule_names(args)
     manifest = text_manifest(loaded, args, rules)
     manifest_text = manifest_json(manifest)
-    check_manifest(out, manifest, args.overwrite, inputs="line")
     summaries: dict[int, dict[str, object]] = {}
     pending = []
+    redone = 0
     for number, text in lines:
-        done = None if args.overwrite else text_line_summary(text_output_path(out, number), manifest_text, text, rules)
+        path = text_output_path(out, number)
+        done = None if args.overwrite else text_line_summary(path, manifest_text, text, rules)
         if done is None:
             pending.append((number, text))
+            redone += not args.overwrite and _is_output_of(path, manifest_text)
         else:
             summaries[number] = done
     skipped = len(lines) - len(pending)
+    refuse_foreign([text_output_path(out, number) for number, _ in pending] + [out / TEXT_SUMMARY_NAME], [source])
+    check_manifest(out, manifest, args.overwrite, inputs="line")
     lrp = TextTokenRelevanceLRP(loaded.model, rule=rules[0], tokenizer=loaded.tokenizer)
     # Lines of similar length share a batch: less padding (the relevance of a line does not depend on its batch).
     lengths = [len(ids) for ids in loaded.tokenizer([text for _, text in pending])["input_ids"]] if pending else []
@@ -644,35 +844,45 @@ def explain_text_dir(args: argparse.Namespace) -> int:
     explained = 0
     progress = tqdm(total=len(pending), disable=args.quiet, desc="explain-text-dir", file=sys.stderr)
     progress.update(len(failed))
-    for first in range(0, len(order), args.batch_size):
-        batch = [pending[index] for index in order[first : first + args.batch_size]]
-        good = list(batch)
-        if isinstance(args.start, int):
-            inputs, _ = encode_texts(loaded, [text for _, text in good])
-            _, short = start_positions(args.start, inputs["attention_mask"])
-            for row in short:
-                tokens = int(inputs["attention_mask"][row].sum())
-                failed.append((good[row][0], f"--start {args.start} is out of range ({tokens} tokens)"))
-            good = [item for row, item in enumerate(good) if row not in short]
-        if good:
-            summaries.update(_explain_text_batch(loaded, lrp, args, rules, good, out, manifest_text))
-            explained += len(good)
-        progress.update(len(batch))
+    try:
+        for first in range(0, len(order), args.batch_size):
+            batch = [pending[index] for index in order[first : first + args.batch_size]]
+            good = list(batch)
+            if isinstance(args.start, int):
+                inputs, _ = encode_texts(loaded, [text for _, text in good])
+                _, short = start_positions(args.start, inputs["attention_mask"])
+                for row in short:
+                    tokens = int(inputs["attention_mask"][row].sum())
+                    failed.append((good[row][0], f"--start {args.start} is out of range ({tokens} tokens)"))
+                good = [item for row, item in enumerate(good) if row not in short]
+            if good:
+                summaries.update(_explain_text_batch(loaded, lrp, args, rules, good, out, manifest_text))
+                explained += len(good)
+            progress.update(len(batch))
+    except KeyboardInterrupt:
+        progress.close()
+        raise Interrupted(
+            f"explain-text-dir: interrupted, {explained} done in this run ({explained + skipped} of {len(lines)} "
+            "lines in all); rerun the same command to resume."
+        ) from None
     progress.close()
     for number, error in sorted(failed):
         print(f"skipped line {number} of {source}: {error}", file=sys.stderr)
     summary = {
+        "package": PACKAGE,
         "input": str(source.resolve()),
         "lines": len(lines),
         "explained": explained,
+        "redone": redone,
         "already_done": skipped,
         "failed": [{"line": number, "error": error} for number, error in sorted(failed)],
         "outputs": [summaries[number] for number, _ in lines if number in summaries],
     }
     atomic_save_text(out / TEXT_SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False))
+    again = f"; {redone} of them redone: the line changed since its output was written" if redone else ""
     print(
         f"explain-text-dir: {explained} explained, {skipped} already done (skipped), {len(failed)} failed, "
-        f"{len(lines)} lines in {source}; summary in {out / TEXT_SUMMARY_NAME}"
+        f"{len(lines)} lines in {source}; summary in {out / TEXT_SUMMARY_NAME}{again}"
     )
     return 0
 
@@ -698,9 +908,7 @@ def _explain_text_batch(
         real = mask[row].cpu()
         names = [token for token, kept in zip(tokens[row], real.tolist(), strict=True) if kept]
         maps = {rule: relevance[rule][args.head_fusion][row].float().cpu()[..., real].numpy() for rule in rules}
-        arrays = {f"relevance_{rule}": values for rule, values in maps.items()}
-        if len(rules) == 1:
-            arrays["relevance"] = arrays[f"relevance_{rules[0]}"]
+        arrays = relevance_arrays(rules, maps)
         if logits:
             arrays.update(prediction_arrays(loaded.model, logits[-1][row]))
         path = text_output_path(out, number)
@@ -731,23 +939,30 @@ def _explain_text_batch(
 def write_shapes(args: argparse.Namespace) -> int:
     """Write ``count`` images of the shapes stream ``seed`` as PNG, with masks and a labels CSV."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     from .data.shapes import SHAPE_CLASSES, generate_shapes
 
     if args.count < 1:
         raise CliError(f"--count must be at least 1, got {args.count}.")
     out = Path(args.out)
+    names = [f"shape_{index:06d}.png" for index in range(args.count)]
+    refuse_foreign(
+        [out / folder / name for folder in ("images", "masks") for name in names] + [out / "labels.csv"]
+    )
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    rows = ["file,label,class"]
+    marked = PngInfo()
+    marked.add_text("Software", f"{PACKAGE} {__version__}")  # so that a rerun may replace them
+    rows = [SHAPES_HEADER]
     for start in range(0, args.count, 500):
         images, masks, labels = generate_shapes(min(500, args.count - start), args.seed, args.size, start=start)
         for offset, (image, mask, label) in enumerate(zip(images, masks, labels, strict=True)):
-            name = f"shape_{start + offset:06d}.png"
-            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / "images" / name)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
+            name = names[start + offset]
+            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / "images" / name, pnginfo=marked)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name, pnginfo=marked)
             rows.append(f"{name},{label},{SHAPE_CLASSES[label]}")
-    (out / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    atomic_save_text(out / "labels.csv", "\n".join(rows) + "\n")
     print(f"Wrote {args.count} images to {out / 'images'}, masks to {out / 'masks'}, labels to {out / 'labels.csv'}")
     return 0
 
@@ -766,8 +981,17 @@ def report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ entry point
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what transformers reports while loading (progress bars, weights the model does not use)",
+    )
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     """Options every explain command shares: where to write, device, dtype, rules and head fusion."""
+    _verbose(parser)
     parser.add_argument("--out", required=True, help="output directory (created if needed)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     parser.add_argument(
@@ -932,6 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
     explorer.add_argument(
         "--dtype", default="float32", choices=sorted(DTYPES), help="model dtype; relevance is float32 anyway"
     )
+    _verbose(explorer)
     return parser
 
 
@@ -956,13 +1181,20 @@ def main(argv: list[str] | None = None) -> int:
         "explain-text-dir": explain_text_dir,
     }
     try:
-        return commands[args.command](args)
+        with quiet_transformers(not getattr(args, "verbose", False)):
+            return commands[args.command](args)
     except CliError as error:
         print(f"tokenlrp: {error}", file=sys.stderr)
         return 2
     except (TypeError, ValueError) as error:  # the library's own input errors: already clear
         print(f"tokenlrp: {error}", file=sys.stderr)
         return 2
+    except Interrupted as error:  # Ctrl-C in a resumable command: how far it got
+        print(f"tokenlrp {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"tokenlrp {args.command}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -134,12 +134,17 @@ def random_dino_model(name: str = "facebook/dino-vits16", seed: int = 0, **overr
 
 
 def _is_path_like(name: str) -> bool:
-    """Whether ``name`` can only be a local path (a hub id is ``name`` or ``owner/name``)."""
+    """Whether ``name`` can only be a local path (a hub id is ``name`` or ``owner/name``).
+
+    ``owner/name`` whose ``owner`` is a local folder (``ckpt/nonexistent``) is read as a mistyped path:
+    asking the Hub for it would only fail, after retries.
+    """
     return (
         os.path.isabs(name)
         or name.startswith((".", "~"))
         or name.count("/") > 1
         or (os.sep != "/" and os.sep in name)
+        or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir())
     )
 
 

@@ -125,19 +125,19 @@ def test_sample_is_a_regenerable_image_the_model_classifies_and_explains_on_the_
 def test_cli_explain_defaults_to_the_bundled_sample(bundled, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", "--model", "bundled", "--out", str(out)]) == 0
-    assert "sample.png" in capsys.readouterr().out
-    with Image.open(out / "sample.png") as figure:
+    assert "sample.png.png" in capsys.readouterr().out
+    with Image.open(out / "sample.png.png") as figure:
         pixels = np.asarray(figure.convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # a figure, not a blank canvas
-    saved = np.load(out / "sample.npz")
+    saved = np.load(out / "sample.png.npz")
     for rule in ("i", "ii", "iii", "iv"):
-        assert saved[f"rule_{rule}_fused"].shape == (65,)
-        assert saved[f"rule_{rule}_per_head"].shape == (6, 65)
-        np.testing.assert_allclose(saved[f"rule_{rule}_fused"].sum(), 1.0, atol=1e-5)
+        assert saved[f"relevance_{rule}"].shape == (65,)
+        assert saved[f"relevance_{rule}_per_head"].shape == (6, 65)
+        np.testing.assert_allclose(saved[f"relevance_{rule}"].sum(), 1.0, atol=1e-5)
     relevance = TokenRelevanceLRP(bundled).token_relevance(
         normalize(np.asarray(bundled_sample_image(), dtype=np.float32)[None] / 255)
     )
-    np.testing.assert_allclose(saved["rule_iv_fused"], relevance[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(saved["relevance_iv"], relevance[0].numpy(), atol=1e-4)
 
 
 # ------------------------------------------------------------------ the evaluation metrics on the bundled model

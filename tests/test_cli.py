@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import Dinov2Config, Dinov2Model, ViTForImageClassification, ViTImageProcessor, ViTModel
 
 from captum_tokenlrp import TokenRelevanceLRP
-from captum_tokenlrp.cli import build_parser, main
+from captum_tokenlrp.cli import atomic_save_npz, build_parser, main
 from captum_tokenlrp.models import random_dino_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +57,11 @@ def test_explain_writes_the_paper_figure_and_relevance(tmp_path, tiny_checkpoint
     )
     assert code == 0
     for image in images:
-        figure = out / f"{image.stem}.png"
+        figure = out / f"{image.name}.png"
         assert figure.stat().st_size > 5000
-        saved = np.load(out / f"{image.stem}.npz")
-        assert saved["rule_iv_fused"].shape == (17,) and saved["rule_i_per_head"].shape == (4, 17)
-        np.testing.assert_allclose(saved["rule_iv_fused"].sum(), 1.0, atol=1e-5)
+        saved = np.load(out / f"{image.name}.npz")
+        assert saved["relevance_iv"].shape == (17,) and saved["relevance_i_per_head"].shape == (4, 17)
+        np.testing.assert_allclose(saved["relevance_iv"].sum(), 1.0, atol=1e-5)
         assert tuple(saved["grid"]) == (4, 4)
 
 
@@ -223,9 +223,19 @@ def test_outputs_without_a_matching_manifest_are_not_counted_as_done(tmp_path, t
     out = tmp_path / "out"
     stale = out / images[1].relative_to(tmp_path / "in").with_suffix(".png.npz")
     stale.parent.mkdir(parents=True)
-    np.savez(stale, relevance=np.zeros(17))  # a 0.1 output, or another tool's file
+    np.savez(stale, relevance=np.zeros(17))  # another tool's file (no manifest of this package)
+    args = ["explain-dir", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--out", str(out), "--quiet"]
+    assert main(args) == 2  # never replaced: refused before anything is written
+    assert f"{stale} exists and was not written by tokenlrp" in capsys.readouterr().err
+    assert np.load(stale)["relevance"].sum() == 0 and not (out / "manifest.json").exists()
+    stale.unlink()
     run_dir(tmp_path / "in", out, tiny_checkpoint)
     assert "2 explained, 0 already done" in capsys.readouterr().out
+    # an output of this package with another manifest is not done either, and is replaced
+    saved = dict(np.load(stale))
+    atomic_save_npz(stale, **{**saved, "manifest": np.array(json.dumps({"package": "captum-tokenlrp", "rules": []}))})
+    run_dir(tmp_path / "in", out, tiny_checkpoint)
+    assert "1 explained, 1 already done" in capsys.readouterr().out
     assert np.load(stale)["relevance"].sum() == pytest.approx(1.0, abs=1e-5)
 
 
@@ -253,7 +263,7 @@ def test_rule_and_rules_are_accepted_by_both_commands_and_every_option_has_help(
         main(["explain", str(images[0]), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--rule", "ii"])
         == 0
     )
-    assert set(np.load(tmp_path / "a" / "image_000.npz").files) >= {"rule_ii_fused", "rule_ii_per_head"}
+    assert set(np.load(tmp_path / "a" / "image_000.png.npz").files) >= {"relevance_ii", "relevance_ii_per_head"}
     run_dir(tmp_path / "in", tmp_path / "b", tiny_checkpoint, "--rules", "i", "iv")
     saved = np.load(next((tmp_path / "b").rglob("*.npz")))
     assert {"relevance_i", "relevance_iv"} <= set(saved.files) and "relevance" not in saved.files
@@ -275,15 +285,15 @@ def test_explain_runs_one_forward_for_every_rule(tmp_path, tiny_checkpoint, monk
     images = write_images(tmp_path / "in", 1, size=32)
     assert main(["explain", str(images[0]), "--model", "x", "--out", str(tmp_path / "out")]) == 0
     assert len(calls) == 1
-    saved = np.load(tmp_path / "out" / "image_000.npz")
+    saved = np.load(tmp_path / "out" / "image_000.png.npz")
     from captum_tokenlrp.images import load_image
 
     pixel_values = cli.preprocess(loaded.processor, [load_image(images[0])])
     for rule in ("i", "ii", "iii", "iv"):
         lrp = TokenRelevanceLRP(loaded.model, rule=rule)
-        np.testing.assert_array_equal(saved[f"rule_{rule}_fused"], lrp.token_relevance(pixel_values)[0].numpy())
+        np.testing.assert_array_equal(saved[f"relevance_{rule}"], lrp.token_relevance(pixel_values)[0].numpy())
         np.testing.assert_array_equal(
-            saved[f"rule_{rule}_per_head"], lrp.token_relevance(pixel_values, head_fusion=None)[0].numpy()
+            saved[f"relevance_{rule}_per_head"], lrp.token_relevance(pixel_values, head_fusion=None)[0].numpy()
         )
 
 
@@ -324,7 +334,7 @@ def test_a_dinov2_checkpoint_is_explained_as_dinov2(tmp_path):
     )
     pixel_values = ViTImageProcessor.from_pretrained(checkpoint)(images=Image.open(images[0]), return_tensors="pt")
     expected = TokenRelevanceLRP(model).token_relevance(pixel_values["pixel_values"])[0].numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "image_000.npz")["rule_iv_fused"], expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "image_000.png.npz")["relevance_iv"], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -385,21 +395,21 @@ def test_explain_class_sensitive_maps_follow_the_target_class(tmp_path, capsys):
         out = tmp_path / f"out-{target}"
         arguments = ["explain", str(image), "--model", str(checkpoint), "--out", str(out), "--rules", "i", "iv"]
         assert main([*arguments, "--class-sensitive", "attention", "--target-class", target]) == 0
-        saved[target] = np.load(out / f"{image.stem}.npz")
+        saved[target] = np.load(out / f"{image.name}.npz")
         manifest = json.loads(str(saved[target]["manifest"]))
         assert manifest["class_sensitive"] == "attention" and manifest["target_class"] == target
     for target, index in (("a", 0), ("2", 2)):
         expected = TokenRelevanceLRP(model, rule="iv", class_sensitive="attention").token_relevance(
             pixel_values, target=index
         )
-        np.testing.assert_allclose(saved[target]["rule_iv_fused"], expected[0].numpy(), atol=1e-6)
-        assert saved[target]["rule_i_per_head"].shape == (4, 17)
-    assert np.abs(saved["a"]["rule_iv_fused"] - saved["2"]["rule_iv_fused"]).max() > 1e-4
+        np.testing.assert_allclose(saved[target]["relevance_iv"], expected[0].numpy(), atol=1e-6)
+        assert saved[target]["relevance_i_per_head"].shape == (4, 17)
+    assert np.abs(saved["a"]["relevance_iv"] - saved["2"]["relevance_iv"]).max() > 1e-4
     # The "heads" modes fuse the heads themselves: a fused map only.
     out = tmp_path / "out-heads"
     arguments = ["explain", str(image), "--model", str(checkpoint), "--out", str(out), "--rules", "ii"]
     assert main([*arguments, "--class-sensitive", "attention+heads"]) == 0
-    assert "rule_ii_per_head" not in np.load(out / f"{image.stem}.npz")
+    assert "relevance_ii_per_head" not in np.load(out / f"{image.name}.npz")
     capsys.readouterr()
 
 

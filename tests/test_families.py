@@ -323,13 +323,13 @@ def test_saved_checkpoint_explains_through_the_cli(name, tmp_path):
 
     out = tmp_path / "out"
     assert main(["explain", str(image), "--model", str(checkpoint), "--out", str(out), "--rules", "iv"]) == 0
-    saved = np.load(out / "photo.npz")
+    saved = np.load(out / "photo.png.npz")
     processor = transformers.AutoImageProcessor.from_pretrained(checkpoint)
     pixel_values = processor(images=load_image(image), return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 3, 32, 32)
     expected = TokenRelevanceLRP(model, rule="iv").token_relevance(pixel_values)[0]
-    assert saved["rule_iv_fused"].shape == (info.num_tokens,) and tuple(saved["grid"]) == info.grid
-    np.testing.assert_allclose(saved["rule_iv_fused"], expected.numpy(), atol=1e-6, rtol=0)
+    assert saved["relevance_iv"].shape == (info.num_tokens,) and tuple(saved["grid"]) == info.grid
+    np.testing.assert_allclose(saved["relevance_iv"], expected.numpy(), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------ 6. SigLIP's start

@@ -172,15 +172,15 @@ def test_cli_explains_an_image_against_prompts(tmp_path, images):
         )
         == 0
     )
-    saved = np.load(out / "picture.npz")
+    saved = np.load(out / "picture.png.npz")
     assert list(saved["prompts"]) == prompts and saved["prompt_gae"].shape == (2, 17)
-    assert (out / "picture.prompts.png").stat().st_size > 5_000
+    assert (out / "picture.png.prompts.png").stat().st_size > 5_000
     pixel_values = processor(images=Image.open(picture), return_tensors="pt")["pixel_values"]
     gae = GenericAttentionExplainability(model)
     expected = gae.token_relevance(pixel_values, target=tokenizer(prompts, padding=True, return_tensors="pt"))
     np.testing.assert_allclose(saved["prompt_gae"], expected[0].numpy(), atol=1e-6)
     lrp = TokenRelevanceLRP(model, rule="iv").token_relevance(pixel_values)
-    np.testing.assert_allclose(saved["rule_iv_fused"], lrp[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(saved["relevance_iv"], lrp[0].numpy(), atol=1e-6)
 
 
 def test_cli_prompts_need_an_image_text_model(tmp_path, capsys):

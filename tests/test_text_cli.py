@@ -61,6 +61,12 @@ def write_lines(path: Path, lines=LINES) -> Path:
     return path
 
 
+def only(out: Path, suffix: str) -> Path:
+    """The one output of ``explain-text`` with ``suffix`` in ``out`` (it is named after the text)."""
+    (path,) = out.glob(f"*{suffix}")
+    return path
+
+
 def alone(model, tokenizer, text: str, rule: str, **options) -> torch.Tensor:
     """The library's relevance of one text alone, `(num_tokens,)` (or per head)."""
     encoded = tokenizer([text], return_tensors="pt")
@@ -76,18 +82,18 @@ def test_explain_text_writes_the_heat_strip_and_every_rule_from_one_forward(tmp_
     out = tmp_path / "out"
     assert main(["explain-text", "the cat sat on the mat", "--model", "x", "--out", str(out)]) == 0
     assert len(calls) == 1
-    assert (out / "relevance.png").stat().st_size > 5000
-    saved = np.load(out / "relevance.npz")
+    assert (only(out, ".png")).stat().st_size > 5000
+    saved = np.load(only(out, ".npz"))
     assert list(saved["tokens"]) == ["the", "cat", "sat", "on", "the", "mat"]
     assert str(saved["text"]) == "the cat sat on the mat" and not bool(saved["truncated"])
     assert json.loads(str(saved["manifest"]))["rules"] == ["i", "ii", "iii", "iv"]
     for rule in ("i", "ii", "iii", "iv"):
         fused = alone(loaded.model, loaded.tokenizer, "the cat sat on the mat", rule)
         heads = alone(loaded.model, loaded.tokenizer, "the cat sat on the mat", rule, head_fusion=None)
-        np.testing.assert_array_equal(saved[f"rule_{rule}_fused"], fused.numpy())
-        np.testing.assert_array_equal(saved[f"rule_{rule}_per_head"], heads.numpy())
-        assert saved[f"rule_{rule}_per_head"].shape == (4, 6)
-        assert saved[f"rule_{rule}_fused"][-1] > 0  # a decoder starts at the last token
+        np.testing.assert_array_equal(saved[f"relevance_{rule}"], fused.numpy())
+        np.testing.assert_array_equal(saved[f"relevance_{rule}_per_head"], heads.numpy())
+        assert saved[f"relevance_{rule}_per_head"].shape == (4, 6)
+        assert saved[f"relevance_{rule}"][-1] > 0  # a decoder starts at the last token
 
 
 def test_explain_text_on_minilm_with_the_mean_start(tmp_path, capsys):
@@ -96,14 +102,14 @@ def test_explain_text_on_minilm_with_the_mean_start(tmp_path, capsys):
 
     out = tmp_path / "out"
     assert main(["explain-text", "A sentence about cats.", "--start", "mean", "--rules", "iv", "--out", str(out)]) == 0
-    assert str(out / "relevance.npz") in capsys.readouterr().out
-    saved = np.load(out / "relevance.npz")
+    assert str(only(out, ".npz")) in capsys.readouterr().out
+    saved = np.load(only(out, ".npz"))
     model, tokenizer = load_minilm()
     encoded = tokenizer(["A sentence about cats."], return_tensors="pt")
     expected = TextTokenRelevanceLRP(model).token_relevance(encoded, initial_relevance="mean")[0]
-    np.testing.assert_allclose(saved["rule_iv_fused"], expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(saved["relevance_iv"], expected.numpy(), atol=1e-6)
     assert list(saved["tokens"]) == ["[CLS]", "a", "sentence", "about", "cats", ".", "[SEP]"]
-    assert saved["rule_iv_per_head"].shape == (12, 7)
+    assert saved["relevance_iv_per_head"].shape == (12, 7)
     manifest = json.loads(str(saved["manifest"]))
     assert manifest["model"] == "minilm" and manifest["start"] == "mean" and manifest["max_length"] == 512
 
@@ -112,7 +118,7 @@ def test_explain_text_reports_a_classifiers_prediction(tmp_path, bert_classifier
     out = tmp_path / "out"
     args = ["explain-text", "the dog was sad", "--model", str(bert_classifier_checkpoint), "--rule", "iv"]
     assert main([*args, "--out", str(out)]) == 0
-    saved = np.load(out / "relevance.npz")
+    saved = np.load(only(out, ".npz"))
     loaded = load_text_model(str(bert_classifier_checkpoint))
     encoded = loaded.tokenizer(["the dog was sad"], return_tensors="pt")
     with torch.no_grad():
@@ -121,7 +127,7 @@ def test_explain_text_reports_a_classifiers_prediction(tmp_path, bert_classifier
     assert int(saved["predicted_class"]) == best
     assert str(saved["class_name"]) == ["negative", "neutral", "positive"][best]
     assert float(saved["probability"]) == pytest.approx(float(probabilities[best]), abs=1e-6)
-    assert saved["rule_iv_fused"][0] > 0 and str(saved["tokens"][0]) == "[CLS]"
+    assert saved["relevance_iv"][0] > 0 and str(saved["tokens"][0]) == "[CLS]"
 
 
 def test_a_start_position_counts_the_real_tokens(tmp_path, gpt2_checkpoint, capsys):
@@ -130,8 +136,8 @@ def test_a_start_position_counts_the_real_tokens(tmp_path, gpt2_checkpoint, caps
     args = ["explain-text", "a dog ran under the tree", "--model", str(gpt2_checkpoint), "--rules", "ii"]
     assert main([*args, "--start", "2", "--out", str(out)]) == 0
     expected = alone(loaded.model, loaded.tokenizer, "a dog ran under the tree", "ii", target=2)
-    np.testing.assert_array_equal(np.load(out / "relevance.npz")["rule_ii_fused"], expected.numpy())
-    assert np.load(out / "relevance.npz")["rule_ii_fused"][3:].sum() == 0  # causal: nothing after position 2
+    np.testing.assert_array_equal(np.load(only(out, ".npz"))["relevance_ii"], expected.numpy())
+    assert np.load(only(out, ".npz"))["relevance_ii"][3:].sum() == 0  # causal: nothing after position 2
     assert main([*args, "--start", "6", "--out", str(out)]) == 2
     assert "--start 6 is out of range: the text has 6 tokens" in capsys.readouterr().err
 
@@ -197,6 +203,14 @@ def test_outputs_of_another_tool_are_not_counted_as_done(tmp_path, gpt2_checkpoi
     source, out = write_lines(tmp_path / "lines.txt", ["the cat", "a dog"]), tmp_path / "out"
     out.mkdir()
     np.savez(out / "line_000002.npz", relevance_iv=np.zeros(2), text=np.array("a dog"))
+    # another tool's file is never replaced: refused, untouched, nothing written
+    assert run_text_dir(source, out, str(gpt2_checkpoint)) == 2
+    assert "line_000002.npz exists and was not written by tokenlrp" in capsys.readouterr().err
+    assert np.load(out / "line_000002.npz")["relevance_iv"].sum() == 0 and len(list(out.iterdir())) == 1
+    (out / "line_000002.npz").unlink()
+    np.savez(out / "line_000002.npz", relevance_iv=np.zeros(2), text=np.array("a dog"), manifest=np.array("{}"))
+    assert run_text_dir(source, out, str(gpt2_checkpoint)) == 2  # a manifest, but not of this package
+    (out / "line_000002.npz").unlink()
     assert run_text_dir(source, out, str(gpt2_checkpoint)) == 0
     assert "2 explained, 0 already done" in capsys.readouterr().out
     assert np.load(out / "line_000002.npz")["relevance_iv"].sum() == pytest.approx(1.0, abs=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,57 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class CliError(Exception):
     """A problem the user can fix; printed as one message, without a traceback."""
+
+
+class _LoadNoise(logging.Filter):
+    """transformers' warnings and notes, dropped while a command runs without ``--verbose``.
+
+    Errors pass. A load report that names weights *missing* from the checkpoint (left at their random
+    initial values: the maps would explain a partly random model) becomes one line; one that only lists
+    weights the model does not use (a ViT-MAE checkpoint's decoder, a classifier's head) is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        message = record.getMessage()
+        if "LOAD REPORT" in message and "MISSING" in message:
+            record.msg = (
+                "some weights of the model are not in its checkpoint and were left at their random initial "
+                "values; rerun with --verbose for the list."
+            )
+            record.args = ()
+            return True
+        return False
+
+
+@contextmanager
+def quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """Without transformers' "Loading weights" bars and load reports while the block runs (``quiet``).
+
+    Scoped: the progress-bar setting and the logging handlers are as they were afterwards, also when the
+    block raises.
+    """
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_verbosity()  # sets up transformers' own handler, where its records go
+    library = logging.getLogger("transformers")
+    targets = list(library.handlers) or [library]
+    noise = _LoadNoise()
+    bars = hf_logging.is_progress_bar_enabled()
+    for target in targets:
+        target.addFilter(noise)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(noise)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass
@@ -55,6 +107,11 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
     """The model (in the class of its checkpoint's own architecture) and its image processor."""
     from transformers import AutoImageProcessor
 
+    if name == MINILM and not Path(name).exists():
+        raise CliError(
+            f"--model {MINILM} is the text model all-MiniLM-L6-v2: explain texts with tokenlrp explain-text. "
+            "The image commands take 'bundled' (the offline shapes ViT), a save_pretrained folder or a hub id."
+        )
     local = name in ("bundled", *PRETRAINED_MODELS) or Path(name).expanduser().exists()
     source = str(BUNDLED_MODEL_DIR) if name == "bundled" else name
     try:
@@ -66,7 +123,7 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
     except FileNotFoundError as error:  # a local path that is not a checkpoint folder
         raise CliError(str(error)) from None
     except ValueError as error:  # a checkpoint of a family no adapter explains
-        raise CliError(str(error).splitlines()[0]) from None
+        raise CliError(str(error).splitlines()[0] + _text_model_hint(name)) from None
     except OSError as error:
         raise CliError(
             f"Could not load model {name!r} ({type(error).__name__}: {str(error).splitlines()[0]}).\n"
@@ -89,6 +146,36 @@ def load_model(name: str, device: str, dtype: str) -> LoadedModel:
         raise CliError(f"Cannot move the model to device {device!r}: {error}") from None
     display = name if not local or name in ("bundled", *PRETRAINED_MODELS) else str(Path(name).expanduser().resolve())
     return LoadedModel(model.eval(), processor, display, config_hash, weights_hash)
+
+
+def _model_type(source: str) -> str | None:
+    """The ``model_type`` of a checkpoint's configuration, from what is on disk or cached (no download)."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(source, local_files_only=True), "model_type", None)
+    except (OSError, ValueError):
+        return None
+
+
+def _text_model_hint(source: str) -> str:
+    """" It is a text model: ..." where ``source`` is a checkpoint of a family the text commands explain."""
+    from .._adapters.text import text_adapter_for_model_type
+
+    model_type = _model_type(source)
+    if model_type and text_adapter_for_model_type(model_type) is not None:
+        return f" It is a text model ({model_type}): explain texts with tokenlrp explain-text TEXT --model {source}."
+    return ""
+
+
+def _image_model_hint(source: str) -> str:
+    """" It is an image model: ..." where ``source`` is a checkpoint of a family the image commands explain."""
+    from .._adapters import adapter_class_for_model_type
+
+    model_type = _model_type(source)
+    if model_type and adapter_class_for_model_type(model_type) is not None:
+        return f" It is an image model ({model_type}): explain images with tokenlrp explain IMAGE --model {source}."
+    return ""
 
 
 def preprocess(processor, images: Sequence) -> torch.Tensor:
@@ -210,6 +297,13 @@ def _text_model_source(name: str) -> tuple[str, bool]:
     """``(what from_pretrained reads, whether it is local)`` for ``--model``: "minilm", a folder or a hub id."""
     from ..models import _is_path_like
 
+    if name in ("bundled", *PRETRAINED_MODELS) and not Path(name).exists():
+        what = "the shapes ViT" if name == "bundled" else "a real DINOv2-S/14"
+        raise CliError(
+            f"--model {name} is the image model ({what}): explain images with it by tokenlrp explain. "
+            f"The text commands take {MINILM!r} (all-MiniLM-L6-v2, offline), a save_pretrained folder with its "
+            "tokenizer, or a hub id."
+        )
     if name == MINILM:
         from ..text import minilm_path
 
@@ -309,7 +403,10 @@ def load_text_model(name: str = MINILM, device: str = "cpu", dtype: str = "float
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise unloadable(error) from None
-    model_class = text_model_class(config, source)
+    try:
+        model_class = text_model_class(config, source)
+    except CliError as error:
+        raise CliError(f"{error}{_image_model_hint(source)}") from None
     save_it = "Save it beside the model: tokenizer.save_pretrained(checkpoint_dir)."
     if local and not any((Path(source) / file).is_file() for file in _TOKENIZER_FILES):
         raise CliError(f"{source} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}). {save_it}")
