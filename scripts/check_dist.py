@@ -212,14 +212,14 @@ def smoke(venv: Path, out: Path) -> None:
     if abs(total - 1.0) > 1e-5 or float(relevance.min()) < 0:
         raise CheckError(f"token relevance sums to {total} (min {float(relevance.min())}), expected 1 and >= 0")
 
-    png, npz = out / "sample.png", out / "sample.npz"
+    png, npz = out / "sample.png.png", out / "sample.png.npz"  # outputs are named <input file name>.png / .npz
     for path in (png, npz):
         if not path.is_file() or path.stat().st_size == 0:
             raise CheckError(f"tokenlrp explain did not write {path}")
     if png.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
         raise CheckError(f"{png} is not a PNG")
     with np.load(npz) as arrays:
-        fused = [key for key in arrays.files if key.endswith("_fused")]
+        fused = [key for key in arrays.files if key.startswith("relevance_") and not key.endswith("_per_head")]
         if not fused:
             raise CheckError(f"{npz} holds no fused relevance ({arrays.files})")
         for key in fused:
