@@ -247,8 +247,8 @@ def test_cli_explains_the_real_model_by_name(real, tmp_path, monkeypatch, capsys
     monkeypatch.setenv(onnx_dinov2.CACHE_ENV, str(folder.parent.parent))  # the module's converted folder
     code = main(["explain", str(BUNDLED_CAT), "--model", "dinov2-small", "--rules", "iv", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
-    saved = np.load(tmp_path / "chelsea.npz")
-    assert saved["rule_iv_fused"].shape == (257,) and saved["rule_iv_per_head"].shape == (6, 257)
+    saved = np.load(tmp_path / "chelsea.png.npz")
+    assert saved["relevance_iv"].shape == (257,) and saved["relevance_iv_per_head"].shape == (6, 257)
     manifest = json.loads(str(saved["manifest"]))
     assert (manifest["model"], manifest["model_class"]) == ("dinov2-small", "Dinov2Model")
 
