@@ -521,3 +521,13 @@ def test_json_files_end_with_a_newline(tmp_path, checkpoint, gpt2):
                  "--quiet"]) == 0
     for path in (tmp_path / "a" / "manifest.json", tmp_path / "b" / "manifest.json", tmp_path / "b" / "summary.json"):
         assert path.read_text(encoding="utf-8").endswith("}\n"), path
+
+
+def test_ctrl_c_in_explain_leaves_no_output_and_exits_130(tmp_path, checkpoint, monkeypatch, capsys):
+    images = [picture(tmp_path / "in" / f"{index}.png", seed=index) for index in range(2)]
+    out = tmp_path / "out"
+    _interrupt_on_call(monkeypatch, "relevance_by_rule", 2)
+    assert main(["explain", *map(str, images), "--model", str(checkpoint), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err == "tokenlrp explain: interrupted.\n"
+    assert not out.exists() or not list(out.rglob("*"))
