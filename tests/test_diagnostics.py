@@ -154,19 +154,19 @@ def test_explain_records_the_diagnostics_and_draws_the_photo_at_its_aspect(tmp_p
     wide.paste(sample.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (64, 0))
     wide.save(tmp_path / "wide.png")
     assert main(["explain", str(tmp_path / "wide.png"), "--model", "bundled", "--out", str(tmp_path / "out")]) == 0
-    saved = np.load(tmp_path / "out" / "wide.npz")
+    saved = np.load(tmp_path / "out" / "wide.png.npz")
     loaded = load_model("bundled", "cpu", "float32")
     pixel_values = loaded.processor(images=load_image(tmp_path / "wide.png"), return_tensors="pt")["pixel_values"]
     expected = diagnose(loaded.model, pixel_values).as_arrays()
     for key in ("diagnostics_sinks", "diagnostics_high_norm", "diagnostics_thresholds"):
         np.testing.assert_allclose(saved[key], expected[key], rtol=1e-5, atol=1e-7)
     assert saved["diagnostics_sinks"].shape[0] >= 1  # the bundled model has one (layer 4, head 1) on this photo
-    with Image.open(tmp_path / "out" / "wide.png") as figure:
+    with Image.open(tmp_path / "out" / "wide.png.png") as figure:
         width = figure.size[0]
     square = tmp_path / "square.png"
     sample.save(square)
     assert main(["explain", str(square), "--model", "bundled", "--out", str(tmp_path / "out")]) == 0
-    with Image.open(tmp_path / "out" / "square.png") as figure:
+    with Image.open(tmp_path / "out" / "square.png.png") as figure:
         square_width = figure.size[0]
     assert width > 1.6 * square_width  # the 2:1 photo's panels are twice as wide, not squashed to squares
 
