@@ -468,7 +468,8 @@ def test_every_image_command_writes_one_schema(tmp_path, checkpoint):
     assert main(["explain-dir", str(tmp_path / "in"), "--out", str(tmp_path / "many"), "--quiet", *common]) == 0
     one, many = np.load(tmp_path / "one" / "image_000.png.npz"), np.load(tmp_path / "many" / "image_000.png.npz")
     assert set(many.files) <= set(one.files)
-    assert set(one.files) - set(many.files) == {"relevance_i_per_head", "relevance_iv_per_head"}
+    diagnostics = {"diagnostics_sinks", "diagnostics_high_norm", "diagnostics_thresholds"}  # explain's figure marks
+    assert set(one.files) - set(many.files) == {"relevance_i_per_head", "relevance_iv_per_head", *diagnostics}
     for key in ("relevance_i", "relevance_iv", "grid", "special_tokens", "patch_size", "input_sha256"):
         np.testing.assert_array_equal(one[key], many[key], err_msg=key)
     assert one["relevance_iv"].shape == (17,) and one["relevance_iv_per_head"].shape == (4, 17)
