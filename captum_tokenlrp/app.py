@@ -819,7 +819,7 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
             by_layer = explorer.relevance_by_layer(capture, settings.method, None, settings.start_token)[head]
             label = f"rule ({settings.method}), head {head}"
         selected = by_layer[0]
-        arrays[f"rule_{settings.method}_by_layer"] = by_layer.numpy()
+        arrays[f"relevance_{settings.method}_by_layer"] = by_layer.numpy()
     arrays["selected"] = selected.numpy()
     prediction = None
     predictions = explorer.predictions(capture)
@@ -837,8 +837,9 @@ def render(explorer: Explorer, capture: Capture, settings: ViewSettings, *, figu
         figure_image = capture.results[figure_key]
     for rule in settings.rules:
         fused_rel, head_rel = _fused_and_heads(explorer, capture, rule, settings)
-        arrays[f"rule_{rule}_fused"] = fused_rel.numpy()
-        arrays[f"rule_{rule}_per_head"] = head_rel.numpy()
+        # The keys of the CLI's schema (README, "Every .npz the commands write follows one schema").
+        arrays[f"relevance_{rule}"] = fused_rel.numpy()
+        arrays[f"relevance_{rule}_per_head"] = head_rel.numpy()
 
     original = explorer.original_map(capture, selected)
     percent = _percent_per_pixel_value(capture, float(selected.sum()))

@@ -74,6 +74,22 @@ def test_every_rule_and_mode_equals_the_attribution_on_the_same_input(bundled, s
         torch.testing.assert_close(final, lrp.token_relevance(capture.pixel_values, head_fusion=mode)[0])
 
 
+def test_the_download_follows_the_clis_npz_schema(bundled, samples):
+    """The app's ``.npz`` names its maps as every command does (README: one schema): ``relevance_<rule>`` the
+    map of the chosen head fusion, ``relevance_<rule>_per_head`` each head's, equal to the attribution's."""
+    capture = bundled.capture(sample_image(samples))
+    views = render(bundled, capture, ViewSettings(method="iv", rules=("i", "iv")))
+    lrp = {rule: TokenRelevanceLRP(bundled.loaded.model, rule=rule) for rule in ("i", "iv")}
+    for rule in ("i", "iv"):
+        np.testing.assert_allclose(
+            views.arrays[f"relevance_{rule}"], lrp[rule].token_relevance(capture.pixel_values)[0], atol=1e-6
+        )
+        per_head = lrp[rule].token_relevance(capture.pixel_values, head_fusion=None)[0]
+        np.testing.assert_allclose(views.arrays[f"relevance_{rule}_per_head"], per_head, atol=1e-6)
+    assert views.arrays["relevance_iv_by_layer"].shape[0] == bundled.num_layers + 1
+    assert not [key for key in views.arrays if key.startswith("rule_")]
+
+
 def test_a_start_token_on_a_backbone_is_the_one_hot_start(backbone, samples):
     capture = backbone.capture(sample_image(samples, 2))
     lrp = TokenRelevanceLRP(backbone.loaded.model, rule="iii")
