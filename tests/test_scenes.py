@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +42,21 @@ def test_shapes_stream_is_unchanged(seed, clutter):
     images, masks, labels = generate_shapes(64, seed, 64, clutter=clutter)
     digest = hashlib.sha256(images.tobytes() + masks.tobytes() + labels.tobytes()).hexdigest()
     assert digest == SHAPES_STREAM_SHA256[seed, clutter]
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", "Prescott"])
+def test_shapes_stream_does_not_depend_on_the_blas_kernel(coretype):
+    """The stream is the same whichever BLAS kernel the processor gets (``OPENBLAS_CORETYPE``): on a Haswell
+    kernel ``np.linalg.norm`` rounded differently and the seed-3 stream changed."""
+    code = (
+        "import hashlib; from captum_tokenlrp.data.shapes import generate_shapes\n"
+        "for seed, clutter in ((0, 1.0), (3, 0.5)):\n"
+        "    images, masks, labels = generate_shapes(64, seed, 64, clutter=clutter)\n"
+        "    print(hashlib.sha256(images.tobytes() + masks.tobytes() + labels.tobytes()).hexdigest())\n"
+    )
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [SHAPES_STREAM_SHA256[0, 1.0], SHAPES_STREAM_SHA256[3, 0.5]]
 
 
 def test_deterministic_and_addressable(scenes):

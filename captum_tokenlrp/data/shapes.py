@@ -10,6 +10,8 @@ regenerated exactly, and held-out sets use seeds disjoint from training.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -82,15 +84,28 @@ def _placed_mask(
     return _object_mask(label, u, v, radius)
 
 
+def _length(vector: np.ndarray) -> float:
+    """Euclidean length of a colour vector, the same on every machine.
+
+    ``np.linalg.norm`` goes through BLAS, whose kernels (chosen per processor, ``OPENBLAS_CORETYPE``) sum
+    and round differently (fused multiply-adds, lane order): a last-bit difference can flip which of two
+    colours is painted, so the data stream the bundled models were trained on depended on the host (a Haswell
+    kernel gave another seed-3 stream). Plain float arithmetic in one fixed order is IEEE-exact everywhere;
+    this order, ``(x^2 + z^2) + y^2``, is OpenBLAS's generic two-lane kernel's, and gives the recorded streams.
+    """
+    x, y, z = vector.tolist()
+    return math.sqrt((x * x + z * z) + y * y)
+
+
 def _paint_contrasting(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
     """Paint ``mask`` of ``image`` (in place) in one colour that stands out from what is under it."""
     under = image[mask].mean(axis=0) if mask.any() else image.mean(axis=(0, 1))
     direction = rng.normal(size=3)
-    step = rng.uniform(0.35, 0.6) * direction / np.linalg.norm(direction)
+    step = rng.uniform(0.35, 0.6) * direction / _length(direction)
     # Clipping to [0, 1] can eat the step (a light object on a light background); of the
     # two opposite steps, take the one that keeps more of it.
     candidates = np.clip(under + step, 0, 1), np.clip(under - step, 0, 1)
-    colour = max(candidates, key=lambda candidate: float(np.linalg.norm(candidate - under)))
+    colour = max(candidates, key=lambda candidate: _length(candidate - under))
     image[mask] = colour
 
 
