@@ -123,6 +123,7 @@ def test_overlay_and_method_comparison_figures(tmp_path, tiny_model, tiny_images
     figure = plot_method_comparison(tiny_images[0], maps, panel_size=2.0)
     assert len(figure.axes) == 4 + 3  # image and 3 methods, one colour bar per method (scale="panel")
     figure.savefig(tmp_path / "methods.png", dpi=100)
-    assert nonblank(tmp_path / "methods.png").shape[:2] == (230, 980)  # + 0.3 in note; + 3 x 0.6 in colour bars
+    # + 2 x 0.3 in for the two note lines (colour scale, what the image column shows); + 3 x 0.6 in colour bars
+    assert nonblank(tmp_path / "methods.png").shape[:2] == (260, 980)
     with pytest.raises(ValueError, match="interpolation"):
         plot_overlay(tiny_images[0], grid, interpolation="cubic")
