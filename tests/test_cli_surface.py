@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import transformers
 from conftest import seeded, tiny_config
 from PIL import Image
 from test_cli import save_checkpoint, write_images
@@ -30,6 +31,8 @@ from captum_tokenlrp.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the package under test is imported from: child processes import the same one.
 PACKAGE_ROOT = Path(captum_tokenlrp.__file__).resolve().parents[1]
+#: transformers 5 reports loads in one table; 4.x in free-text warnings.
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
 @pytest.fixture
@@ -422,7 +425,10 @@ def test_loading_is_quiet_unless_verbose(tmp_path, mae_checkpoint):
     run = ["explain", "--model", str(mae_checkpoint), "--out", str(tmp_path / "out"), "--rules", "iv"]
     assert cli_stderr(*run) == ""
     err = cli_stderr(*run, "--verbose")
-    assert err.count("UNEXPECTED |") == 24 and "Loading weights" in err
+    if TRANSFORMERS_5:  # a load report of 24 UNEXPECTED rows (the decoder) and the "Loading weights" bar
+        assert err.count("UNEXPECTED |") == 24 and "Loading weights" in err
+    else:  # 4.x ignores the decoder's keys by itself and has no bar; its notes (the slow processor) still show
+        assert "use_fast" in err
 
 
 def test_quiet_loading_is_scoped(tmp_path, mae_checkpoint):
@@ -446,9 +452,13 @@ def test_weights_missing_from_a_checkpoint_are_still_said_in_one_line(tmp_path):
     err = cli_stderr("explain", "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--rules", "iv")
     assert "left at their random initial values; rerun with --verbose for the list" in err
     assert len(err.strip().splitlines()) == 1
-    assert "layernorm.weight | MISSING" in cli_stderr(
+    verbose = cli_stderr(
         "explain", "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--rules", "iv", "--verbose"
     )
+    if TRANSFORMERS_5:
+        assert "layernorm.weight | MISSING" in verbose
+    else:
+        assert "newly initialized: ['layernorm.weight']" in verbose
 
 
 def test_rules_are_a_set_for_resuming(tmp_path, checkpoint, capsys):
@@ -491,6 +501,7 @@ def test_both_text_commands_write_one_schema(tmp_path, gpt2):
         np.testing.assert_allclose(one[key], many[key], atol=1e-6) if key.startswith("relevance") else (
             np.testing.assert_array_equal(one[key], many[key])
         )
+
 
 
 def test_the_readme_table_names_every_key_the_commands_write(tmp_path, checkpoint, gpt2):

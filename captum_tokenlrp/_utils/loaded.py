@@ -38,7 +38,10 @@ class _LoadNoise(logging.Filter):
         if record.levelno >= logging.ERROR:
             return True
         message = record.getMessage()
-        if "LOAD REPORT" in message and "MISSING" in message:
+        # transformers 5 writes one load report with a MISSING column; 4.x says "Some weights of X were not
+        # initialized from the model checkpoint ... newly initialized".
+        missing = ("LOAD REPORT" in message and "MISSING" in message) or "newly initialized" in message
+        if missing:
             record.msg = (
                 "some weights of the model are not in its checkpoint and were left at their random initial "
                 "values; rerun with --verbose for the list."
