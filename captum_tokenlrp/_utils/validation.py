@@ -256,8 +256,8 @@ def _check_prompt_ids(prompts: TextPrompts, adapter: ModelAdapter) -> None:
             f"tokenizer(texts, padding=True, truncation=True, max_length={limit}, return_tensors='pt'), or pass "
             "the prompt strings (they are truncated, with a warning)."
         )
-    if vocabulary is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+    if vocabulary is not None and (found := _outside(ids, vocabulary)) is not None:
+        bad = found[0] if found[0] < 0 else found[1]
         raise ValueError(
             f"Prompt token id {bad} is outside the text tower's vocabulary [0, {vocabulary}) "
             "(text_config.vocab_size): tokenize the prompts with the model's own tokenizer."
@@ -343,6 +343,14 @@ def one_prompt(target: object, adapter: ModelAdapter, tokenizer: Any, caller: st
     return prompts
 
 
+def _outside(ids: Tensor, size: int) -> tuple[int, int] | None:
+    """``(smallest, largest)`` of ``ids`` when one of them falls outside an embedding table ``[0, size)``, else None."""
+    if not ids.numel():
+        return None
+    low, high = int(ids.min()), int(ids.max())
+    return (low, high) if low < 0 or high >= size else None
+
+
 def _embedding(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Embedding | None:
     """The model's first ``nn.Embedding`` whose attribute name is one of ``names``, or None."""
     for path, module in model.named_modules():
@@ -371,23 +379,21 @@ def check_token_ids(input_ids: Tensor, named: Mapping[str, Any], model: torch.nn
     name = type(model).__name__
     embeddings = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
     vocabulary = getattr(embeddings, "num_embeddings", None)
-    if isinstance(vocabulary, int) and input_ids.numel():
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocabulary:
-            bad = low if low < 0 else high
-            row, column = (input_ids == bad).nonzero()[0].tolist()
-            raise ValueError(
-                f"input_ids[{row}, {column}] is token id {bad}, outside {name}'s vocabulary [0, {vocabulary}). "
-                "Tokenize the text with the model's own tokenizer (AutoTokenizer.from_pretrained of the same "
-                "checkpoint)."
-            )
+    if isinstance(vocabulary, int) and (found := _outside(input_ids, vocabulary)) is not None:
+        bad = found[0] if found[0] < 0 else found[1]
+        row, column = (input_ids == bad).nonzero()[0].tolist()
+        raise ValueError(
+            f"input_ids[{row}, {column}] is token id {bad}, outside {name}'s vocabulary [0, {vocabulary}). "
+            "Tokenize the text with the model's own tokenizer (AutoTokenizer.from_pretrained of the same "
+            "checkpoint)."
+        )
     positions = _embedding(model, ("position_embeddings", "wpe"))
     position_ids = named.get("position_ids")
     if positions is not None and isinstance(position_ids, Tensor) and position_ids.numel():
-        if int(position_ids.min()) < 0 or int(position_ids.max()) >= positions.num_embeddings:
+        if (found := _outside(position_ids, positions.num_embeddings)) is not None:
             raise ValueError(
                 f"position_ids must lie in [0, {positions.num_embeddings}) ({name}'s position table), got values "
-                f"from {int(position_ids.min())} to {int(position_ids.max())}."
+                f"from {found[0]} to {found[1]}."
             )
     elif (limit := text_length_limit(model)) is not None and input_ids.shape[-1] > limit:
         raise ValueError(
@@ -398,11 +404,11 @@ def check_token_ids(input_ids: Tensor, named: Mapping[str, Any], model: torch.nn
         )
     types = _embedding(model, ("token_type_embeddings",))
     token_type_ids = named.get("token_type_ids")
-    if types is not None and isinstance(token_type_ids, Tensor) and token_type_ids.numel():
-        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= types.num_embeddings:
+    if types is not None and isinstance(token_type_ids, Tensor):
+        if (found := _outside(token_type_ids, types.num_embeddings)) is not None:
             raise ValueError(
                 f"token_type_ids must lie in [0, {types.num_embeddings}) ({name} knows {types.num_embeddings} "
-                f"segment types), got values from {int(token_type_ids.min())} to {int(token_type_ids.max())}."
+                f"segment types), got values from {found[0]} to {found[1]}."
             )
 
 
