@@ -528,11 +528,13 @@ def test_clear_errors_for_bad_options():
     with pytest.raises(TypeError, match="layer must be an int"):
         TextRawAttention(classifier, layer="last")
     with pytest.raises(ValueError, match="head_fusion must be one of"):
-        TextRawAttention(classifier).token_relevance(encoded, head_fusion="max")
+        TextRawAttention(classifier).token_relevance(encoded, head_fusion="median")
+    with pytest.raises(ValueError, match="threshold keeps the image patches"):
+        TextRawAttention(classifier).token_relevance(encoded, threshold=0.5)
     with pytest.raises(ValueError, match="head_fusion=None"):
         TextRawAttention(classifier).attribute(encoded, head_fusion=None)
     with pytest.raises(TypeError, match="unexpected option"):
-        TextAttentionRollout(classifier).token_relevance(encoded, head_fusion="mean")
+        TextAttentionRollout(classifier).token_relevance(encoded, start_layer=1)
     gae = TextGenericAttentionExplainability(classifier)
     with pytest.raises(ValueError, match="pooling applies to models without a head"):
         gae.token_relevance(encoded, pooling="mean")

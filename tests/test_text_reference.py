@@ -133,8 +133,9 @@ def test_real_minilm_weights_match_the_reference():
     by_mean = lrp.token_relevance_by_rule(encoded, RULES, initial_relevance="mean")
     for rule in RULES:
         for head_fusion in ("mean", None):
-            expected = reference_text_relevance(layers, mask.bool(), default_start("bert", mask), rule,
-                                                head_fusion or "per_head")
+            expected = reference_text_relevance(
+                layers, mask.bool(), default_start("bert", mask), rule, head_fusion or "per_head"
+            )
             torch.testing.assert_close(results[rule][head_fusion].double(), expected, atol=2e-6, rtol=1e-4)
         expected = reference_text_relevance(layers, mask.bool(), mean_start, rule)
         torch.testing.assert_close(by_mean[rule]["mean"].double(), expected, atol=2e-6, rtol=1e-4)
@@ -174,8 +175,9 @@ def test_targets_named_starts_and_initial_relevance():
     expected = 0.5 * lrp.token_relevance(ids, target=1) + 0.5 * lrp.token_relevance(ids, target=4)
     torch.testing.assert_close(lrp.token_relevance(ids, initial_relevance=vector), expected, atol=1e-6, rtol=1e-5)
     mean = lrp.token_relevance(ids, initial_relevance="mean")
-    torch.testing.assert_close(mean, sum(lrp.token_relevance(ids, target=t) for t in range(6)) / 6, atol=1e-6,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        mean, sum(lrp.token_relevance(ids, target=t) for t in range(6)) / 6, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_attribute_is_captum_shaped_with_a_zero_convergence_delta():
@@ -218,8 +220,11 @@ def test_the_model_is_unchanged_also_when_a_rule_fails(name):
     mask[0, 4:] = 0
     with torch.no_grad():
         model.eval()
-        before_output = model(ids, attention_mask=mask).last_hidden_state if name == "bert" else model(
-            ids, attention_mask=mask, use_cache=False).logits
+        before_output = (
+            model(ids, attention_mask=mask).last_hidden_state
+            if name == "bert"
+            else model(ids, attention_mask=mask, use_cache=False).logits
+        )
         model.train()
     state = _state(model)
     masks = set(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping)
@@ -234,8 +239,11 @@ def test_the_model_is_unchanged_also_when_a_rule_fails(name):
     assert set(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping) == masks and set(ALL_ATTENTION_FUNCTIONS) == functions
     with torch.no_grad():
         model.eval()
-        again = model(ids, attention_mask=mask).last_hidden_state if name == "bert" else model(
-            ids, attention_mask=mask, use_cache=False).logits
+        again = (
+            model(ids, attention_mask=mask).last_hidden_state
+            if name == "bert"
+            else model(ids, attention_mask=mask, use_cache=False).logits
+        )
     assert torch.equal(before_output, again)
 
 
@@ -262,15 +270,24 @@ def test_the_forward_inside_the_call_is_the_models_own():
     [
         (lambda lrp, ids: lrp.token_relevance(ids.float()), TypeError, "integer tensor"),
         (lambda lrp, ids: lrp.token_relevance(ids[0]), ValueError, r"input_ids\[None\]"),
-        (lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"attention_mask": ids[:, :3]}),
-         ValueError, "shape of input_ids"),
-        (lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"attention_mask": ids * 0}),
-         ValueError, "all padding"),
+        (
+            lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"attention_mask": ids[:, :3]}),
+            ValueError,
+            "shape of input_ids",
+        ),
+        (
+            lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"attention_mask": ids * 0}),
+            ValueError,
+            "all padding",
+        ),
         (lambda lrp, ids: lrp.token_relevance(ids, target=9), ValueError, "token position"),
         (lambda lrp, ids: lrp.token_relevance({"attention_mask": ids}), ValueError, "input_ids"),
         (lambda lrp, ids: lrp.token_relevance(ids, initial_relevance="cls"), ValueError, "first"),
-        (lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"head_mask": torch.ones(2, 4)}),
-         ValueError, "head_mask"),
+        (
+            lambda lrp, ids: lrp.token_relevance(ids, additional_forward_args={"head_mask": torch.ones(2, 4)}),
+            ValueError,
+            "head_mask",
+        ),
         (lambda lrp, ids: lrp.token_relevance(ids, head_fusion="median"), ValueError, "head_fusion"),
         (lambda lrp, ids: lrp.attribute(ids, head_fusion=None), ValueError, "one map per input"),
         (lambda lrp, ids: lrp.token_relevance(ids, foo=1), TypeError, "unexpected keyword"),
@@ -292,11 +309,36 @@ def test_padding_as_target_is_refused_and_unsupported_models_are_named():
         TextTokenRelevanceLRP(torch.nn.Linear(2, 2))
 
 
-def test_the_image_class_points_text_models_to_the_text_class():
+def test_the_one_class_explains_text_models_and_the_text_name_refuses_images():
+    """One stack: TokenRelevanceLRP(text model) is the text LRP (the modality picks the inputs);
+    TextTokenRelevanceLRP stays as a name and points a vision model to the one class."""
+    from transformers import ViTConfig, ViTModel
+
     from captum_tokenlrp import TokenRelevanceLRP
 
-    with pytest.raises(TypeError, match="TextTokenRelevanceLRP"):
-        TokenRelevanceLRP(build_text_model("distilbert"))
+    model = build_text_model("distilbert")
+    ids = token_ids(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    layers = eager_attention_and_values(model, ids, attention_mask=mask)
+    expected = reference_text_relevance(layers, mask.bool(), default_start("distilbert", mask.bool()), "iv")
+    ours = TokenRelevanceLRP(model).token_relevance(ids, additional_forward_args={"attention_mask": mask})
+    torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        TextTokenRelevanceLRP(model).token_relevance(ids, additional_forward_args={"attention_mask": mask}), ours
+    )
+    assert TokenRelevanceLRP(model).modality == "text"
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=16,
+        )
+    )
+    with pytest.raises(TypeError, match=r"ViTModel is a vision Transformer.*TokenRelevanceLRP"):
+        TextTokenRelevanceLRP(vit)
 
 
 def test_token_type_ids_pass_through():

@@ -1,17 +1,20 @@
 """What the propagation needs to know about a model, independent of its architecture.
 
 An adapter finds each layer's self-attention (its query, key and value
-projections, head count and scaling) and the token layout (which token
-indices are special, which are image patches, on what grid). Adding an
-architecture is one small subclass of :class:`ModelAdapter` registered with
-:func:`register_adapter`.
+projections, head count and scaling) and, for a vision model, the token layout
+(which token indices are special, which are image patches, on what grid).
+Adding an architecture is one small subclass of :class:`ModelAdapter`
+registered with :func:`register_adapter`. There is one registry for images and
+text: an adapter's :attr:`ModelAdapter.modality` (``"image"`` or ``"text"``)
+says which inputs its model takes, and :func:`adapter_for` serves both (the
+text adapters are :class:`~captum_tokenlrp.TextModelAdapter` subclasses).
 """
 
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
@@ -64,8 +67,25 @@ class AttentionSite:
     score_bias: tuple[nn.Module, ...] = ()
 
 
+#: The kinds of input an adapter's model takes (:attr:`ModelAdapter.modality`).
+MODALITIES = ("image", "text")
+#: What an image adapter must implement (abstract in spirit; checked by :func:`register_adapter` and on
+#: construction, since a text adapter, the other modality, has no pixels and does not implement them).
+IMAGE_METHODS = ("token_layout", "num_channels", "image_size")
+
+
 class ModelAdapter(ABC):
-    """Architecture-specific knowledge, behind one small interface."""
+    """Architecture-specific knowledge, behind one small interface.
+
+    Every adapter says where the model's attention layers are (:meth:`attention_sites`,
+    :meth:`transformer_blocks`), whether it is a classifier (:attr:`num_labels`) and which
+    inputs it takes (:attr:`modality`). An image adapter (the default modality) also gives the
+    token layout of an image size (:meth:`token_layout`, :attr:`num_channels`, :attr:`image_size`);
+    a text adapter (:class:`~captum_tokenlrp.TextModelAdapter`) says which token the output reads.
+    """
+
+    #: ``"image"`` (``pixel_values`` in) or ``"text"`` (token ids in): which input kind explains the model.
+    modality: ClassVar[str] = "image"
 
     #: Names of the supported classes, for error messages.
     supported_class_names: ClassVar[tuple[str, ...]] = ()
@@ -93,6 +113,12 @@ class ModelAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
+        missing = missing_image_methods(type(self))
+        if missing:
+            raise TypeError(
+                f"Can't instantiate image adapter {type(self).__name__} without an implementation of "
+                f"{', '.join(missing)} (an image adapter gives the token layout of its inputs)."
+            )
         self.model = model
         #: The headless model (``model`` itself unless it is a task model around one).
         self.backbone: nn.Module = model
@@ -131,19 +157,19 @@ class ModelAdapter(ABC):
         """The Transformer blocks (attention + MLP), input side first; each outputs the tokens
         `(batch_size, num_tokens, hidden_size)` (possibly as the first item of a tuple)."""
 
-    @abstractmethod
     def token_layout(self, height: int, width: int) -> TokenLayout:
-        """The token layout for an input image of ``height`` x ``width`` pixels."""
+        """The token layout for an input image of ``height`` x ``width`` pixels (image adapters)."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.modality} model) has no image token layout.")
 
     @property
-    @abstractmethod
     def num_channels(self) -> int:
-        """Channels the model expects in ``pixel_values``."""
+        """Channels the model expects in ``pixel_values`` (image adapters)."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.modality} model) takes no pixel_values.")
 
     @property
-    @abstractmethod
     def image_size(self) -> tuple[int, int]:
-        """The size the position embeddings were trained for, `(height, width)`."""
+        """The size the position embeddings were trained for, `(height, width)` (image adapters)."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.modality} model) takes no images.")
 
     def classifier_start(self, layout: TokenLayout) -> Tensor:
         """The start relevance `(num_tokens,)` of a classifier: the tokens its head reads (CLS by default)."""
@@ -186,8 +212,9 @@ class ModelAdapter(ABC):
         tokens = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         return tokens[:, 0]
 
-    def forward_kwargs(self, pixel_values: Tensor) -> dict[str, object]:
-        """Extra keyword arguments the explanation passes to the model's forward (none by default)."""
+    def forward_kwargs(self, inputs: Tensor | None = None) -> dict[str, object]:
+        """Extra keyword arguments the explanation passes to the model's forward for ``inputs`` (its
+        ``pixel_values`` or token ids; none by default)."""
         return {}
 
     @property
@@ -201,42 +228,71 @@ class ModelAdapter(ABC):
         return self.num_labels is not None
 
 
+def missing_image_methods(adapter: type[ModelAdapter]) -> list[str]:
+    """The :data:`IMAGE_METHODS` an image adapter class leaves to the base (none for a text adapter)."""
+    if adapter.modality != "image":
+        return []
+    return [name for name in IMAGE_METHODS if getattr(adapter, name) is getattr(ModelAdapter, name)]
+
+
 _ADAPTERS: list[type[ModelAdapter]] = []
-#: ``(model) -> message or None``, one per other adapter registry (the text one): for a model that one handles,
-#: the error :func:`adapter_for` raises, naming the class that explains it. The other registry adds its check when
-#: imported, so that it imports this module and not the other way round.
-_OTHER_REGISTRIES: list[Callable[[nn.Module], str | None]] = []
+
+
+def _check_modality(modality: str | None) -> None:
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES} or None (all), got {modality!r}.")
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
-    """Register an adapter class (usable as a decorator); later ones take precedence."""
+    """Register an adapter class, image or text (usable as a decorator); later ones take precedence."""
     if not (isinstance(adapter, type) and issubclass(adapter, ModelAdapter)):
         raise TypeError(f"register_adapter expects a ModelAdapter subclass, got {adapter!r}.")
+    if adapter.modality not in MODALITIES:
+        raise ValueError(f"{adapter.__name__}.modality must be one of {MODALITIES}, got {adapter.modality!r}.")
+    missing = missing_image_methods(adapter)
+    if missing:
+        raise TypeError(
+            f"{adapter.__name__} is an image adapter (modality 'image') but does not implement {', '.join(missing)}: "
+            "an image adapter gives the token layout of its inputs."
+        )
     _ADAPTERS.insert(0, adapter)
     return adapter
 
 
-def supported_model_classes() -> Sequence[str]:
-    """Names of every model class some registered adapter handles."""
-    return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.supported_class_names)
+def registered_adapters(modality: str | None = None) -> tuple[type[ModelAdapter], ...]:
+    """Every registered adapter class of ``modality`` (None: all), in registration order."""
+    _check_modality(modality)
+    return tuple(adapter for adapter in reversed(_ADAPTERS) if modality in (None, adapter.modality))
 
 
-def registered_adapters() -> tuple[type[ModelAdapter], ...]:
-    """Every registered adapter class, in registration order (a method asks them for its capability)."""
-    return tuple(reversed(_ADAPTERS))
+def supported_model_classes(modality: str | None = None) -> Sequence[str]:
+    """Names of every model class some registered adapter handles; ``modality`` ``"image"`` or ``"text"``
+    keeps that kind only."""
+    return tuple(name for adapter in registered_adapters(modality) for name in adapter.supported_class_names)
 
 
-def adapter_class_for_model_type(model_type: str) -> type[ModelAdapter] | None:
-    """The registered adapter that explains checkpoints of ``config.model_type``, if any."""
+def adapter_class_for_model_type(model_type: str, modality: str | None = None) -> type[ModelAdapter] | None:
+    """The registered adapter (of ``modality``, if given) that explains checkpoints of ``config.model_type``."""
+    _check_modality(modality)
     for adapter in _ADAPTERS:
-        if model_type in adapter.model_types:
+        if model_type in adapter.model_types and modality in (None, adapter.modality):
             return adapter
     return None
 
 
-def supported_model_types() -> Sequence[str]:
-    """``config.model_type`` values some registered adapter can load and explain."""
-    return tuple(name for adapter in reversed(_ADAPTERS) for name in adapter.model_types)
+def supported_model_types(modality: str | None = None) -> Sequence[str]:
+    """``config.model_type`` values some registered adapter (of ``modality``, if given) can load and explain."""
+    return tuple(name for adapter in registered_adapters(modality) for name in adapter.model_types)
+
+
+def adapter_class(model: object, modality: str | None = None) -> type[ModelAdapter] | None:
+    """The registered adapter class (of ``modality``, if given) that handles ``model``, if any."""
+    _check_modality(modality)
+    if not isinstance(model, nn.Module):
+        return None
+    return next(
+        (adapter for adapter in _ADAPTERS if modality in (None, adapter.modality) and adapter.handles(model)), None
+    )
 
 
 def unwrap_model(model: object) -> object:
@@ -252,8 +308,10 @@ def unwrap_model(model: object) -> object:
             inner, how = model.module, ".module"
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
             inner, how = model._orig_mod, "._orig_mod"
-        elif not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module) and hasattr(
-            model, "task"
+        elif (
+            not isinstance(model, nn.Module)
+            and isinstance(getattr(model, "model", None), nn.Module)
+            and hasattr(model, "task")
         ):  # a transformers Pipeline
             inner, how = model.model, ".model"
         else:
@@ -271,26 +329,37 @@ def unwrap_model(model: object) -> object:
     return model
 
 
-def adapter_for(model: object) -> ModelAdapter:
-    """The adapter for ``model`` (after :func:`unwrap_model`).
+#: How the error of :func:`adapter_for` names the models of each modality.
+_KIND = {"image": "vision", "text": "text"}
+
+
+def adapter_for(model: object, modality: str | None = None) -> ModelAdapter:
+    """The adapter for ``model`` (after :func:`unwrap_model`), of ``modality`` if given.
 
     Raises
     ------
     TypeError
-        If ``model`` is not an ``nn.Module`` or no adapter handles its class.
+        If ``model`` is not an ``nn.Module``, or no adapter (of ``modality``) handles its class; a
+        model of the other modality is named as such.
     """
+    _check_modality(modality)
     model = unwrap_model(model)
+    what = f"HuggingFace {_KIND[modality]} Transformer" if modality else "HuggingFace Transformer"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected a HuggingFace vision Transformer (torch.nn.Module), got {type(model).__name__}.")
-    for adapter in _ADAPTERS:
-        if adapter.handles(model):
-            return adapter(model)
-    for explained_elsewhere in _OTHER_REGISTRIES:
-        message = explained_elsewhere(model)
-        if message is not None:
-            raise TypeError(message)
+        raise TypeError(f"Expected a {what} (torch.nn.Module), got {type(model).__name__}.")
+    adapter = adapter_class(model, modality)
+    if adapter is not None:
+        return adapter(model)
+    other = adapter_class(model)
+    if other is not None:  # a model of the other modality
+        raise TypeError(
+            f"{type(model).__name__} is a {_KIND[other.modality]} Transformer, and this method explains "
+            f"{_KIND[modality]} Transformers only ({', '.join(supported_model_classes(modality))}); "
+            "TokenRelevanceLRP, RawAttention and AttentionRollout explain both."
+        )
     raise TypeError(
         f"Unsupported model class {type(model).__name__}. Supported: "
-        f"{', '.join(supported_model_classes())}. Other architectures need an adapter "
-        "(a ModelAdapter subclass registered with register_adapter)."
+        f"{', '.join(supported_model_classes(modality))}. Other architectures need an adapter "
+        "(a ModelAdapter subclass, or a TextModelAdapter for text models, registered with register_adapter); "
+        "TokenRelevanceLRP explains vision and text Transformers alike."
     )

@@ -3,8 +3,10 @@
 A text adapter says where each layer's attention module is (the module whose attention call
 transformers routes through its attention registry: there the query and key arrive after the
 rotary position embedding, per head, and the key and value with their own, possibly fewer, heads),
-which token the model's output reads, and what its forward needs. Text adapters live in their own
-registry (:func:`register_text_adapter`): their inputs are token ids, not pixels.
+which token the model's output reads, and what its forward needs. Text adapters are
+:class:`~captum_tokenlrp.ModelAdapter` subclasses of modality ``"text"`` (their inputs are token
+ids, not pixels) in the one adapter registry (:func:`register_text_adapter` is
+:func:`~captum_tokenlrp.register_adapter` with a check that the class is a text adapter).
 
 Encoders (``BertModel``, ``RobertaModel``, ``DistilBertModel`` and their sequence classifiers) are
 bidirectional with a padding mask; the output is read at the first token (``[CLS]`` / ``<s>``).
@@ -15,23 +17,29 @@ the prediction is read at the last real token.
 from __future__ import annotations
 
 import importlib
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .base import _OTHER_REGISTRIES, AttentionSite, unwrap_model
+from .base import (
+    AttentionSite,
+    ModelAdapter,
+    adapter_class,
+    adapter_class_for_model_type,
+    adapter_for,
+    register_adapter,
+    supported_model_classes,
+)
 
 
-class TextModelAdapter(ABC):
-    """Architecture-specific knowledge about a text Transformer, behind one small interface."""
+class TextModelAdapter(ModelAdapter):
+    """Architecture-specific knowledge about a text Transformer: a :class:`~captum_tokenlrp.ModelAdapter`
+    of modality ``"text"`` (token ids in; no pixels, so none of the image adapter's token layout)."""
 
-    #: Names of the supported classes, for error messages.
-    supported_class_names: ClassVar[tuple[str, ...]] = ()
-    #: ``config.model_type`` values of the checkpoints this adapter explains.
-    model_types: ClassVar[tuple[str, ...]] = ()
+    modality: ClassVar[str] = "text"
     #: Causal (decoder) attention: the prediction at a position reads that token and the ones before it.
     is_decoder: ClassVar[bool] = False
     #: Whether the attention can only be observed through transformers' attention registry (rotary
@@ -46,10 +54,10 @@ class TextModelAdapter(ABC):
     )
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        super().__init__(model)
         self.config = model.config
         #: The headless model (``model.base_model``: ``model`` itself for a base model).
-        self.backbone: nn.Module = getattr(model, "base_model", model)
+        self.backbone = getattr(model, "base_model", model)
         self._check_config()
 
     # ------------------------------------------------------------- classes
@@ -60,15 +68,12 @@ class TextModelAdapter(ABC):
 
     @classmethod
     def available_model_classes(cls) -> tuple[type, ...]:
+        """:meth:`model_classes`, or none where this transformers release lacks the family (a missing
+        name in ``transformers`` is an AttributeError here, not an ImportError)."""
         try:
             return cls.model_classes()
         except (ImportError, AttributeError):
             return ()
-
-    @classmethod
-    def handles(cls, model: nn.Module) -> bool:
-        classes = cls.available_model_classes()
-        return bool(classes) and isinstance(model, classes)
 
     def _check_config(self) -> None:
         """Refuse configurations whose attention this adapter cannot reproduce (none by default)."""
@@ -111,7 +116,7 @@ class TextModelAdapter(ABC):
         position = last_real_token(token_mask) if self.is_decoder else first_real_token(token_mask)
         return start.scatter_(1, position[:, None], 1.0)
 
-    def forward_kwargs(self) -> dict[str, object]:
+    def forward_kwargs(self, inputs: Tensor | None = None) -> dict[str, object]:
         """Keyword arguments the explanation passes to the forward (decoders: no key/value cache)."""
         return {"use_cache": False} if self.is_decoder else {}
 
@@ -136,66 +141,38 @@ def _merge(first: nn.Module, second: nn.Module) -> tuple[nn.Module, ...]:
     return (first,) if first is second else (first, second)
 
 
-_TEXT_ADAPTERS: list[type[TextModelAdapter]] = []
-
-
 def register_text_adapter(adapter: type[TextModelAdapter]) -> type[TextModelAdapter]:
-    """Register a text adapter class (usable as a decorator); later ones take precedence."""
+    """Register a text adapter class (usable as a decorator): :func:`~captum_tokenlrp.register_adapter` for a
+    :class:`TextModelAdapter` subclass (later ones take precedence, one registry for images and text)."""
     if not (isinstance(adapter, type) and issubclass(adapter, TextModelAdapter)):
         raise TypeError(f"register_text_adapter expects a TextModelAdapter subclass, got {adapter!r}.")
-    _TEXT_ADAPTERS.insert(0, adapter)
-    return adapter
+    return register_adapter(adapter)
 
 
 def supported_text_model_classes() -> tuple[str, ...]:
-    """Names of every text model class some registered text adapter handles."""
-    return tuple(name for adapter in reversed(_TEXT_ADAPTERS) for name in adapter.supported_class_names)
+    """Names of every text model class some registered text adapter handles (``supported_model_classes("text")``)."""
+    return tuple(supported_model_classes("text"))
 
 
 def text_adapter_class(model: object) -> type[TextModelAdapter] | None:
     """The registered text adapter class that handles ``model``, if any."""
-    if not isinstance(model, nn.Module):
-        return None
-    return next((adapter for adapter in _TEXT_ADAPTERS if adapter.handles(model)), None)
-
-
-def _explained_by_text_classes(model: nn.Module) -> str | None:
-    """:func:`~captum_tokenlrp._adapters.base.adapter_for`'s error for a model this registry handles."""
-    if text_adapter_class(model) is None:
-        return None
-    return (
-        f"{type(model).__name__} is a text Transformer: explain it with captum_tokenlrp.TextTokenRelevanceLRP "
-        "(token ids as inputs); TokenRelevanceLRP explains vision Transformers."
-    )
-
-
-_OTHER_REGISTRIES.append(_explained_by_text_classes)
+    return adapter_class(model, "text")
 
 
 def text_adapter_for_model_type(model_type: str) -> type[TextModelAdapter] | None:
     """The text adapter that explains checkpoints of ``config.model_type``, if any."""
-    return next((adapter for adapter in _TEXT_ADAPTERS if model_type in adapter.model_types), None)
+    return adapter_class_for_model_type(model_type, "text")
 
 
 def text_adapter_for(model: object) -> TextModelAdapter:
-    """The text adapter for ``model``.
+    """The text adapter for ``model`` (:func:`~captum_tokenlrp._adapters.base.adapter_for` of modality "text").
 
     Raises
     ------
     TypeError
         If ``model`` is not an ``nn.Module`` or no text adapter handles its class.
     """
-    model = unwrap_model(model)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected a HuggingFace text Transformer (torch.nn.Module), got {type(model).__name__}.")
-    adapter = text_adapter_class(model)
-    if adapter is None:
-        raise TypeError(
-            f"Unsupported text model class {type(model).__name__}. Supported: "
-            f"{', '.join(supported_text_model_classes())}. Vision models are explained by TokenRelevanceLRP; "
-            "other text architectures need a TextModelAdapter registered with register_text_adapter."
-        )
-    return adapter(model)
+    return adapter_for(model, "text")
 
 
 # --------------------------------------------------------------------------- encoders

@@ -1,11 +1,15 @@
-"""What every token attribution in this package shares: input handling, the model pass, pixel maps."""
+"""What every token attribution in this package shares: input handling, the model pass, the outputs.
+
+One template for images and text: :class:`TokenAttribution` runs the verbs, and the adapter's
+modality picks the input kind (:mod:`.inputs`: how inputs are prepared, where relevance starts and
+what ``attribute`` returns).
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -15,35 +19,29 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite, TokenLayout, adapter_for
-from .._utils.geometry import patch_relevance_to_pixels
 from .._utils.stack import user_stacklevel
-from .._utils.validation import (
-    TargetType,
-    TextPrompts,
-    bound_forward_arguments,
-    check_forward_arguments,
-    check_pixel_values,
-    explicit_start,
-    format_pixel_inputs,
-    forward_arguments,
-    one_prompt,
-    parse_text_target,
-    resolve_start,
-)
+from .._utils.validation import TargetType, TextPrompts
 from .capture import LayerProjections, record_layers
+from .inputs import (
+    CLASS_SPECIFIC_METHODS,
+    PROMPT_SPECIFIC_METHODS,
+    InputKind,
+    Prepared,
+    PreparedInputs,
+    PreparedText,
+    input_kind,
+)
+from .text_capture import record_text_layers
 
-#: Class-specific methods of the package, named in the warning of class-agnostic ones on a classifier: the
-#: class-sensitive rules first (the same method, steered by the class), then the gradient baselines.
-CLASS_SPECIFIC_METHODS = (
-    "TokenRelevanceLRP(model, class_sensitive='attention') (or 'heads', 'attention+heads': the rules steered by "
-    "the class), or captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or "
-    "TokenGradCAM"
-)
-#: Prompt-specific methods, named when prompts meet a class-agnostic method (class_sensitive needs a classifier).
-PROMPT_SPECIFIC_METHODS = (
-    "captum_tokenlrp.baselines.GenericAttentionExplainability, TokenIntegratedGradients or TokenGradCAM "
-    "(they explain the image-text similarity)"
-)
+__all__ = [
+    "CLASS_SPECIFIC_METHODS",
+    "PROMPT_SPECIFIC_METHODS",
+    "MethodOptions",
+    "PreparedInputs",
+    "PreparedText",
+    "TokenAttribution",
+    "evaluation_mode",
+]
 
 
 @contextmanager
@@ -58,29 +56,6 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-@dataclass(frozen=True)
-class PreparedInputs:
-    """The validated inputs of one call, as :meth:`TokenAttribution._token_relevance` receives them.
-
-    Attributes
-    ----------
-    pixel_values : Tensor
-        `(batch_size, channels, height, width)`, on the model's device and in its dtype.
-    is_tuple : bool
-        Whether the user passed a 1-tuple (Captum convention): the output is a 1-tuple then.
-    args, kwargs
-        Extra model arguments, positional and keyword (``additional_forward_args`` split).
-    layout : TokenLayout
-        Special tokens and patch grid of these inputs.
-    """
-
-    pixel_values: Tensor
-    is_tuple: bool
-    args: tuple
-    kwargs: dict[str, Any]
-    layout: TokenLayout
-
-
 class MethodOptions:
     """The keyword options of a method (:attr:`relevance_options`, with their defaults), checked once for the
     image and the text attributions."""
@@ -93,36 +68,39 @@ class MethodOptions:
         unknown = sorted(set(options) - set(self.relevance_options))
         if unknown:
             known = ", ".join(self.relevance_options) or "none"
-            raise TypeError(
-                f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}."
-            )
+            raise TypeError(f"{type(self).__name__} got unexpected option(s) {unknown}; its options are: {known}.")
         return {**self.relevance_options, **options}
 
 
 class TokenAttribution(MethodOptions, Attribution):
     """The template every attribution of this package follows: one relevance value per token.
 
-    It owns the public verbs once: :meth:`token_relevance` (validate the inputs -> the subclass's
-    :meth:`_token_relevance` -> `(batch_size, num_tokens)`) and :meth:`attribute` (the same, then
-    the patch tokens' relevance spread uniformly over their pixels, Captum's convention: the shape
-    of ``inputs``). A subclass implements only :meth:`_token_relevance` and declares its keyword
-    options with their defaults in :attr:`relevance_options`; it may refine
-    :meth:`_attributions` (e.g. Integrated Gradients keeps Captum's own pixel map) and
-    :meth:`_check_attribute_options`.
+    It owns the public verbs once, for images and text: :meth:`token_relevance` (validate the
+    inputs -> the subclass's :meth:`_token_relevance` -> `(batch_size, num_tokens)`) and
+    :meth:`attribute` (the same, then Captum's convention for the output: for an image the patch
+    tokens' relevance spread uniformly over their pixels, the shape of ``inputs``; for text the
+    token relevance itself, the shape of ``input_ids``). The model's adapter says which kind of
+    input the model takes (:attr:`modality`; :mod:`captum_tokenlrp._core.inputs`). A subclass
+    implements only :meth:`_token_relevance` and declares its keyword options with their defaults
+    in :attr:`relevance_options`; it may refine :meth:`_attributions` (e.g. Integrated Gradients
+    keeps Captum's own pixel map) and :meth:`_check_attribute_options`, and say which modalities
+    it explains (:attr:`modalities`).
 
     Parameters
     ----------
     model : nn.Module
-        A supported HuggingFace vision Transformer (see :func:`supported_model_classes`). A
+        A supported HuggingFace Transformer (see :func:`supported_model_classes`): a vision
+        Transformer, or for the methods that explain both (:attr:`modalities`) a text one. A
         wrapper (``torch.compile``, ``DataParallel``, a ``pipeline``) is explained through the
         model inside it, with a warning.
     tokenizer : tokenizer or processor, optional
         For an image-text model (CLIP, SigLIP): tokenizes prompt strings given as ``target``
         (the attribute may also be set later, ``attribution.tokenizer = processor.tokenizer``).
+        For a text model: tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
 
     Examples
     --------
-    A method is a few lines: the last layer's CLS attention row, heads averaged.
+    A method is a few lines: the last layer's attention row of the start token, heads averaged.
 
     >>> class LastLayerCLS(TokenAttribution):
     ...     def _token_relevance(self, prepared, target):
@@ -133,6 +111,10 @@ class TokenAttribution(MethodOptions, Attribution):
     #: Whether the map depends on ``target`` beyond choosing the start token (gradient methods: the
     #: explained class or prompt). Class-agnostic methods compute one map for all prompts.
     target_sensitive: ClassVar[bool] = False
+
+    #: The kinds of model the method explains (adapter modalities): vision Transformers by default; the
+    #: methods written for both (the rules, raw attention, rollout) say ``("image", "text")``.
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
 
     #: How each forward pass obtains the attention probabilities (see :mod:`.capture`): ``"exact"``
     #: leaves the model's outputs bitwise its own; ``"fast"`` computes every layer's attention once,
@@ -146,16 +128,23 @@ class TokenAttribution(MethodOptions, Attribution):
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer
-        self._adapter = adapter_for(model)
+        self._adapter = adapter_for(model, self.modalities[0] if len(self.modalities) == 1 else None)
+        #: How this model's inputs are prepared, started from and mapped back (:mod:`.inputs`).
+        self._inputs: InputKind = input_kind(self._adapter.modality)
         # A wrapper (torch.compile, DataParallel, pipeline) is explained through the model inside it.
         model = self._adapter.model
         super().__init__(model)
         self.model = model
 
+    @property
+    def modality(self) -> str:
+        """``"image"`` or ``"text"``: the kind of input this attribution's model takes."""
+        return self._adapter.modality
+
     # ------------------------------------------------------------------ the template
     def token_relevance(
         self,
-        inputs: Tensor | tuple[Tensor],
+        inputs: Tensor | tuple[Tensor] | Mapping[str, Tensor],
         target: TargetType = None,
         additional_forward_args: Any = None,
         **options: Any,
@@ -164,8 +153,12 @@ class TokenAttribution(MethodOptions, Attribution):
 
         Parameters
         ----------
-        inputs : Tensor or 1-tuple of Tensor
-            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+        inputs : Tensor, 1-tuple of Tensor, mapping, str or sequence of str
+            An image model: ``pixel_values`` of shape `(batch_size, channels, height, width)`. A text
+            model: ``input_ids`` `(batch_size, num_tokens)`, or a tokenizer's output (``BatchEncoding``
+            or dict with ``input_ids`` and optionally ``attention_mask``, ``token_type_ids``...), or with
+            :attr:`tokenizer` set the text itself (one string or a list; padded into one batch, and
+            truncated with a warning to the model's position embeddings).
         target : int, str, sequence of int or str, numpy integers or Tensor, optional
             What to explain; its meaning is the method's: an output token for a model without a
             head (negative indices count from the end), a class for a classifier (its index, or its
@@ -174,7 +167,8 @@ class TokenAttribution(MethodOptions, Attribution):
             Any integer type Captum accepts.
         additional_forward_args : tuple, dict or object, optional
             Extra arguments for the model's forward: a tuple is passed positionally after
-            ``inputs`` (Captum convention), a dict by keyword, e.g. ``{"interpolate_pos_encoding": True}``.
+            ``inputs`` (Captum convention), a dict by keyword, e.g. ``{"interpolate_pos_encoding": True}``
+            or ``{"attention_mask": mask}``.
         **options
             The method's own options (:attr:`relevance_options`, documented on its class).
 
@@ -186,7 +180,7 @@ class TokenAttribution(MethodOptions, Attribution):
         """
         prepared = self._prepare(inputs, additional_forward_args)
         options = self._options(options)
-        prompts = parse_text_target(target, self._adapter, self.tokenizer)
+        prompts = self._inputs.prompts(self, target)
         if prompts is None:
             return self._token_relevance(prepared, target, **options)
         return self._per_prompt(prepared, prompts, options)
@@ -194,13 +188,13 @@ class TokenAttribution(MethodOptions, Attribution):
     @log_usage()
     def attribute(
         self,
-        inputs: Tensor | tuple[Tensor],
+        inputs: Tensor | tuple[Tensor] | Mapping[str, Tensor],
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         **options: Any,
     ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
-        """Pixel attribution of the same shape as ``inputs`` (Captum's convention).
+        """Attribution in Captum's convention: the shape of ``inputs`` (pixels, or ``input_ids``).
 
         Parameters
         ----------
@@ -213,7 +207,8 @@ class TokenAttribution(MethodOptions, Attribution):
         Returns
         -------
         Tensor or 1-tuple of Tensor
-            float32 `(batch_size, channels, height, width)`, a tuple if ``inputs`` was one; with
+            float32 `(batch_size, channels, height, width)` for an image model, `(batch_size,
+            num_tokens)` for a text model; a tuple if ``inputs`` was one; with
             ``return_convergence_delta``, the pair ``(attributions, delta)``.
         """
         options = self._options(options)
@@ -223,12 +218,12 @@ class TokenAttribution(MethodOptions, Attribution):
                 f"{type(self).__name__} has no convergence delta; call attribute without return_convergence_delta."
             )
         prepared = self._prepare(inputs, additional_forward_args)
-        target = one_prompt(target, self._adapter, self.tokenizer, "attribute")
+        target = self._inputs.one_target(self, target, "attribute")
         attributions, delta = self._attributions(prepared, target, options, return_convergence_delta)
         output = (attributions,) if prepared.is_tuple else attributions
         return (output, delta) if return_convergence_delta else output
 
-    def _per_prompt(self, prepared: PreparedInputs, prompts: TextPrompts, options: Mapping[str, Any]) -> Tensor:
+    def _per_prompt(self, prepared: Prepared, prompts: TextPrompts, options: Mapping[str, Any]) -> Tensor:
         """One map per prompt, `(batch_size, num_prompts, ...)`; computed once when the method ignores the
         target (the class-agnostic ones: the map is the same for every prompt, and a warning says so)."""
         if not self.target_sensitive:
@@ -237,41 +232,41 @@ class TokenAttribution(MethodOptions, Attribution):
         maps = [self._token_relevance(prepared, prompts.select(index), **options) for index in range(len(prompts))]
         return torch.stack(maps, dim=1)
 
-    def _token_relevance(self, prepared: PreparedInputs, target: TargetType, **options: Any) -> Tensor:
+    def _token_relevance(self, prepared: Prepared, target: TargetType, **options: Any) -> Tensor:
         """The method itself: `(batch_size, num_tokens)` (or per head) for validated inputs."""
         raise NotImplementedError(f"{type(self).__name__} must implement _token_relevance(prepared, target, ...).")
 
     def _attributions(
-        self, prepared: PreparedInputs, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
+        self, prepared: Prepared, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """`(pixel map, convergence delta or None)`; by default the token relevance spread over pixels."""
-        relevance = self._token_relevance(prepared, target, **options)
-        return self._pixels(relevance, prepared), None
+        """`(attribute's output, convergence delta or None)`: the token relevance in the input kind's output
+        (pixels of an image; the tokens of a text), and for a conserving method (one whose
+        :meth:`_relevance_and_start` returns its start) ``start total - explained total``."""
+        relevance, start = self._relevance_and_start(prepared, target, options)
+        outputs = self._pixels(relevance, prepared)
+        if not return_convergence_delta or start is None:
+            return outputs, None
+        return outputs, self._inputs.convergence_delta(self, relevance, outputs, start, prepared)
+
+    def _relevance_and_start(
+        self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
+    ) -> tuple[Tensor, Tensor | None]:
+        """`(relevance, start or None)` for ``attribute``; conserving methods return their start."""
+        return self._token_relevance(prepared, target, **options), None
 
     def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
         """Refuse options that give no single map per input (e.g. per-head modes); none by default."""
 
-    def _check_start(
-        self, prepared: PreparedInputs, target: TargetType, initial_relevance: Tensor | None = None
-    ) -> Tensor | None:
+    def _check_start(self, prepared: Prepared, target: TargetType, initial_relevance: object = None) -> Tensor | None:
         """Before the forward pass: the explicitly asked start (checked), or None for the model's own.
 
         Class-agnostic methods call this, run the forward pass, then :meth:`_start`.
         """
-        pixel_values = prepared.pixel_values
-        if isinstance(target, TextPrompts):  # the image's own start; the prompt cannot change it
-            self._warn_target_ignored(target, PROMPT_SPECIFIC_METHODS, force=True)
-            target = None
-        explicit = explicit_start(
-            target, initial_relevance, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device
-        )
-        self._warn_target_ignored(target, CLASS_SPECIFIC_METHODS)
-        return explicit
+        return self._inputs.check_start(self, prepared, target, initial_relevance)
 
-    def _start(self, prepared: PreparedInputs, explicit: Tensor | None) -> Tensor:
+    def _start(self, prepared: Prepared, explicit: Tensor | None) -> Tensor:
         """After the forward pass: the start relevance `(batch_size, num_tokens)`."""
-        pixel_values = prepared.pixel_values
-        return resolve_start(explicit, self._adapter, prepared.layout, pixel_values.shape[0], pixel_values.device)
+        return self._inputs.start(self, prepared, explicit)
 
     @property
     def attention_sites(self) -> list[AttentionSite]:
@@ -279,7 +274,7 @@ class TokenAttribution(MethodOptions, Attribution):
         return self._adapter.attention_sites()
 
     def token_layout(self, inputs: Tensor | tuple[Tensor], additional_forward_args: Any = None) -> TokenLayout:
-        """Which tokens are special and which are patches, on what grid, for these inputs.
+        """Which tokens are special and which are patches, on what grid, for these inputs (image models).
 
         Parameters
         ----------
@@ -288,48 +283,50 @@ class TokenAttribution(MethodOptions, Attribution):
         additional_forward_args : tuple, dict or object, optional
             Extra model arguments (``interpolate_pos_encoding`` decides the allowed sizes).
         """
+        if self.modality != "image":
+            raise TypeError(
+                f"token_layout describes image patches; {type(self.model).__name__} is a {self.modality} model "
+                "(its tokens are its input_ids)."
+            )
         return self._prepare(inputs, additional_forward_args).layout
 
-    def _prepare(self, inputs: object, additional_forward_args: Any) -> PreparedInputs:
-        pixel_values, is_tuple = format_pixel_inputs(inputs)
-        args, kwargs = forward_arguments(additional_forward_args)
-        named = bound_forward_arguments(self._adapter.forward_module, pixel_values, args, kwargs)
-        check_forward_arguments(self._adapter, named)
-        given = {name for name, value in named.items() if value is not None}
-        reserved = sorted(given & set(self._adapter.forward_kwargs(pixel_values)))
-        if reserved:
-            raise ValueError(
-                f"{', '.join(reserved)} is set by the explanation itself for {type(self.model).__name__} "
-                f"(see the adapter {type(self._adapter).__name__}); call without it."
-            )
-        layout = check_pixel_values(pixel_values, self._adapter, bool(named.get("interpolate_pos_encoding")))
-        return PreparedInputs(pixel_values, is_tuple, args, kwargs, layout)
+    def tokens(self, input_ids: Tensor) -> list[list[str]]:
+        """The token strings of `(batch_size, num_tokens)` ids (text models; needs :attr:`tokenizer`)."""
+        if self.tokenizer is None:
+            raise ValueError("Set tokenizer= (the model's tokenizer) to name the tokens.")
+        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
 
-    def _record(self, prepared: PreparedInputs, sites: list[AttentionSite], compute) -> list[Tensor]:
-        """One forward pass (no grad, eval mode) recording ``compute(state)`` for each site."""
+    def _prepare(self, inputs: object, additional_forward_args: Any) -> Prepared:
+        return self._inputs.prepare(self, inputs, additional_forward_args)
+
+    def _device(self) -> torch.device:
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def _record(self, prepared: Prepared, sites: Sequence[AttentionSite], compute) -> list:
+        """One forward pass (no grad, eval mode) recording ``compute(layer)`` for each site."""
         token_counts: list[int] = []
 
         def counted(layer: LayerProjections):
             token_counts.append(layer.num_tokens)
             return compute(layer)
 
-        kwargs = {**self._adapter.forward_kwargs(prepared.pixel_values), **prepared.kwargs}
-        with evaluation_mode(self.model), torch.no_grad(), self._adapter.explaining():
-            with record_layers(sites, counted, capture=self.attention_capture) as kept:
-                self._adapter.forward_module(prepared.pixel_values, *prepared.args, **kwargs)
+        adapter = self._adapter
+        kwargs = {**adapter.forward_kwargs(prepared.inputs), **prepared.kwargs}
+        if prepared.token_mask is None:
+            recording = record_layers(sites, counted, capture=self.attention_capture)
+        else:
+            recording = record_text_layers(sites, counted, prepared.token_mask, needs_registry=adapter.needs_registry)
+        with evaluation_mode(self.model), torch.no_grad(), adapter.explaining():
+            with recording as kept:
+                adapter.forward_module(prepared.inputs, *prepared.args, **kwargs)
         unrecorded = [site.layer_index for site, value in zip(sites, kept, strict=True) if value is None]
         if unrecorded:
             raise RuntimeError(f"The forward pass did not run attention layers {unrecorded}.")
-        num_tokens = token_counts[0]
-        if num_tokens != prepared.layout.num_tokens:
-            layout = prepared.layout
-            raise RuntimeError(
-                f"The model ran on {num_tokens} tokens, but the adapter expected {layout.num_tokens} "
-                f"({layout.num_special_tokens} special + {layout.grid[0]}x{layout.grid[1]} patches)."
-            )
+        self._inputs.check_recorded(prepared, token_counts[0])
         return kept
 
-    def _check_finite(self, relevance: Tensor, layers: Sequence[Tensor], prepared: PreparedInputs) -> Tensor:
+    def _check_finite(self, relevance: Tensor, layers: Sequence[Tensor], prepared: Prepared | None = None) -> Tensor:
         """Return ``relevance``, or raise a ValueError naming the first layer that went non-finite.
 
         One reduction on the result; the layers are scanned only when it is not finite.
@@ -337,39 +334,39 @@ class TokenAttribution(MethodOptions, Attribution):
         if bool(torch.isfinite(relevance.sum())):
             return relevance
         where = next((index for index, matrix in enumerate(layers) if not bool(torch.isfinite(matrix).all())), None)
-        pixel_values = prepared.pixel_values
         dtype = next(self.model.parameters()).dtype
-        largest = float(pixel_values.detach().abs().amax())
         place = (
             f"in layer {where} (0 = nearest the input) of {len(layers)}: its attention probabilities or value "
             f"vectors are NaN or infinite, i.e. the model's activations overflowed {dtype}"
             if where is not None
             else "while propagating (every layer's matrix is finite)"
         )
-        raise ValueError(
-            f"Relevance became non-finite {place}. The input reaches |pixel_values| = {largest:.3g}; an image "
-            "processor's output is normally within a few units. Check the input's scaling and normalisation "
-            "(use the model's image processor), or run the model in float32."
-        )
+        raise ValueError(f"Relevance became non-finite {place}. {self._inputs.non_finite_hint(self, prepared)}")
 
-    def _warn_target_ignored(self, target: object, alternatives: str, force: bool = False) -> None:
+    def _warn_target_ignored(self, target: object, alternatives: str | None = None, force: bool = False) -> None:
         """Say once per instance that a classifier's ``target`` (or a prompt) does not change this method's map."""
         relevant = force or (target is not None and self._adapter.is_classifier)
-        if not relevant or getattr(self, "_warned_target", False):
+        if not relevant or self.target_sensitive or getattr(self, "_warned_target", False):
             return
         self._warned_target = True
+        where = "where the model's output is read" if self.modality == "image" else "where the classifier reads"
         warnings.warn(
-            f"{type(self).__name__} is class-agnostic: its map starts where the model's output is read "
+            f"{type(self).__name__} is class-agnostic: its map starts {where} "
             f"and does not depend on target={target!r} (by design; the paper explains label-free models). "
-            f"For class-specific maps use {alternatives}. This warning is shown once per instance.",
+            f"For class-specific maps use {alternatives or self._inputs.class_specific_methods}. "
+            "This warning is shown once per instance.",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
 
-    def _pixels(self, relevance: Tensor, prepared: PreparedInputs) -> Tensor:
-        """`(batch, num_tokens)` relevance -> `(batch, channels, height, width)` pixel map."""
-        layout = prepared.layout
-        return patch_relevance_to_pixels(relevance[:, layout.patch_slice], layout, prepared.pixel_values.shape)
+    def _pixels(self, relevance: Tensor, prepared: Prepared) -> Tensor:
+        """`(batch, num_tokens)` relevance -> what ``attribute`` returns: `(batch, channels, height, width)`
+        pixels for an image, the token relevance itself for a text."""
+        return self._inputs.outputs(relevance, prepared)
+
+    def has_convergence_delta(self) -> bool:
+        """Whether :meth:`attribute` can return a convergence delta (conserving methods)."""
+        return False
 
     @property
     def multiplies_by_inputs(self) -> bool:

@@ -15,9 +15,10 @@ from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs, parse_targets
 from ..rules import TokenRule, get_rule
 from .attention_gradients import AttentionGradient, attention_gradients
-from .base import PreparedInputs, TokenAttribution, evaluation_mode
+from .base import TokenAttribution, evaluation_mode
 from .capture import CAPTURE_MODES, LayerProjections
 from .class_weighting import check_class_sensitive, class_state, contribution_scale, head_weights, weights_heads
+from .inputs import Prepared, PreparedInputs
 from .kernels import builtin_kernel, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
@@ -44,13 +45,15 @@ FUSED_CHUNK_ELEMENTS = 2**21
 CACHE_BLOCK_ELEMENTS = 2**20
 
 HeadFusion = Literal["mean", "max", "min", "per_head_mean", "last_layer_per_head"] | None
+#: A start ``R^(L)``: a tensor, or for a text model one of the named read-outs.
+Start = Tensor | Literal["first", "last", "mean"] | None
 
 
 @dataclass(frozen=True)
 class _Relevance:
     relevance: Tensor
     start: Tensor
-    prepared: PreparedInputs
+    prepared: Prepared
 
 
 class RedistributionRules:
@@ -211,7 +214,7 @@ class RedistributionRules:
 
 
 class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
-    r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace vision Transformers.
+    r"""Token relevance redistribution (Sawaki & Murata, JSAI 2025) for HuggingFace vision and text Transformers.
 
     Layer-wise Relevance Propagation between tokens: in every layer the
     attention is turned into a row-stochastic redistribution matrix
@@ -241,10 +244,13 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     Parameters
     ----------
     model : nn.Module
-        A HuggingFace vision Transformer with a registered adapter, transformers 4.x or 5.x
-        layout: ViT (e.g. ``facebook/dino-vits16``), DeiT, DINOv2 (with or without registers),
+        A HuggingFace Transformer with a registered adapter, transformers 4.x or 5.x layout.
+        Vision: ViT (e.g. ``facebook/dino-vits16``), DeiT, DINOv2 (with or without registers),
         ViT-MAE and BEiT, bare or with their image-classification heads, and the vision towers
-        of CLIP and SigLIP (:func:`~captum_tokenlrp.supported_model_classes` lists the classes).
+        of CLIP and SigLIP. Text: BERT, RoBERTa and DistilBERT encoders and GPT-2, Llama, Qwen2,
+        Gemma and Mistral decoders, bare, with a language-model head or a sequence classifier
+        (:func:`~captum_tokenlrp.supported_model_classes` lists the classes). The model's modality
+        picks the inputs: ``pixel_values`` or token ids.
     rule : str or TokenRule, default "iv"
         Default rule for every layer: ``"i"``, ``"ii"``, ``"iii"``, ``"iv"``, a
         name registered with :func:`~captum_tokenlrp.register_rule`, or any
@@ -295,6 +301,20 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     when ``a_i = 0`` and every other contribution is zero) is replaced by the
     identity row: the token keeps its relevance.
 
+    **Text models.** ``w_ij`` are the model's own attention probabilities (its causal and padding
+    masks, rotary position embeddings and grouped-query attention included) and ``v_j`` the value
+    vectors they multiply (a key/value head shared by several query heads gives each of them its
+    values). Pad tokens (``attention_mask`` 0) get no attention, so they receive no relevance, and
+    the start is zero on them; the value mean ``v_mean`` of rules (ii) and (iv) is taken over the
+    real tokens, so a sentence in a padded batch gets the relevance it gets alone. Decoders given a
+    padded ``attention_mask`` and no ``position_ids`` run with positions counting the real tokens
+    (as ``generate`` does). The start is where the model's output is read: the first token
+    (``[CLS]``, ``<s>``) of an encoder, the last real token of a decoder; ``target`` picks another
+    position (a model without a classification head); ``initial_relevance="mean"`` starts from the
+    attention-mask-weighted mean of the tokens, the read-out of mean-pooled sentence embeddings
+    (sentence-transformers); ``"first"`` / ``"last"`` name the two ends. ``attribute`` returns the
+    token relevance itself, `(batch_size, num_tokens)` like ``input_ids``.
+
     Examples
     --------
     >>> from transformers import ViTModel
@@ -302,6 +322,8 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     >>> lrp = TokenRelevanceLRP(model, rule="iv")                  # doctest: +SKIP
     >>> relevance = lrp.token_relevance(pixel_values)  # (batch, 197) # doctest: +SKIP
     """
+
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(
         self,
@@ -341,20 +363,22 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> Tensor:
         """Relevance of every input token, in the model's own token order (CLS at index 0).
 
         Parameters
         ----------
-        inputs : Tensor or 1-tuple of Tensor
-            ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+        inputs : Tensor, 1-tuple of Tensor, mapping, str or sequence of str
+            An image model: ``pixel_values`` of shape `(batch_size, channels, height, width)`.
+            A text model: ``input_ids`` `(batch_size, num_tokens)`, a tokenizer's output, or
+            with ``tokenizer`` given the text itself (see :meth:`TokenAttribution.token_relevance`).
         target : int, str, sequence of int or str, or Tensor, optional
-            For a model without a head (``ViTModel``, DINO): the output token to
-            explain, per sample or for all (default 0, CLS; negative indices count
-            from the end, as in Python). For a classifier: the class index, or its
-            name in ``model.config.id2label`` (``target="star"``). With
+            For a model without a head (``ViTModel``, DINO, ``BertModel``): the output token to
+            explain, per sample or for all (default: where the output is read, CLS for images;
+            see the class notes for text; negative indices count from the end, as in Python).
+            For a classifier: the class index, or its name in ``model.config.id2label`` (``target="star"``). With
             ``class_sensitive`` set, it selects the class whose
             logit steers the redistribution (default: the predicted class); without,
             it is validated but, since rules (i)-(iv) do not depend on the class,
@@ -365,10 +389,12 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             Extra arguments for the model's forward: a tuple is passed
             positionally after ``inputs`` (Captum convention), a dict by keyword,
             e.g. ``{"interpolate_pos_encoding": True}``.
-        initial_relevance : Tensor, optional
+        initial_relevance : Tensor or {"first", "last", "mean"}, optional
             Non-negative start vector ``R^(L)`` of shape `(num_tokens,)` or
             `(batch_size, num_tokens)` instead of a one-hot token (class-agnostic
             rules only: the class-sensitive modes start where the classifier reads).
+            A text model's start is zero on padding; it also takes a named start
+            (see the class notes).
         head_fusion : str or None, default "mean"
             ``"mean"``: average the heads' redistribution matrices in each layer
             (rule (i) + mean is Attention Rollout); ``"max"`` / ``"min"``:
@@ -394,15 +420,15 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     )
 
     def _token_relevance(
-        self, prepared: PreparedInputs, target: TargetType, *, initial_relevance: Tensor | None, head_fusion: object
+        self, prepared: Prepared, target: TargetType, *, initial_relevance: Start, head_fusion: object
     ) -> Tensor:
         return self._relevance(prepared, target, initial_relevance, head_fusion).relevance
 
     def _relevance(
         self,
-        prepared: PreparedInputs,
+        prepared: Prepared,
         target: TargetType,
-        initial_relevance: Tensor | None,
+        initial_relevance: Start,
         head_fusion: object,
         propagation: Callable[[Tensor, Sequence[Tensor], str | None], Tensor] = propagate,
     ) -> _Relevance:
@@ -417,7 +443,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         return self._propagated(prepared, explicit, kept, head_fusion, propagation)
 
     # ------------------------------------------------------- class-sensitive
-    def _check_class_options(self, initial_relevance: Tensor | None, head_fusions: Sequence[str | None]) -> None:
+    def _check_class_options(self, initial_relevance: Start, head_fusions: Sequence[str | None]) -> None:
         if initial_relevance is not None:
             raise ValueError(
                 f"class_sensitive={self.class_sensitive!r} starts where the classifier reads and explains the class "
@@ -449,7 +475,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
 
     def _class_matrices(
         self,
-        prepared: PreparedInputs,
+        prepared: Prepared,
         target: TargetType,
         defaults: Sequence[TokenRule | None],
         modes: Sequence[str | None],
@@ -485,7 +511,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
 
     def _propagated(
         self,
-        prepared: PreparedInputs,
+        prepared: Prepared,
         explicit: Tensor | None,
         kept: Sequence[Tensor],
         head_fusion: str | None,
@@ -503,7 +529,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusions: Sequence[HeadFusion] = ("mean",),
     ) -> dict[str, dict[HeadFusion, Tensor]]:
         """Several rules and head modes from **one** forward pass.
@@ -543,7 +569,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             names, modes, kept, start, lambda relevance, layers: self._check_finite(relevance, layers, prepared)
         )
 
-    def _layer_matrices(self, prepared: PreparedInputs, head_fusion: str | None) -> list[Tensor]:
+    def _layer_matrices(self, prepared: Prepared, head_fusion: str | None) -> list[Tensor]:
         """One forward pass; per layer the redistribution matrix the head mode needs."""
         return self._record(prepared, self.attention_sites, self._layer_matrix(head_fusion))
 
@@ -578,8 +604,8 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             )
         prepared = self._prepare(inputs, additional_forward_args)
         kept = self._layer_matrices(prepared, head_fusion)
-        batch, tokens = len(prepared.pixel_values), prepared.layout.num_tokens
-        identity = torch.eye(tokens, device=prepared.pixel_values.device).expand(batch, tokens, tokens)
+        batch, tokens = prepared.batch_size, prepared.num_tokens
+        identity = torch.eye(tokens, device=prepared.inputs.device).expand(batch, tokens, tokens)
         return self._check_finite(propagate_chains(identity, kept, head_fusion), kept, prepared)
 
     def token_relevance_by_layer(
@@ -588,7 +614,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> Tensor:
         """Where the relevance sits after each layer, from the output (``R^(L)``) down to the input (``R^(0)``).
@@ -620,7 +646,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: Literal[False] = False,
         *,
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> Tensor | tuple[Tensor]: ...
 
@@ -632,7 +658,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         additional_forward_args: Any = None,
         *,
         return_convergence_delta: Literal[True],
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> tuple[Tensor | tuple[Tensor], Tensor]: ...
 
@@ -644,7 +670,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         *,
-        initial_relevance: Tensor | None = None,
+        initial_relevance: Start = None,
         head_fusion: HeadFusion = "mean",
     ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
         """Pixel attribution: patch-token relevance spread over each patch's pixels.
@@ -691,15 +717,11 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
                 "token_relevance(..., head_fusion=None)."
             )
 
-    def _attributions(
-        self, prepared: PreparedInputs, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
-    ) -> tuple[Tensor, Tensor | None]:
+    def _relevance_and_start(
+        self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         result = self._relevance(prepared, target, options["initial_relevance"], options["head_fusion"])
-        attributions = self._pixels(result.relevance, prepared)
-        if not return_convergence_delta:
-            return attributions, None
-        special = result.relevance[:, : prepared.layout.num_special_tokens]
-        return attributions, self.compute_convergence_delta(attributions, special, result.start.sum(dim=-1))
+        return result.relevance, result.start
 
     def compute_convergence_delta(
         self, attributions: Tensor | tuple[Tensor], special_token_relevance: Tensor, initial_total: Tensor

@@ -1,8 +1,8 @@
-"""Attention-only baselines: the last layer's raw attention and Attention Rollout.
+"""Attention-only baselines: one layer's raw attention and Attention Rollout, for vision and text models.
 
-Both read the attention probabilities the same way as :class:`TokenRelevanceLRP`
-(recomputed in float32 from the query and key projections during one forward
-pass), so all three are compared on exactly the same attention.
+Both read the attention probabilities the way every method of the package reads them (the
+recorder of :mod:`captum_tokenlrp._core.capture`, during one forward pass), so they and
+:class:`~captum_tokenlrp.TokenRelevanceLRP` are compared on exactly the same attention.
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .._core.base import PreparedInputs, TokenAttribution
+from .._core.base import TokenAttribution
 from .._core.capture import LayerProjections
+from .._core.inputs import Prepared
 from .._core.propagation import propagate
 from .._utils.validation import TargetType
 
 __all__ = ["AttentionRollout", "RawAttention", "mass_threshold_mask"]
 
+
 def _check_reduction(head_fusion: object, allow_none: bool) -> None:
     allowed = ["mean", "max", "min"] + ([None] if allow_none else [])
     if head_fusion not in allowed:
-        raise ValueError(f"Unknown head_fusion {head_fusion!r}; expected one of {allowed}.")
+        hint = "" if allow_none else " For one map per head use token_relevance(..., head_fusion=None)."
+        raise ValueError(f"Unknown head_fusion {head_fusion!r}: head_fusion must be one of {allowed}.{hint}")
 
 
 def _reduce_heads(tensor: Tensor, how: str, dim: int = 1) -> Tensor:
@@ -61,17 +64,25 @@ def mass_threshold_mask(relevance: Tensor, fraction: float) -> Tensor:
 
 
 class RawAttention(TokenAttribution):
-    """The last layer's attention row of the explained token (CLS): DINO's attention map.
+    """One layer's attention row of the explained token (the last layer by default): DINO's attention map.
 
     ``token_relevance`` returns, for each head, the attention probabilities
-    ``w_{t j}`` of output token ``t`` (CLS by default) over all input tokens ``j``
-    in the last layer; fused by mean, max or min over heads (max and min
-    renormalised to sum to 1). Cost: one forward pass.
+    ``w_{t j}`` of output token ``t`` over all input tokens ``j`` in the layer read;
+    fused by mean, max or min over heads (max and min renormalised to the start's total).
+    ``t`` is where the model's output is read (CLS of a vision model; the first token of a text
+    encoder, the last real token of a decoder), or ``target`` / ``initial_relevance`` as in
+    :class:`~captum_tokenlrp.TokenRelevanceLRP`: with a distribution as start (e.g. a text model's
+    ``initial_relevance="mean"``) the map is the start-weighted mean of the rows. Each map sums to
+    the start's total (softmax rows); a text batch's padding gets 0. Cost: one forward pass.
 
     Parameters
     ----------
     model : nn.Module
-        A supported HuggingFace ViT.
+        A supported HuggingFace vision or text Transformer.
+    layer : int, default -1
+        The layer read, 0 nearest the input; negative counts from the output, as in Python.
+    tokenizer : tokenizer or processor, optional
+        As in :class:`~captum_tokenlrp.TokenAttribution`.
 
     Options
     -------
@@ -79,35 +90,79 @@ class RawAttention(TokenAttribution):
         ``None`` gives one map per head, `(batch_size, num_heads, num_tokens)` (not for
         ``attribute``, which returns one map per input).
     threshold : float, optional
-        DINO's mask: keep the patch tokens holding this fraction of the patches' mass (per map)
-        and zero the other patches; special tokens are left as they are.
+        DINO's mask (vision models): keep the patch tokens holding this fraction of the patches'
+        mass (per map) and zero the other patches; special tokens are left as they are.
+    initial_relevance : Tensor or {"first", "last", "mean"}, optional
+        The start, as in :meth:`TokenRelevanceLRP.token_relevance` (named starts: text models).
 
-    ``target`` is the output token for a model without a head (default CLS); on a classifier
-    the map starts where its head reads and does not depend on the class.
+    ``target`` is the output token for a model without a head (default: the read-out token); on a
+    classifier the map starts where its head reads and does not depend on the class.
     """
 
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"head_fusion": "mean", "threshold": None})
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"head_fusion": "mean", "threshold": None, "initial_relevance": None}
+    )
+
+    def __init__(self, model: nn.Module, layer: int = -1, *, tokenizer: Any = None) -> None:
+        super().__init__(model, tokenizer=tokenizer)
+        count = len(self.attention_sites)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int (0 nearest the input, -1 the last), got {type(layer).__name__}.")
+        if not -count <= layer < count:
+            raise ValueError(f"layer {layer} is out of range: {type(model).__name__} has {count} attention layers.")
+        #: The layer read, 0 nearest the input.
+        self.layer = layer % count
 
     def _token_relevance(
-        self, prepared: PreparedInputs, target: TargetType, *, head_fusion: str | None, threshold: float | None
+        self,
+        prepared: Prepared,
+        target: TargetType,
+        *,
+        head_fusion: str | None,
+        threshold: float | None,
+        initial_relevance: object,
     ) -> Tensor:
+        options = {"head_fusion": head_fusion, "threshold": threshold, "initial_relevance": initial_relevance}
+        return self._relevance_and_start(prepared, target, options)[0]
+
+    def _relevance_and_start(
+        self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        head_fusion, threshold = options["head_fusion"], options["threshold"]
         _check_reduction(head_fusion, allow_none=True)
-        explicit = self._check_start(prepared, target)
-        layers = self._record(prepared, self.attention_sites[-1:], lambda layer: layer.state().attention)
+        if threshold is not None and self.modality != "image":
+            raise ValueError(
+                f"threshold keeps the image patches holding a share of the mass; {type(self.model).__name__} is a "
+                f"{self.modality} model. Call without threshold."
+            )
+        explicit = self._check_start(prepared, target, options["initial_relevance"])
+        site = self.attention_sites[self.layer]
+        layers = self._record(prepared, [site], lambda layer: layer.state().attention)
         start = self._start(prepared, explicit)
-        rows = self._check_finite(torch.einsum("bn,bhnm->bhm", start, layers[0]), layers, prepared)
+        rows = torch.einsum("bn,bhnm->bhm", start, layers[0])
+        if prepared.token_mask is not None:
+            # Real queries never attend to padding (probability exactly 0); the mask makes it hold whatever the
+            # model put in the padding queries' rows, which a zero start then never reads.
+            rows = rows * prepared.token_mask[:, None]
+        rows = self._check_finite(rows, layers, prepared)
         if head_fusion is not None:
             rows = _reduce_heads(rows, head_fusion)
             if head_fusion != "mean":
-                rows = rows / rows.sum(dim=-1, keepdim=True)
+                rows = rows * (start.sum(dim=-1, keepdim=True) / rows.sum(dim=-1, keepdim=True))
         if threshold is not None:
             patches = prepared.layout.patch_slice
             rows = rows.clone()
             rows[..., patches] *= mass_threshold_mask(rows[..., patches], threshold)
-        return rows
+        return rows, start
 
     def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
         _check_reduction(options["head_fusion"], allow_none=False)
+
+    def has_convergence_delta(self) -> bool:
+        """True: each map sums to the start's total (softmax rows); the delta is ~0 (without ``threshold``,
+        which drops patches' mass on purpose: the delta is then the mass dropped)."""
+        return True
 
     @classmethod
     def get_name(cls) -> str:
@@ -115,14 +170,16 @@ class RawAttention(TokenAttribution):
 
 
 class AttentionRollout(TokenAttribution):
-    """Attention Rollout (Abnar & Zuidema 2020), with head fusion and discard ratio as in vit-explain.
+    r"""Attention Rollout (Abnar & Zuidema 2020), with head fusion and discard ratio as in vit-explain.
 
     In every layer the heads' attention is fused (mean, max or min), optionally
     the smallest ``discard_ratio`` of its entries are set to zero *per sample*
-    (the CLS-to-CLS entry is never discarded), the residual is added and rows
-    are renormalised, ``A_hat = (A + I)`` row-normalised; the map is the
-    explained token's row of ``A_hat_L ... A_hat_1``. With mean fusion and no
-    discard this is rule (i) of :class:`TokenRelevanceLRP`.
+    (the first-to-first, CLS-to-CLS entry is never discarded), the residual is added and rows
+    are renormalised, ``A_hat = (A + I)`` row-normalised; the map is the start's
+    row of ``A_hat_L ... A_hat_1`` (the product taken from the output side). With mean fusion
+    and no discard this is rule (i) of :class:`~captum_tokenlrp.TokenRelevanceLRP`. The same for
+    vision and text models: a text batch's padding gets 0 (no real token attends to it), and the
+    start is the LRP's (``initial_relevance``, named starts for text).
 
     **Not vit-explain's exact output for max/min fusion or a discard ratio > 0.**
     vit-explain (jacobgil/vit-explain, ``vit_rollout.py``) divides by ``a.sum(dim=-1)``
@@ -139,22 +196,42 @@ class AttentionRollout(TokenAttribution):
     head_fusion : {"mean", "max", "min"}, default "mean"
         How heads are fused in each layer, before the residual is added.
     discard_ratio : float in [0, 1), default 0
-        Fraction of each sample's fused attention entries (lowest first) set to zero.
+        Fraction of each sample's fused attention entries (lowest first) set to zero; a text
+        batch's padding entries (already 0) count among them.
+    initial_relevance : Tensor or {"first", "last", "mean"}, optional
+        The start, as in :meth:`TokenRelevanceLRP.token_relevance` (named starts: text models).
 
-    ``token_relevance`` returns `(batch_size, num_tokens)`, each row summing to 1.
+    ``token_relevance`` returns `(batch_size, num_tokens)`, each row summing to the start's total.
     """
 
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"head_fusion": "mean", "discard_ratio": 0.0})
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"head_fusion": "mean", "discard_ratio": 0.0, "initial_relevance": None}
+    )
 
     def _token_relevance(
-        self, prepared: PreparedInputs, target: TargetType, *, head_fusion: str, discard_ratio: float
+        self,
+        prepared: Prepared,
+        target: TargetType,
+        *,
+        head_fusion: str,
+        discard_ratio: float,
+        initial_relevance: object,
     ) -> Tensor:
+        options = {"head_fusion": head_fusion, "discard_ratio": discard_ratio, "initial_relevance": initial_relevance}
+        return self._relevance_and_start(prepared, target, options)[0]
+
+    def _relevance_and_start(
+        self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        head_fusion, discard_ratio = options["head_fusion"], options["discard_ratio"]
         _check_reduction(head_fusion, allow_none=False)
         if not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}.")
-        explicit = self._check_start(prepared, target)
+        explicit = self._check_start(prepared, target, options["initial_relevance"])
 
         def rollout_step(layer: LayerProjections) -> Tensor:
+            # Fused here, in the forward pass: only one (batch, N, N) matrix per layer stays alive.
             fused = _reduce_heads(layer.state().attention, head_fusion)
             if discard_ratio > 0:
                 fused = _discard_lowest(fused, discard_ratio)
@@ -162,7 +239,12 @@ class AttentionRollout(TokenAttribution):
             return fused.div_(fused.sum(dim=-1, keepdim=True))
 
         layers = self._record(prepared, self.attention_sites, rollout_step)
-        return self._check_finite(propagate(self._start(prepared, explicit), layers, "mean"), layers, prepared)
+        start = self._start(prepared, explicit)
+        return self._check_finite(propagate(start, layers, "mean"), layers, prepared), start
+
+    def has_convergence_delta(self) -> bool:
+        """True: rollout conserves the start's total; the delta is ~0 up to float32 rounding."""
+        return True
 
     @classmethod
     def get_name(cls) -> str:

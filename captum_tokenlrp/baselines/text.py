@@ -38,11 +38,11 @@ from torch import Tensor, nn
 
 from .._adapters.text import last_real_token
 from .._core.base import evaluation_mode
-from .._core.capture import LayerProjections
 from .._core.text_base import PreparedText, TextTokenAttribution
 from .._core.text_gradients import attention_gradients
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, _per_sample_targets, class_indices
+from .attention import AttentionRollout, RawAttention
 
 __all__ = [
     "TextAttentionRollout",
@@ -60,132 +60,25 @@ BASELINE_TOKENS = ("pad", "mask", "unk")
 
 
 # =========================================================================== attention methods
-class TextRawAttention(TextTokenAttribution):
-    """One layer's attention row of the explained token: ``w_{t j}`` over the input tokens ``j``.
+class TextRawAttention(RawAttention):
+    """:class:`~captum_tokenlrp.baselines.RawAttention` for text models only (its text name).
 
-    The start ``t`` is the LRP classes' (the first token of an encoder, the last real token of a
-    decoder; ``initial_relevance`` / ``target`` as there): with a distribution as start (e.g.
-    ``initial_relevance="mean"``) the map is the start-weighted mean of the real tokens' rows.
-    Cost: one forward pass. Each map sums to the start's total (the rows of a softmax sum to 1).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A supported HuggingFace text Transformer.
-    layer : int, default -1
-        The layer read, 0 nearest the input; negative counts from the output, as in Python.
-    tokenizer : tokenizer, optional
-        Tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
-
-    Options
-    -------
-    initial_relevance : Tensor or {"first", "last", "mean"}, optional
-        The start, as in :meth:`TextTokenRelevanceLRP.token_relevance`.
-    head_fusion : {"mean"} or None, default "mean"
-        ``"mean"`` averages the heads, `(batch_size, num_tokens)`; None gives one row per head,
-        `(batch_size, num_heads, num_tokens)` (``token_relevance`` only). Zero on padding.
+    ``RawAttention(text_model)`` is the same method (the model's modality picks the inputs); see
+    it for the options (``layer``, ``head_fusion`` mean/max/min/None, ``initial_relevance``).
     """
 
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"initial_relevance": None, "head_fusion": "mean"}
-    )
-
-    def __init__(self, model: nn.Module, layer: int = -1, *, tokenizer: Any = None) -> None:
-        super().__init__(model, tokenizer=tokenizer)
-        count = len(self.attention_sites)
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer must be an int (0 nearest the input, -1 the last), got {type(layer).__name__}.")
-        if not -count <= layer < count:
-            raise ValueError(f"layer {layer} is out of range: {type(model).__name__} has {count} attention layers.")
-        #: The layer read, 0 nearest the input.
-        self.layer = layer % count
-
-    def _token_relevance(
-        self, prepared: PreparedText, target: TargetType, *, initial_relevance: object, head_fusion: object
-    ) -> Tensor:
-        options = {"initial_relevance": initial_relevance, "head_fusion": head_fusion}
-        return self._relevance_and_start(prepared, target, options)[0]
-
-    def _relevance_and_start(self, prepared, target, options):
-        head_fusion = options["head_fusion"]
-        _check_head_fusion(head_fusion, allow_none=True)
-        start = self._check_start(prepared, target, options["initial_relevance"])
-        site = self.attention_sites[self.layer]
-        attention = self._record(prepared, [site], lambda layer: layer.state().attention)[0]
-        # Real queries never attend to padding (probability exactly 0); the mask makes it hold whatever the
-        # model put in the padding queries' rows, which a zero start then never reads.
-        rows = torch.einsum("bn,bhnm->bhm", start, attention) * prepared.token_mask[:, None]
-        rows = self._check_finite(rows, [attention])
-        return (rows.mean(dim=1) if head_fusion == "mean" else rows), start
-
-    def _check_attribute_options(self, options: Mapping[str, Any]) -> None:
-        _check_head_fusion(options["head_fusion"], allow_none=False)
-
-    def has_convergence_delta(self) -> bool:
-        """True: each map sums to the start's total (softmax rows); the delta is ~0."""
-        return True
-
-    @classmethod
-    def get_name(cls) -> str:
-        return "Raw Attention"
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
 
 
-class TextAttentionRollout(TextTokenAttribution):
-    r"""Attention Rollout (Abnar & Zuidema 2020) for text Transformers.
+class TextAttentionRollout(AttentionRollout):
+    """:class:`~captum_tokenlrp.baselines.AttentionRollout` for text models only (its text name).
 
-    Per layer the heads' attention is averaged and the residual added,
-    :math:`\hat A^{(l)} = \tfrac12 \operatorname{mean}_h A^{(l)}_h + \tfrac12 I`, and the map is the start's
-    row of :math:`\hat A^{(L)} \cdots \hat A^{(1)}` (the product taken from the output side). The
-    rows of every :math:`\hat A` sum to 1, so each map sums to the start's total; padding gets 0 (no
-    real token attends to it). This equals rule (i) of :class:`TextTokenRelevanceLRP` with mean fusion.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A supported HuggingFace text Transformer.
-    tokenizer : tokenizer, optional
-        Tokenizes text given as ``inputs`` and names the tokens (:meth:`tokens`).
-
-    Options
-    -------
-    initial_relevance : Tensor or {"first", "last", "mean"}, optional
-        The start, as in :meth:`TextTokenRelevanceLRP.token_relevance`.
+    ``AttentionRollout(text_model)`` is the same method; see it for the options (``head_fusion``
+    mean/max/min, ``discard_ratio``, ``initial_relevance``). With mean fusion and no discard it
+    equals rule (i) of :class:`~captum_tokenlrp.TokenRelevanceLRP`.
     """
 
-    relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"initial_relevance": None})
-
-    def _token_relevance(self, prepared: PreparedText, target: TargetType, *, initial_relevance: object) -> Tensor:
-        return self._relevance_and_start(prepared, target, {"initial_relevance": initial_relevance})[0]
-
-    def _relevance_and_start(self, prepared, target, options):
-        start = self._check_start(prepared, target, options["initial_relevance"])
-
-        def rollout_matrix(layer: LayerProjections) -> Tensor:
-            # Fused here, in the forward pass: only one (batch, N, N) matrix per layer stays alive.
-            fused = layer.state().attention.mean(dim=1).mul_(0.5)
-            fused.diagonal(dim1=-2, dim2=-1).add_(0.5)
-            return fused
-
-        matrices = self._record(prepared, self.attention_sites, rollout_matrix)
-        relevance = start[:, None]
-        for matrix in reversed(matrices):  # R^(l-1) = R^(l) A_hat^(l), from the output side down
-            relevance = torch.bmm(relevance, matrix)
-        return self._check_finite(relevance[:, 0], matrices), start
-
-    def has_convergence_delta(self) -> bool:
-        """True: rollout conserves the start's total; the delta is ~0 up to float32 rounding."""
-        return True
-
-    @classmethod
-    def get_name(cls) -> str:
-        return "Attention Rollout"
-
-
-def _check_head_fusion(head_fusion: object, allow_none: bool) -> None:
-    allowed = ["mean"] + ([None] if allow_none else [])
-    if head_fusion not in allowed:
-        hint = "" if allow_none else " For one map per head use token_relevance(..., head_fusion=None)."
-        raise ValueError(f"head_fusion must be one of {allowed}, got {head_fusion!r}.{hint}")
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
 
 
 # =========================================================================== the explained scalar
@@ -308,7 +201,7 @@ class _TextGradientAttribution(TextTokenAttribution):
             pooling = "last" if self._adapter.is_decoder else "first"
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS} (or None: the model's default), got {pooling!r}.")
-        weights = self._named_or_given_start(pooling, prepared)
+        weights = self._inputs.named_or_given_start(pooling, prepared)
         return _ReadOut(kind, weights, weights, None)
 
     @staticmethod
@@ -422,7 +315,7 @@ class TextGenericAttentionExplainability(_TextGradientAttribution):
         read_out = self._read_out(prepared, target, pooling, position)
         start = read_out.start
         if initial_relevance is not None:
-            start = self._named_or_given_start(initial_relevance, prepared)
+            start = self._inputs.named_or_given_start(initial_relevance, prepared)
         forward, batched = self._explained(prepared, read_out.kind)
 
         def scalar() -> Tensor:
