@@ -418,8 +418,10 @@ def explain(args: argparse.Namespace) -> int:
         head_maps = {rule: relevance[rule][None][0] for rule in rules} if per_head_maps else {}
         arrays = relevance_arrays(rules, fused_maps, head_maps)
         # a per-head --head-fusion shows its mean as the fused column
-        fused = {f"rule ({rule})": patch_grid(torch.from_numpy(_fused_for_display(fused_maps[rule])), layout)
-                 for rule in rules}
+        fused = {
+            f"rule ({rule})": patch_grid(torch.from_numpy(_fused_for_display(fused_maps[rule])), layout)
+            for rule in rules
+        }
         per_head = {f"rule ({rule})": patch_grid(torch.from_numpy(maps), layout) for rule, maps in head_maps.items()}
         predicted = None
         if logits:
@@ -554,8 +556,10 @@ def explain_dir(args: argparse.Namespace) -> int:
     manifest = run_manifest(loaded, args, rules)
     manifest_text = manifest_json(manifest)
     digests = {path: _digest(path) for path in mine}  # resume by content: a replaced image is redone
-    states = {path: "missing" if args.overwrite else output_state(output_path(out, root, path), manifest_text,
-                                                                  digests[path]) for path in mine}
+    states = {
+        path: "missing" if args.overwrite else output_state(output_path(out, root, path), manifest_text, digests[path])
+        for path in mine
+    }
     pending = [path for path in mine if states[path] != "done"]
     redone = sum(state == "changed" for state in states.values())
     skipped = len(mine) - len(pending)
@@ -949,9 +953,7 @@ def write_shapes(args: argparse.Namespace) -> int:
         raise CliError(f"--count must be at least 1, got {args.count}.")
     out = Path(args.out)
     names = [f"shape_{index:06d}.png" for index in range(args.count)]
-    refuse_foreign(
-        [out / folder / name for folder in ("images", "masks") for name in names] + [out / "labels.csv"]
-    )
+    refuse_foreign([out / folder / name for folder in ("images", "masks") for name in names] + [out / "labels.csv"])
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     marked = PngInfo()

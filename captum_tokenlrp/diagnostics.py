@@ -160,9 +160,9 @@ class Diagnostics:
         ``[sink_share, norm_ratio]``. Empty findings are `(0, 4)` arrays."""
         return {
             "diagnostics_sinks": np.array([tuple(s) for s in self.sinks], dtype=np.float64).reshape(-1, 4),
-            "diagnostics_high_norm": np.array(
-                [tuple(t) for t in self.high_norm_tokens], dtype=np.float64
-            ).reshape(-1, 4),
+            "diagnostics_high_norm": np.array([tuple(t) for t in self.high_norm_tokens], dtype=np.float64).reshape(
+                -1, 4
+            ),
             "diagnostics_thresholds": np.array([self.sink_share, self.norm_ratio], dtype=np.float64),
         }
 
@@ -245,16 +245,16 @@ def diagnose(
     norm_ratio = _threshold(norm_ratio, "norm_ratio", 1.0, None)
     if isinstance(pixel_values, Tensor) and pixel_values.dim() == 3:
         pixel_values = pixel_values[None]
-    probe = _Probe(model)
-    prepared = probe._prepare(pixel_values, additional_forward_args)
+    engine = _Probe(model).engine
+    prepared = engine.prepare(pixel_values, additional_forward_args)
     if prepared.pixel_values.shape[0] != 1:
         raise ValueError(
             f"diagnose takes one image, got a batch of {prepared.pixel_values.shape[0]}; "
             f"call it per image, e.g. diagnose(model, pixel_values[i : i + 1])."
         )
     # Per layer only the mean attention each token receives, (batch, heads, N): never the N x N matrices.
-    with _block_norms(probe._adapter.transformer_blocks()) as norms:
-        received = probe._record(prepared, probe.attention_sites, _received)
+    with _block_norms(engine.blocks) as norms:
+        received = engine.record(prepared, _received)
     return _findings(received, norms, prepared.layout, sink_share, norm_ratio)
 
 

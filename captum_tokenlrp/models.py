@@ -151,13 +151,13 @@ def _is_path_like(name: str) -> bool:
 def _model_class_for(config, source: str):
     """The class of the checkpoint's own architecture, among those an adapter explains."""
     model_type = getattr(config, "model_type", None)
-    adapter = adapter_class_for_model_type(model_type) if model_type else None
+    adapter = adapter_class_for_model_type(model_type, "image") if model_type else None
     classes = adapter.available_model_classes() if adapter is not None else ()
     if not classes:
         raise ValueError(
             f"{source} is a {model_type or 'unknown'!s} checkpoint ({type(config).__name__}), which this "
-            f"package cannot explain. Supported model types: {', '.join(supported_model_types())} "
-            f"(classes: {', '.join(supported_model_classes())})."
+            f"package cannot explain. Supported model types: {', '.join(supported_model_types('image'))} "
+            f"(classes: {', '.join(supported_model_classes('image'))})."
         )
     by_name = {model_class.__name__: model_class for model_class in classes}
     architectures = list(getattr(config, "architectures", None) or [])

@@ -25,7 +25,7 @@ import torch
 from captum.attr import LLMAttributionResult, TextTokenInput, visualization
 from torch import Tensor, nn
 
-from ._core.propagation import FUSED_HEAD_MODES, check_head_fusion, propagate_chains
+from ._core.propagation import FUSED_HEAD_MODES, check_head_fusion
 from ._core.text_lrp import TextTokenRelevanceLRP
 from ._core.token_lrp import HeadFusion
 from .rules import TokenRule
@@ -326,12 +326,13 @@ class TokenRelevanceLLMAttribution:
                 f"head_fusion must be one of {list(FUSED_HEAD_MODES)} (one map per target token), got {head_fusion!r}."
             )
         prompt, input_tokens, columns = self._prompt(inp)
-        device = self.lrp._device()
+        engine = self.lrp.engine
+        device = engine.device
         prompt = prompt.to(device)
         target_ids = self._target(prompt, target, max_new_tokens, gen_args)
         ids = torch.cat([prompt, target_ids[None]], dim=1)
         prompt_length, count = prompt.shape[1], target_ids.numel()
-        prepared = self.lrp._prepare(ids, None)
+        prepared = engine.prepare(ids)
         steps = torch.arange(count, device=device)
         starts = torch.zeros(1, count, ids.shape[1], device=device)
         starts[0, steps, prompt_length - 1 + steps] = 1.0
@@ -339,10 +340,10 @@ class TokenRelevanceLLMAttribution:
         predicting = slice(prompt_length - 1, prompt_length - 1 + count)  # the positions that predict the target
         handle = self.model.register_forward_hook(_keep_logits(logits, predicting))
         try:
-            kept = self.lrp._record(prepared, self.lrp.attention_sites, self.lrp._layer_matrix(head_fusion))
+            kept = engine.record(prepared, engine.layer_matrix(head_fusion))
         finally:
             handle.remove()
-        relevance = self.lrp._check_finite(propagate_chains(starts, kept, head_fusion), kept)
+        relevance = engine.propagate(prepared, kept, head_fusion, start=starts, how="chains").relevance
         token_attr = relevance[0, :, :prompt_length].float().cpu()
         if columns is not None:
             token_attr = token_attr[:, columns]

@@ -997,7 +997,7 @@ def plot_rule_grid(
 
 
 def _column_title(column: int, diagnostics: Any) -> str:
-    """"image", "fused", then "head 0" ..: the heads axis' own index; a ``*`` where the head has a sink."""
+    """ "image", "fused", then "head 0" ..: the heads axis' own index; a ``*`` where the head has a sink."""
     if column < 2:
         return "image" if column == 0 else "fused"
     head = column - 2

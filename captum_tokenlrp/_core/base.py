@@ -22,6 +22,7 @@ from .._adapters import AttentionSite, TokenLayout, adapter_for
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, TextPrompts
 from .capture import LayerProjections, record_layers
+from .engine import Engine
 from .inputs import (
     CLASS_SPECIFIC_METHODS,
     PROMPT_SPECIFIC_METHODS,
@@ -135,6 +136,11 @@ class TokenAttribution(MethodOptions, Attribution):
         model = self._adapter.model
         super().__init__(model)
         self.model = model
+
+    @property
+    def engine(self) -> Engine:
+        """This attribution's steps as public verbs (prepare, record, start), for views that replay them."""
+        return Engine(self)
 
     @property
     def modality(self) -> str:

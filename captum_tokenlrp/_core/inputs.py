@@ -20,7 +20,7 @@ import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -49,9 +49,6 @@ from .._utils.validation import (
     resolve_start,
     text_length_limit,
 )
-
-if TYPE_CHECKING:
-    from .base import TokenAttribution
 
 #: Named starts accepted as ``initial_relevance`` for text inputs.
 NAMED_STARTS = ("first", "last", "mean")
@@ -163,6 +160,19 @@ Prepared = PreparedInputs | PreparedText
 
 
 # =========================================================================== the protocol
+class TokenAttribution(Protocol):
+    """What an input kind reads of the attribution it serves (:class:`~captum_tokenlrp.TokenAttribution`;
+    named here as a protocol so that this module does not import the template that imports it)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    _adapter: Any
+
+    def _device(self) -> torch.device: ...
+
+    def _warn_target_ignored(self, target: object, alternatives: str | None = None, force: bool = False) -> None: ...
+
+
 class InputKind(Protocol):
     """What the template asks of a kind of input; :class:`ImageInputs` and :class:`TextInputs` implement it."""
 

@@ -18,6 +18,7 @@ from .attention_gradients import AttentionGradient, attention_gradients
 from .base import TokenAttribution, evaluation_mode
 from .capture import CAPTURE_MODES, LayerProjections
 from .class_weighting import check_class_sensitive, class_state, contribution_scale, head_weights, weights_heads
+from .engine import RelevanceEngine
 from .inputs import Prepared, PreparedInputs
 from .kernels import builtin_kernel, redistribution
 from .propagation import (
@@ -350,6 +351,12 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
             )
         self.attention_capture = attention_capture
         self._configure_rules(rule, max_chunk_elements)
+
+    @property
+    def engine(self) -> RelevanceEngine:
+        """The steps as public verbs, layer matrices and propagation included (the explorer app replays rules
+        over one forward pass's projections with it; see :class:`~captum_tokenlrp._core.engine.RelevanceEngine`)."""
+        return RelevanceEngine(self)
 
     @property
     def target_sensitive(self) -> bool:  # type: ignore[override]

@@ -162,7 +162,7 @@ def _model_type(source: str) -> str | None:
 
 
 def _text_model_hint(source: str) -> str:
-    """" It is a text model: ..." where ``source`` is a checkpoint of a family the text commands explain."""
+    """ " It is a text model: ..." where ``source`` is a checkpoint of a family the text commands explain."""
     from .._adapters.text import text_adapter_for_model_type
 
     model_type = _model_type(source)
@@ -172,11 +172,11 @@ def _text_model_hint(source: str) -> str:
 
 
 def _image_model_hint(source: str) -> str:
-    """" It is an image model: ..." where ``source`` is a checkpoint of a family the image commands explain."""
+    """ " It is an image model: ..." where ``source`` is a checkpoint of a family the image commands explain."""
     from .._adapters import adapter_class_for_model_type
 
     model_type = _model_type(source)
-    if model_type and adapter_class_for_model_type(model_type) is not None:
+    if model_type and adapter_class_for_model_type(model_type, "image") is not None:
         return f" It is an image model ({model_type}): explain images with tokenlrp explain IMAGE --model {source}."
     return ""
 
@@ -341,12 +341,13 @@ def text_model_class(config, source: str):
     """
     import transformers
 
-    from .._adapters.text import _TEXT_ADAPTERS, text_adapter_for_model_type
+    from .._adapters import supported_model_types
+    from .._adapters.text import text_adapter_for_model_type
 
     model_type = getattr(config, "model_type", None)
     adapter = text_adapter_for_model_type(model_type) if model_type else None
     if adapter is None or not adapter.available_model_classes():
-        supported = sorted({kind for known in _TEXT_ADAPTERS for kind in known.model_types})
+        supported = sorted(set(supported_model_types("text")))
         raise CliError(
             f"{source} is a {model_type or 'unknown'!s} checkpoint ({type(config).__name__}), which this package "
             f"cannot explain as text. Supported model types: {', '.join(supported)}."

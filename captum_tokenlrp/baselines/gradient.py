@@ -235,9 +235,7 @@ class GenericAttentionExplainability(_GradientAttribution):
         targets = self._targets(explained, prepared, target)
         pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
         with evaluation_mode(self.model):
-            layers = attention_gradients(
-                self.attention_sites, lambda: self._scalar(explained(pixel_values), targets)
-            )
+            layers = attention_gradients(self.attention_sites, lambda: self._scalar(explained(pixel_values), targets))
         batch, tokens = pixel_values.shape[0], prepared.layout.num_tokens
         joint = torch.eye(tokens, device=pixel_values.device).expand(batch, tokens, tokens).clone()
         weighted = []
