@@ -295,13 +295,8 @@ def adapter_class(model: object, modality: str | None = None) -> type[ModelAdapt
     )
 
 
-def unwrap_model(model: object) -> object:
-    """The model inside a wrapper the explanation cannot hook, with a warning saying which.
-
-    ``torch.compile`` (its graph bypasses the forward hooks the recorder uses) -> ``._orig_mod``;
-    ``nn.DataParallel`` / ``DistributedDataParallel`` -> ``.module``; a transformers ``Pipeline``
-    -> ``.model``. The explanation runs the unwrapped module, which shares the wrapper's parameters.
-    """
+def _unwrapped(model: object) -> tuple[object, list[str]]:
+    """The model inside its wrappers, and how each was opened (see :func:`unwrap_model`)."""
     seen = []
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -315,9 +310,19 @@ def unwrap_model(model: object) -> object:
         ):  # a transformers Pipeline
             inner, how = model.model, ".model"
         else:
-            break
+            return model, seen
         seen.append(f"{type(model).__name__} -> {how}")
         model = inner
+
+
+def unwrap_model(model: object) -> object:
+    """The model inside a wrapper the explanation cannot hook, with a warning saying which.
+
+    ``torch.compile`` (its graph bypasses the forward hooks the recorder uses) -> ``._orig_mod``;
+    ``nn.DataParallel`` / ``DistributedDataParallel`` -> ``.module``; a transformers ``Pipeline``
+    -> ``.model``. The explanation runs the unwrapped module, which shares the wrapper's parameters.
+    """
+    model, seen = _unwrapped(model)
     if seen:
         warnings.warn(
             f"Explaining the model inside its wrapper ({'; '.join(seen)}): hooks cannot observe a compiled "
@@ -327,6 +332,12 @@ def unwrap_model(model: object) -> object:
             stacklevel=user_stacklevel(),
         )
     return model
+
+
+def modality_of(model: object) -> str | None:
+    """The modality of the registered adapter that handles ``model`` (inside its wrappers; no warning), or None."""
+    adapter = adapter_class(_unwrapped(model)[0])
+    return None if adapter is None else adapter.modality
 
 
 #: How the error of :func:`adapter_for` names the models of each modality.

@@ -7,6 +7,7 @@ what ``attribute`` returns).
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters import AttentionSite, TokenLayout, adapter_for
+from .._adapters.base import modality_of
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, TextPrompts
 from .capture import LayerProjections, record_layers
@@ -126,6 +128,21 @@ class TokenAttribution(MethodOptions, Attribution):
     #: anything read from them) by float32 rounding. The LRP, whose cost is every layer's N x N
     #: matrices, takes the argument and defaults to ``"fast"``.
     attention_capture: str = "exact"
+
+    #: Where a method's read-out differs between images and text, the subclass implementing it for a
+    #: modality, as ``{"text": "module:Class"}``: constructing the public class on such a model builds that
+    #: subclass (e.g. ``GenericAttentionExplainability(bert)`` is a ``TextGenericAttentionExplainability``,
+    #: an instance of both). Empty: one implementation serves every modality in :attr:`modalities`.
+    modality_implementations: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def __new__(cls, model: object = None, *args: Any, **kwargs: Any) -> TokenAttribution:
+        implementation = cls.modality_implementations.get(modality_of(model) or "")
+        if implementation is not None:
+            module, name = implementation.split(":")
+            chosen = getattr(importlib.import_module(module), name)
+            if issubclass(chosen, cls):
+                return super().__new__(chosen)
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer

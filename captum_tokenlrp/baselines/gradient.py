@@ -221,14 +221,25 @@ class GenericAttentionExplainability(_GradientAttribution):
 
     ``grad_A`` is obtained without switching the model's attention implementation:
     since the attention output is ``sum_j A_ij v_j`` (per head), ``dS/dA_ij = <dS/dctx_i, v_j>``,
-    with ``dS/dctx`` the gradient at the output projection's input. ``A`` is recomputed in
-    float32 from the query and key projections, as everywhere in this package. No
-    parameter's ``.grad`` is touched.
+    with ``dS/dctx`` the gradient at the output projection's input. ``A`` is the model's float32
+    attention as the recorder reads it for every method of the package (recomputed from the
+    query and key projections while the model's own kernel runs, so that the gradient flows
+    through it). No parameter's ``.grad`` is touched.
 
     ``token_relevance`` gives `(batch_size, num_tokens)`; ``target`` is the class for a
     classifier (default: the predicted one) and must be None for a model without labels (its CLS
     embedding score is explained, see :class:`ExplainedForward`).
+
+    One class for vision and text models: on a text model the instance is a
+    :class:`~captum_tokenlrp.baselines.TextGenericAttentionExplainability` (its read-out of the
+    explained scalar: a classifier's logit, a language model's next-token logit, an embedding
+    score, with its options ``initial_relevance``, ``pooling``, ``position``).
     """
+
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+    modality_implementations: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"text": "captum_tokenlrp.baselines.text:TextGenericAttentionExplainability"}
+    )
 
     def _token_relevance(self, prepared: PreparedInputs, target: TargetType) -> Tensor:
         explained = self._explained(prepared, target)
@@ -275,8 +286,16 @@ class TokenIntegratedGradients(_GradientAttribution):
     special tokens 0); ``attribute`` returns Captum's pixel attributions and, with
     ``return_convergence_delta=True``, Captum's completeness error per sample,
     ``sum(attributions) - (F(inputs) - F(baselines))``.
+
+    One class for vision and text models: on a text model the instance is a
+    :class:`~captum_tokenlrp.baselines.TextLayerIntegratedGradients` (Captum's
+    ``LayerIntegratedGradients`` on the token embeddings; its constructor and options).
     """
 
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+    modality_implementations: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"text": "captum_tokenlrp.baselines.text:TextLayerIntegratedGradients"}
+    )
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"baselines": None})
 
     def __init__(

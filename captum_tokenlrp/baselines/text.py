@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 import torch
 from captum.attr import LayerIntegratedGradients
-from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._adapters.text import last_real_token
@@ -43,6 +42,7 @@ from .._core.text_gradients import attention_gradients
 from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, _per_sample_targets, class_indices
 from .attention import AttentionRollout, RawAttention
+from .gradient import GenericAttentionExplainability, TokenIntegratedGradients
 
 __all__ = [
     "TextAttentionRollout",
@@ -261,7 +261,7 @@ class _TextGradientAttribution(TextTokenAttribution):
 
 
 # =========================================================================== GAE
-class TextGenericAttentionExplainability(_TextGradientAttribution):
+class TextGenericAttentionExplainability(_TextGradientAttribution, GenericAttentionExplainability):
     r"""Generic Attention Explainability (Chefer, Gur & Wolf, ICCV 2021), self-attention rule, for text.
 
     Per layer :math:`\bar A = \operatorname{mean}_h \big(\nabla_A S \odot A\big)^+`; starting from
@@ -347,7 +347,7 @@ class TextGenericAttentionExplainability(_TextGradientAttribution):
 
 
 # =========================================================================== Integrated Gradients
-class TextLayerIntegratedGradients(_TextGradientAttribution):
+class TextLayerIntegratedGradients(_TextGradientAttribution, TokenIntegratedGradients):
     """Captum's ``LayerIntegratedGradients`` on the token embeddings, summed over the hidden dimension.
 
     The path runs, in the embedding layer's output (``get_input_embeddings()``), from the embeddings of
@@ -509,25 +509,13 @@ class TextLayerIntegratedGradients(_TextGradientAttribution):
         options = {"pooling": pooling, "position": position, "baselines": baselines}
         return self._integrate(prepared, target, options)[0]
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor] | Mapping[str, Tensor],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        **options: Any,
-    ) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
-        """Per-token attributions `(batch_size, num_tokens)`; with ``return_convergence_delta`` also Captum's
-        completeness error per sample, ``sum(attributions) - (S(inputs) - S(baselines))``.
-
-        Parameters as in :meth:`token_relevance` (options ``pooling``, ``position``, ``baselines``).
-        """
-        options = self._options(options)
-        prepared = self._prepare(inputs, additional_forward_args)
+    def _attributions(
+        self, prepared: PreparedText, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-token attributions `(batch_size, num_tokens)` and Captum's completeness error per sample,
+        ``sum(attributions) - (S(inputs) - S(baselines))``."""
         relevance, delta = self._integrate(prepared, target, options)
-        output = (relevance,) if prepared.is_tuple else relevance
-        return (output, delta) if return_convergence_delta else output
+        return relevance, delta if return_convergence_delta else None
 
     def has_convergence_delta(self) -> bool:
         """True, as Captum's ``LayerIntegratedGradients`` (its completeness error)."""

@@ -1,0 +1,225 @@
+"""One stack for images and text: one template, one adapter registry, one class per method.
+
+The text side against float64 references written from the formulas (on each family's own eager
+attention, per sentence on its real tokens): the head fusions and discard ratio of rollout, raw
+attention's fused rows, every output token's map, the map at every depth; and the public surface
+of the unification (modalities, the registry, the Text* names as views of the one classes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from text_models import build_text_model, eager_attention_and_values, reference_text_relevance, token_ids
+from transformers import ViTConfig, ViTModel
+
+import captum_tokenlrp
+from captum_tokenlrp import (
+    ModelAdapter,
+    TextModelAdapter,
+    TextTokenRelevanceLRP,
+    TokenRelevanceLRP,
+    register_adapter,
+    supported_model_classes,
+    supported_text_model_classes,
+)
+from captum_tokenlrp.baselines import (
+    AttentionRollout,
+    AttnLRP,
+    GenericAttentionExplainability,
+    RawAttention,
+    TextAttentionRollout,
+    TextGenericAttentionExplainability,
+    TextLayerIntegratedGradients,
+    TextRawAttention,
+    TokenIntegratedGradients,
+)
+
+DOUBLE = torch.float64
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]])
+
+
+def padded_batch(name: str = "bert"):
+    model = build_text_model(name)
+    ids = token_ids(3, 7)
+    return model, ids, MASK.clone()
+
+
+def first_token_start(mask: torch.Tensor) -> torch.Tensor:
+    start = torch.zeros(mask.shape, dtype=DOUBLE)
+    start[:, 0] = 1.0
+    return start
+
+
+def fuse(attention: torch.Tensor, how: str) -> torch.Tensor:
+    """`(H, N, N)` -> `(N, N)`: the heads' mean, max or min."""
+    if how == "mean":
+        return attention.mean(dim=0)
+    return attention.amax(dim=0) if how == "max" else attention.amin(dim=0)
+
+
+def reference_rollout(layers, mask, start, how: str, discard_ratio: float = 0.0) -> torch.Tensor:
+    """float64 rollout per sentence on its real tokens: fuse, discard the lowest entries, add I, normalise rows."""
+    out = torch.zeros(mask.shape, dtype=DOUBLE)
+    for b in range(mask.shape[0]):
+        real = mask[b].bool().nonzero().flatten()
+        relevance = start[b, real]
+        matrices = []
+        for attention, _ in layers:
+            fused = fuse(attention[b][:, real][:, :, real], how)
+            if discard_ratio:
+                flat = fused.flatten().clone()
+                count = int(flat.numel() * discard_ratio)
+                lowest = flat.topk(count, largest=False).indices
+                kept_first = flat[0].clone()
+                flat[lowest] = 0.0
+                flat[0] = kept_first
+                fused = flat.reshape(fused.shape)
+            fused = fused + torch.eye(len(real), dtype=DOUBLE)
+            matrices.append(fused / fused.sum(dim=-1, keepdim=True))
+        for matrix in reversed(matrices):
+            relevance = relevance @ matrix
+        out[b, real] = relevance
+    return out
+
+
+# --------------------------------------------------------------------------- the text side gains the image side's
+@pytest.mark.parametrize("how", ["mean", "max", "min"])
+def test_text_rollout_fuses_heads_as_the_image_side_does(how):
+    model, ids, mask = padded_batch()
+    layers = eager_attention_and_values(model, ids, attention_mask=mask)
+    expected = reference_rollout(layers, mask, first_token_start(mask), how)
+    ours = AttentionRollout(model).token_relevance(
+        ids, additional_forward_args={"attention_mask": mask}, head_fusion=how
+    )
+    torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    assert float(ours[mask == 0].abs().max()) == 0.0  # padding gets nothing
+    torch.testing.assert_close(ours.sum(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_text_rollout_discard_ratio_matches_the_formula():
+    model = build_text_model("gpt2")
+    ids = token_ids(2, 6)  # no padding: the discarded share is of the whole matrix
+    mask = torch.ones_like(ids)
+    layers = eager_attention_and_values(model, ids)
+    start = torch.zeros(ids.shape, dtype=DOUBLE)
+    start[:, -1] = 1.0  # a decoder starts at its last token
+    for how in ("mean", "max"):
+        expected = reference_rollout(layers, mask, start, how, discard_ratio=0.5)
+        ours = AttentionRollout(model).token_relevance(ids, head_fusion=how, discard_ratio=0.5)
+        torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    plain = AttentionRollout(model).token_relevance(ids)
+    assert float((plain - AttentionRollout(model).token_relevance(ids, discard_ratio=0.5)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("how", ["max", "min"])
+def test_text_raw_attention_fuses_heads_and_keeps_the_starts_total(how):
+    model, ids, mask = padded_batch("roberta")
+    layers = eager_attention_and_values(model, ids, attention_mask=mask)
+    attention = layers[-1][0]  # (B, H, N, N)
+    start = mask.to(DOUBLE) / mask.sum(dim=1, keepdim=True)  # the "mean" start: every real token's row
+    rows = torch.einsum("bn,bhnm->bhm", start, attention) * mask[:, None]
+    fused = fuse(rows.transpose(0, 1), how)
+    expected = fused / fused.sum(dim=-1, keepdim=True)
+    ours = RawAttention(model).token_relevance(
+        ids, additional_forward_args={"attention_mask": mask}, initial_relevance="mean", head_fusion=how
+    )
+    torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    _, delta = RawAttention(model).attribute(
+        ids, additional_forward_args={"attention_mask": mask}, head_fusion=how, return_convergence_delta=True
+    )
+    assert float(delta.abs().max()) < 1e-5
+
+
+def test_text_maps_of_every_output_token_and_every_depth():
+    model, ids, mask = padded_batch("bert")
+    lrp = TokenRelevanceLRP(model, rule="ii")
+    forward = {"attention_mask": mask}
+    every = lrp.all_token_relevance(ids, forward)  # (B, N, N): row i explains output token i
+    layers = eager_attention_and_values(model, ids, attention_mask=mask)
+    for position in (0, 2):
+        start = torch.zeros(mask.shape, dtype=DOUBLE)
+        start[:, position] = 1.0
+        expected = reference_text_relevance(layers, mask.bool(), start, "ii")
+        torch.testing.assert_close(every[:, position].double(), expected, atol=2e-6, rtol=1e-4)
+        torch.testing.assert_close(lrp.token_relevance(ids, position, forward), every[:, position])
+    by_layer = lrp.token_relevance_by_layer(ids, additional_forward_args=forward)
+    assert by_layer.shape == (3, len(lrp.attention_sites) + 1, 7)
+    torch.testing.assert_close(by_layer[:, 0], lrp.token_relevance(ids, additional_forward_args=forward))
+    torch.testing.assert_close(by_layer.sum(dim=-1), torch.ones(3, len(lrp.attention_sites) + 1), atol=1e-5, rtol=0)
+    truncated = reference_text_relevance(layers[1:], mask.bool(), first_token_start(mask), "ii")
+    torch.testing.assert_close(by_layer[:, 1].double(), truncated, atol=2e-6, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- one class per method
+def test_one_class_per_method_for_both_modalities():
+    model, ids, mask = padded_batch("bert_classifier")
+    forward = {"attention_mask": mask}
+    for one, text in (
+        (TokenRelevanceLRP, TextTokenRelevanceLRP),
+        (RawAttention, TextRawAttention),
+        (AttentionRollout, TextAttentionRollout),
+    ):
+        unified = one(model)
+        assert unified.modality == "text" and type(unified) is one
+        torch.testing.assert_close(
+            unified.token_relevance(ids, additional_forward_args=forward),
+            text(model).token_relevance(ids, additional_forward_args=forward),
+        )
+    gae = GenericAttentionExplainability(model)
+    assert isinstance(gae, TextGenericAttentionExplainability) and isinstance(gae, GenericAttentionExplainability)
+    torch.testing.assert_close(
+        gae.token_relevance(ids, 1, forward), TextGenericAttentionExplainability(model).token_relevance(ids, 1, forward)
+    )
+    ig = TokenIntegratedGradients(model, 8)
+    assert isinstance(ig, TextLayerIntegratedGradients) and ig.n_steps == 8
+    torch.testing.assert_close(
+        ig.token_relevance(ids, 1, forward), TextLayerIntegratedGradients(model, 8).token_relevance(ids, 1, forward)
+    )
+
+
+def test_image_only_methods_and_text_names_say_which_class_explains_the_other_modality():
+    with pytest.raises(TypeError, match=r"BertModel is a text Transformer.*vision Transformers only"):
+        AttnLRP(build_text_model("bert"))
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=16,
+        )
+    )
+    for text_only in (TextRawAttention, TextAttentionRollout, TextGenericAttentionExplainability):
+        with pytest.raises(TypeError, match=r"ViTModel is a vision Transformer.*TokenRelevanceLRP"):
+            text_only(vit)
+    assert type(GenericAttentionExplainability(vit)) is GenericAttentionExplainability
+    assert TokenRelevanceLRP(vit).modality == "image"
+    with pytest.raises(TypeError, match="token_layout describes image patches"):
+        TokenRelevanceLRP(build_text_model("bert")).token_layout(token_ids(1, 4))
+
+
+# --------------------------------------------------------------------------- one registry
+def test_one_registry_with_the_modality_as_a_property():
+    image, text = set(supported_model_classes("image")), set(supported_model_classes("text"))
+    assert {"ViTModel", "Dinov2Model"} <= image and {"BertModel", "GPT2LMHeadModel"} <= text
+    assert not image & text
+    assert set(supported_model_classes()) == image | text
+    assert tuple(supported_text_model_classes()) == tuple(supported_model_classes("text"))
+    assert issubclass(TextModelAdapter, ModelAdapter) and TextModelAdapter.modality == "text"
+    assert "TextModelAdapter" in captum_tokenlrp.__all__
+    with pytest.raises(ValueError, match="modality must be one of"):
+        supported_model_classes("audio")
+
+    class NoLayout(ModelAdapter):  # an image adapter that forgot the token layout
+        def attention_sites(self):
+            return []
+
+        def transformer_blocks(self):
+            return []
+
+    with pytest.raises(TypeError, match="does not implement token_layout, num_channels, image_size"):
+        register_adapter(NoLayout)
+    with pytest.raises(TypeError, match="without an implementation of token_layout"):
+        NoLayout(torch.nn.Linear(1, 1))
