@@ -235,6 +235,17 @@ def missing_image_methods(adapter: type[ModelAdapter]) -> list[str]:
     return [name for name in IMAGE_METHODS if getattr(adapter, name) is getattr(ModelAdapter, name)]
 
 
+def transformers_classes(names: Sequence[str]) -> tuple[type, ...]:
+    """``transformers``' classes of these names, imported lazily; ImportError where this release lacks one
+    (what :meth:`ModelAdapter.available_model_classes` reads as "this family is not here")."""
+    import transformers
+
+    try:
+        return tuple(getattr(transformers, name) for name in names)
+    except AttributeError as error:
+        raise ImportError(str(error)) from None
+
+
 _ADAPTERS: list[type[ModelAdapter]] = []
 
 

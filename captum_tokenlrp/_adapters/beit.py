@@ -22,21 +22,10 @@ from .hf_vit_family import HFViTFamilyAdapter
 class BeitAdapter(HFViTFamilyAdapter):
     """``BeitModel`` and ``BeitForImageClassification``, transformers 4.x and 5.x layouts."""
 
-    supported_class_names = ("BeitModel", "BeitForImageClassification")
+    base_class_names = ("BeitModel",)
+    classifier_class_names = ("BeitForImageClassification",)
     model_types = ("beit",)
     backbone_attribute = "beit"
-
-    @classmethod
-    def base_classes(cls) -> tuple[type, ...]:
-        from transformers import BeitModel
-
-        return (BeitModel,)
-
-    @classmethod
-    def classifier_classes(cls) -> tuple[type, ...]:
-        from transformers import BeitForImageClassification
-
-        return (BeitForImageClassification,)
 
     @classmethod
     def loading_options(cls, model_class: type) -> dict[str, object]:

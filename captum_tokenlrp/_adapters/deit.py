@@ -18,22 +18,11 @@ class DeiTAdapter(HFViTFamilyAdapter):
     its start splits the relevance equally between the two tokens.
     """
 
-    supported_class_names = ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
+    base_class_names = ("DeiTModel",)
+    classifier_class_names = ("DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
     model_types = ("deit",)
     backbone_attribute = "deit"
     pre_norm_blocks = True
-
-    @classmethod
-    def base_classes(cls) -> tuple[type, ...]:
-        from transformers import DeiTModel
-
-        return (DeiTModel,)
-
-    @classmethod
-    def classifier_classes(cls) -> tuple[type, ...]:
-        from transformers import DeiTForImageClassification, DeiTForImageClassificationWithTeacher
-
-        return (DeiTForImageClassification, DeiTForImageClassificationWithTeacher)
 
     def special_token_names(self) -> tuple[str, ...]:
         return ("cls", "distillation")

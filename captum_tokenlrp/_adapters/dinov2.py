@@ -28,40 +28,18 @@ class _Dinov2Family(HFViTFamilyAdapter):
 
 @register_adapter
 class Dinov2Adapter(_Dinov2Family):
-    supported_class_names = ("Dinov2Model", "Dinov2ForImageClassification")
+    base_class_names = ("Dinov2Model",)
+    classifier_class_names = ("Dinov2ForImageClassification",)
     model_types = ("dinov2",)
     backbone_attribute = "dinov2"
-
-    @classmethod
-    def base_classes(cls) -> tuple[type, ...]:
-        from transformers import Dinov2Model
-
-        return (Dinov2Model,)
-
-    @classmethod
-    def classifier_classes(cls) -> tuple[type, ...]:
-        from transformers import Dinov2ForImageClassification
-
-        return (Dinov2ForImageClassification,)
 
 
 @register_adapter
 class Dinov2WithRegistersAdapter(_Dinov2Family):
-    supported_class_names = ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification")
+    base_class_names = ("Dinov2WithRegistersModel",)
+    classifier_class_names = ("Dinov2WithRegistersForImageClassification",)
     model_types = ("dinov2_with_registers",)
     backbone_attribute = "dinov2_with_registers"
-
-    @classmethod
-    def base_classes(cls) -> tuple[type, ...]:
-        from transformers import Dinov2WithRegistersModel
-
-        return (Dinov2WithRegistersModel,)
-
-    @classmethod
-    def classifier_classes(cls) -> tuple[type, ...]:
-        from transformers import Dinov2WithRegistersForImageClassification
-
-        return (Dinov2WithRegistersForImageClassification,)
 
     def special_token_names(self) -> tuple[str, ...]:
         registers = int(self.config.num_register_tokens)

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from .base import AttentionSite, ModelAdapter, TokenLayout
+from .base import AttentionSite, ModelAdapter, TokenLayout, transformers_classes
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -59,16 +59,25 @@ class HFViTFamilyAdapter(ConfigTokens, ModelAdapter):
     #: Attribute of a task model (classifier) that holds the base model.
     backbone_attribute: ClassVar[str] = ""
     attention_altering_arguments = ("head_mask", "attention_mask")
+    #: ``transformers``' names of the base (headless) model classes and of the classifiers around them;
+    #: :attr:`supported_class_names` is both, unless a subclass says otherwise.
+    base_class_names: ClassVar[tuple[str, ...]] = ()
+    classifier_class_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supported_class_names" not in cls.__dict__:
+            cls.supported_class_names = cls.base_class_names + cls.classifier_class_names
 
     @classmethod
     def base_classes(cls) -> tuple[type, ...]:
         """The base (headless) model classes, imported lazily."""
-        raise NotImplementedError
+        return transformers_classes(cls.base_class_names)
 
     @classmethod
     def classifier_classes(cls) -> tuple[type, ...]:
         """The classifier classes whose ``backbone_attribute`` holds a base model."""
-        raise NotImplementedError
+        return transformers_classes(cls.classifier_class_names)
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:

@@ -16,9 +16,7 @@ the prediction is read at the last real token.
 
 from __future__ import annotations
 
-import importlib
 from abc import abstractmethod
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -32,6 +30,7 @@ from .base import (
     adapter_for,
     register_adapter,
     supported_model_classes,
+    transformers_classes,
 )
 
 
@@ -132,11 +131,6 @@ def last_real_token(token_mask: Tensor) -> Tensor:
     return tokens - 1 - token_mask.flip(1).to(torch.int8).argmax(dim=1)
 
 
-def _transformers_classes(names: Sequence[str]) -> tuple[type, ...]:
-    transformers = importlib.import_module("transformers")
-    return tuple(getattr(transformers, name) for name in names)
-
-
 def _merge(first: nn.Module, second: nn.Module) -> tuple[nn.Module, ...]:
     return (first,) if first is second else (first, second)
 
@@ -183,7 +177,7 @@ class _BertStyleAdapter(TextModelAdapter):
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        return _transformers_classes(cls.class_names)
+        return transformers_classes(cls.class_names)
 
     def _check_config(self) -> None:
         kind = getattr(self.config, "position_embedding_type", "absolute")
@@ -247,7 +241,7 @@ class DistilBertAdapter(TextModelAdapter):
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        return _transformers_classes(cls.supported_class_names)
+        return transformers_classes(cls.supported_class_names)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.backbone.transformer.layer)
@@ -288,7 +282,7 @@ class GPT2Adapter(TextModelAdapter):
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        return _transformers_classes(cls.supported_class_names)
+        return transformers_classes(cls.supported_class_names)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.backbone.h)
@@ -328,7 +322,7 @@ class _LlamaStyleAdapter(TextModelAdapter):
 
     @classmethod
     def model_classes(cls) -> tuple[type, ...]:
-        return _transformers_classes(cls.supported_class_names)
+        return transformers_classes(cls.supported_class_names)
 
     def _check_config(self) -> None:
         softcap = getattr(self.config, "attn_logit_softcapping", None)

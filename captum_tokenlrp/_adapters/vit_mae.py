@@ -24,20 +24,10 @@ from .hf_vit_family import HFViTFamilyAdapter
 class ViTMAEAdapter(HFViTFamilyAdapter):
     """``ViTMAEModel`` (a ``ViTMAEForPreTraining`` checkpoint loads its encoder)."""
 
-    supported_class_names = ("ViTMAEModel",)
+    base_class_names = ("ViTMAEModel",)
     model_types = ("vit_mae",)
     backbone_attribute = "vit"
     pre_norm_blocks = True
-
-    @classmethod
-    def base_classes(cls) -> tuple[type, ...]:
-        from transformers import ViTMAEModel
-
-        return (ViTMAEModel,)
-
-    @classmethod
-    def classifier_classes(cls) -> tuple[type, ...]:
-        return ()
 
     def explaining(self) -> AbstractContextManager[None]:
         return self._no_masking()
