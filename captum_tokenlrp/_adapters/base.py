@@ -66,6 +66,33 @@ class AttentionSite:
     rule_modules: tuple[nn.Module, ...]
     score_bias: tuple[nn.Module, ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        layer_index: int,
+        module: nn.Module,
+        projections: tuple[nn.Module, nn.Module, nn.Module, nn.Module],
+        num_heads: int,
+        head_dim: int,
+        scaling: float,
+        rule_modules: tuple[nn.Module, ...] | None = None,
+    ) -> AttentionSite:
+        """The site of ``module`` with its ``(query, key, value, output)`` projections (the short form the
+        adapters use); ``rule_modules`` defaults to ``(module,)``."""
+        query, key, value, output = projections
+        return cls(
+            layer_index,
+            module,
+            query,
+            key,
+            value,
+            output,
+            int(num_heads),
+            int(head_dim),
+            float(scaling),
+            (module,) if rule_modules is None else rule_modules,
+        )
+
 
 #: The kinds of input an adapter's model takes (:attr:`ModelAdapter.modality`).
 MODALITIES = ("image", "text")

@@ -61,17 +61,13 @@ class _ContrastiveVisionAdapter(ConfigTokens, ModelAdapter):
         for index, layer in enumerate(self.vision_root.encoder.layers):
             attention = layer.self_attn
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=attention,
-                    query=attention.q_proj,
-                    key=attention.k_proj,
-                    value=attention.v_proj,
-                    output=attention.out_proj,
-                    num_heads=int(attention.num_heads),
-                    head_dim=int(attention.head_dim),
-                    scaling=float(attention.scale),
-                    rule_modules=(attention,),
+                AttentionSite.of(
+                    index,
+                    attention,
+                    (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj),
+                    int(attention.num_heads),
+                    int(attention.head_dim),
+                    float(attention.scale),
                 )
             )
         return sites

@@ -118,18 +118,15 @@ class HFViTFamilyAdapter(ConfigTokens, ModelAdapter):
                 head_dim = module.attention_head_size
                 rule_modules = (block, module)
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=module,
-                    query=query,
-                    key=key,
-                    value=value,
-                    output=output,
-                    num_heads=query.out_features // head_dim,
-                    head_dim=head_dim,
+                AttentionSite.of(
+                    index,
+                    module,
+                    (query, key, value, output),
+                    query.out_features // head_dim,
+                    head_dim,
                     # Older 4.x releases divide by sqrt(head_dim) instead of storing `scaling`.
-                    scaling=float(getattr(module, "scaling", head_dim**-0.5)),
-                    rule_modules=rule_modules,
+                    float(getattr(module, "scaling", head_dim**-0.5)),
+                    rule_modules,
                 )
             )
         return sites

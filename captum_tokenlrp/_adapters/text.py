@@ -197,17 +197,14 @@ class _BertStyleAdapter(TextModelAdapter):
             module = attention.self
             head_dim = int(module.attention_head_size)
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=module,
-                    query=module.query,
-                    key=module.key,
-                    value=module.value,
-                    output=attention.output.dense,
-                    num_heads=int(module.num_attention_heads),
-                    head_dim=head_dim,
-                    scaling=float(getattr(module, "scaling", head_dim**-0.5)),
-                    rule_modules=(attention, module),
+                AttentionSite.of(
+                    index,
+                    module,
+                    (module.query, module.key, module.value, attention.output.dense),
+                    int(module.num_attention_heads),
+                    head_dim,
+                    float(getattr(module, "scaling", head_dim**-0.5)),
+                    (attention, module),
                 )
             )
         return sites
@@ -253,17 +250,13 @@ class DistilBertAdapter(TextModelAdapter):
         for index, layer in enumerate(self.backbone.transformer.layer):
             module = layer.attention
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=module,
-                    query=module.q_lin,
-                    key=module.k_lin,
-                    value=module.v_lin,
-                    output=module.out_lin,
-                    num_heads=heads,
-                    head_dim=head_dim,
-                    scaling=float(getattr(module, "scaling", head_dim**-0.5)),
-                    rule_modules=(module,),
+                AttentionSite.of(
+                    index,
+                    module,
+                    (module.q_lin, module.k_lin, module.v_lin, module.out_lin),
+                    heads,
+                    head_dim,
+                    float(getattr(module, "scaling", head_dim**-0.5)),
                 )
             )
         return sites
@@ -296,17 +289,13 @@ class GPT2Adapter(TextModelAdapter):
             if getattr(module, "scale_attn_by_inverse_layer_idx", False):
                 scaling /= index + 1
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=module,
-                    query=module.c_attn,
-                    key=module.c_attn,
-                    value=module.c_attn,
-                    output=module.c_proj,
-                    num_heads=int(module.num_heads),
-                    head_dim=head_dim,
-                    scaling=float(getattr(module, "scaling", scaling)),
-                    rule_modules=(module,),
+                AttentionSite.of(
+                    index,
+                    module,
+                    (module.c_attn, module.c_attn, module.c_attn, module.c_proj),
+                    int(module.num_heads),
+                    head_dim,
+                    float(getattr(module, "scaling", scaling)),
                 )
             )
         return sites
@@ -342,17 +331,13 @@ class _LlamaStyleAdapter(TextModelAdapter):
             module = layer.self_attn
             head_dim = int(module.head_dim)
             sites.append(
-                AttentionSite(
-                    layer_index=index,
-                    module=module,
-                    query=module.q_proj,
-                    key=module.k_proj,
-                    value=module.v_proj,
-                    output=module.o_proj,
-                    num_heads=heads,
-                    head_dim=head_dim,
-                    scaling=float(getattr(module, "scaling", head_dim**-0.5)),
-                    rule_modules=(module,),
+                AttentionSite.of(
+                    index,
+                    module,
+                    (module.q_proj, module.k_proj, module.v_proj, module.o_proj),
+                    heads,
+                    head_dim,
+                    float(getattr(module, "scaling", head_dim**-0.5)),
                 )
             )
         return sites

@@ -256,8 +256,11 @@ class TokenAttribution(MethodOptions, Attribution):
         return torch.stack(maps, dim=1)
 
     def _token_relevance(self, prepared: Prepared, target: TargetType, **options: Any) -> Tensor:
-        """The method itself: `(batch_size, num_tokens)` (or per head) for validated inputs."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _token_relevance(prepared, target, ...).")
+        """The method itself: `(batch_size, num_tokens)` (or per head) for validated inputs; by default the
+        relevance of :meth:`_relevance_and_start`, for a conserving method that implements that instead."""
+        if type(self)._relevance_and_start is TokenAttribution._relevance_and_start:
+            raise NotImplementedError(f"{type(self).__name__} must implement _token_relevance(prepared, target, ...).")
+        return self._relevance_and_start(prepared, target, options)[0]
 
     def _attributions(
         self, prepared: Prepared, target: TargetType, options: Mapping[str, Any], return_convergence_delta: bool

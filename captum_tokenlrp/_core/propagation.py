@@ -229,16 +229,8 @@ def propagate(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str 
 def propagate_by_layer(start: Tensor, layer_matrices: Sequence[Tensor], head_fusion: str | None) -> Tensor:
     """Where the relevance sits at every depth: ``R^(l)`` for ``l = 0 .. L``.
 
-    ``R^(L)`` is ``start``; ``R^(l-1) = R^(l) M^(l)``; ``R^(0)`` is what :func:`propagate` returns.
-
-    Parameters
-    ----------
-    start : Tensor
-        Initial relevance ``R^(L)``, `(batch_size, num_tokens)`.
-    layer_matrices : sequence of Tensor
-        Output of :func:`reduce_layer` per layer, input side first.
-    head_fusion : str or None
-        The mode the matrices were reduced with.
+    ``R^(L)`` is ``start`` `(batch_size, num_tokens)`; ``R^(l-1) = R^(l) M^(l)``; ``R^(0)`` is what
+    :func:`propagate` returns. ``layer_matrices`` and ``head_fusion`` as in :func:`propagate_chains`.
 
     Returns
     -------

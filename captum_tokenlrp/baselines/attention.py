@@ -114,18 +114,6 @@ class RawAttention(TokenAttribution):
         #: The layer read, 0 nearest the input.
         self.layer = layer % count
 
-    def _token_relevance(
-        self,
-        prepared: Prepared,
-        target: TargetType,
-        *,
-        head_fusion: str | None,
-        threshold: float | None,
-        initial_relevance: object,
-    ) -> Tensor:
-        options = {"head_fusion": head_fusion, "threshold": threshold, "initial_relevance": initial_relevance}
-        return self._relevance_and_start(prepared, target, options)[0]
-
     def _relevance_and_start(
         self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
     ) -> tuple[Tensor, Tensor]:
@@ -208,18 +196,6 @@ class AttentionRollout(TokenAttribution):
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"head_fusion": "mean", "discard_ratio": 0.0, "initial_relevance": None}
     )
-
-    def _token_relevance(
-        self,
-        prepared: Prepared,
-        target: TargetType,
-        *,
-        head_fusion: str,
-        discard_ratio: float,
-        initial_relevance: object,
-    ) -> Tensor:
-        options = {"head_fusion": head_fusion, "discard_ratio": discard_ratio, "initial_relevance": initial_relevance}
-        return self._relevance_and_start(prepared, target, options)[0]
 
     def _relevance_and_start(
         self, prepared: Prepared, target: TargetType, options: Mapping[str, Any]
