@@ -9,9 +9,7 @@ import torch
 
 from .. import TokenRelevanceLRP
 from .._adapters import TokenLayout
-from .._loading import (
-    CliError,
-)
+from .._loading import CliError
 
 
 def layout_arrays(layout: TokenLayout) -> dict[str, np.ndarray]:

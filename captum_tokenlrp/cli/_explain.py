@@ -27,18 +27,8 @@ from ..diagnostics import recording
 from ..images import load_image
 from ..visualization import display_geometry, patch_grid, plot_method_comparison, plot_rule_grid
 from ._arrays import fused_for_display, layout_arrays, relevance_arrays, relevance_by_rule
-from ._manifest import (
-    manifest_json,
-    rule_names,
-    run_manifest,
-)
-from ._outputs import (
-    atomic_write_files,
-    figure_bytes,
-    file_sha256,
-    npz_bytes,
-    refuse_foreign,
-)
+from ._manifest import manifest_json, rule_names, run_manifest
+from ._outputs import atomic_write_files, figure_bytes, file_sha256, npz_bytes, refuse_foreign
 
 
 def class_sensitive_lrp(loaded: LoadedModel, rule: str, args: argparse.Namespace) -> TokenRelevanceLRP:

@@ -13,30 +13,12 @@ import numpy as np
 import torch
 
 from .. import TokenRelevanceLRP
-from .._loading import (
-    DTYPES,
-    CliError,
-    forward_options,
-    keep_logits,
-    load_model,
-    prediction_arrays,
-    preprocess,
-)
+from .._loading import DTYPES, CliError, forward_options, keep_logits, load_model, prediction_arrays, preprocess
 from ..images import load_image
 from ..images._loading import IMAGE_SUFFIXES
 from ._arrays import layout_arrays, relevance_arrays, relevance_by_rule
-from ._manifest import (
-    Interrupted,
-    check_manifest,
-    manifest_json,
-    rule_names,
-    run_manifest,
-)
-from ._outputs import (
-    atomic_save_npz,
-    file_sha256,
-    refuse_foreign,
-)
+from ._manifest import Interrupted, check_manifest, manifest_json, rule_names, run_manifest
+from ._outputs import atomic_save_npz, file_sha256, refuse_foreign
 
 
 def find_images(root: Path, out: Path | None = None) -> list[Path]:

@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._loading import (
-    CliError,
-    quiet_transformers,
-)
+from .._loading import CliError, quiet_transformers
 from ._explain import explain
 from ._explain_dir import explain_dir
-from ._manifest import (
-    Interrupted,
-)
+from ._manifest import Interrupted
 from ._parser import build_parser
 from ._report import report
 from ._shapes import write_shapes
@@ -21,6 +16,7 @@ from ._text import explain_text, explain_text_dir
 
 
 def run_app(args: argparse.Namespace) -> int:
+    """``tokenlrp app``: serve the explorer until interrupted (Gradio is imported only here)."""
     from ..app import launch
 
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype)
@@ -28,6 +24,8 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``tokenlrp`` on ``argv`` (default: the process's arguments) and return the exit status: 0 done,
+    2 a problem the user can fix (one line on stderr), 130 interrupted."""
     args = build_parser().parse_args(argv)
     if getattr(args, "head_fusion", None) == "none":
         args.head_fusion = None

@@ -11,17 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._loading import (
-    CliError,
-    LoadedModel,
-    LoadedTextModel,
-)
+from .._loading import CliError, LoadedModel, LoadedTextModel
 from .._version import __version__
-from ._outputs import (
-    PACKAGE,
-    atomic_save_text,
-    refuse_foreign,
-)
+from ._outputs import PACKAGE, atomic_save_text, refuse_foreign
 
 MANIFEST_NAME = "manifest.json"
 

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._loading import (
-    CliError,
-)
+from .._loading import CliError
 from .._version import __version__
 
 #: What every file the commands write is marked with (a ``.npz`` manifest's ``package``, a PNG's

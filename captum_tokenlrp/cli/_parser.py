@@ -6,10 +6,7 @@ import argparse
 import sys
 
 from .._core.propagation import HEAD_MODES
-from .._loading import (
-    DTYPES,
-    MINILM,
-)
+from .._loading import DTYPES, MINILM
 from ._text import text_start
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._loading import (
-    CliError,
-)
+from .._loading import CliError
 
 
 def report(args: argparse.Namespace) -> int:

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._loading import (
-    CliError,
-)
+from .._loading import CliError
 from .._version import __version__
-from ._outputs import (
-    PACKAGE,
-    SHAPES_HEADER,
-    atomic_save_text,
-    refuse_foreign,
-)
+from ._outputs import PACKAGE, SHAPES_HEADER, atomic_save_text, refuse_foreign
 
 
 def write_shapes(args: argparse.Namespace) -> int:

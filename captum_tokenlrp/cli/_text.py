@@ -28,15 +28,7 @@ from .._loading import (
 )
 from ..visualization import plot_text_relevance
 from ._arrays import fused_for_display, relevance_arrays
-from ._manifest import (
-    Interrupted,
-    _is_output_of,
-    check_manifest,
-    manifest_json,
-    model_identity,
-    rule_names,
-    rule_set,
-)
+from ._manifest import Interrupted, _is_output_of, check_manifest, manifest_json, model_identity, rule_names, rule_set
 from ._outputs import (
     PACKAGE,
     atomic_save_npz,

@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._maps import (
-    _upsample,
-)
+from ._maps import _upsample
 from ._scale import _CLIPPED_COLOUR, _SINK_COLOUR, CLIP_HEADROOM, CLIP_PERCENTILE, ColourScale
 
 #: Width in inches kept for one colour bar and its tick labels.

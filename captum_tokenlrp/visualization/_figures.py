@@ -21,15 +21,7 @@ from ._drawing import (
     _view_note,
 )
 from ._images import image_for_display
-from ._maps import (
-    ArrayLike,
-    Interpolation,
-    ScalePolicy,
-    _check_options,
-    _head_maps,
-    _relevance_map,
-    _resolve_scale,
-)
+from ._maps import ArrayLike, Interpolation, ScalePolicy, _check_options, _head_maps, _relevance_map, _resolve_scale
 from ._scale import CLIP_PERCENTILE, colour_scale
 
 

@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ._maps import (
-    ArrayLike,
-)
+from ._maps import ArrayLike
 
 
 def _normalisation(

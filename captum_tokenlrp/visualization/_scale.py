@@ -8,10 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from ._maps import (
-    ArrayLike,
-    _as_array,
-)
+from ._maps import ArrayLike, _as_array
 
 #: Percentile of a colour scale's maps that its top is measured against (see :func:`colour_scale`).
 CLIP_PERCENTILE = 99.0

@@ -7,16 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._drawing import (
-    _COLORBAR_INCHES,
-    _NOTE_INCHES,
-    _colorbar,
-    _scale_note,
-)
-from ._maps import (
-    ArrayLike,
-    _as_array,
-)
+from ._drawing import _COLORBAR_INCHES, _NOTE_INCHES, _colorbar, _scale_note
+from ._maps import ArrayLike, _as_array
 from ._scale import _CLIPPED_COLOUR, CLIP_PERCENTILE, colour_scale
 from ._tokens import _label_fonts, token_labels
 

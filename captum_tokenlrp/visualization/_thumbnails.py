@@ -7,13 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._drawing import (
-    _pixel_aspect,
-)
-from ._maps import (
-    ArrayLike,
-    _as_array,
-)
+from ._drawing import _pixel_aspect
+from ._maps import ArrayLike, _as_array
 from ._scale import CLIP_PERCENTILE, colour_scale
 
 
