@@ -265,9 +265,9 @@ def run_explain_dir(num_images: int, batch: int, rounds: int) -> dict[str, float
     from PIL import Image
     from transformers import ViTImageProcessor
 
-    from captum_tokenlrp._utils.loaded import load_model  # what the CLI loads with: model and processor
-    from captum_tokenlrp.cli import ImageFolder, _collate
+    from captum_tokenlrp._loading import load_model  # what the CLI loads with: model and processor
     from captum_tokenlrp.cli import main as cli_main
+    from captum_tokenlrp.cli._explain_dir import ImageFolder, _collate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -255,8 +255,8 @@ def _inputs_without_map(run: _Run, run_dir: Path, images: Path, report_dir: Path
     explain-dir writes ``OUT/<relative path>.npz`` for every image it read and reports the unreadable ones on
     stderr only; the report reads them again to tell which is which.
     """
-    from .cli import IMAGE_SUFFIXES
     from .images import load_image
+    from .images._loading import IMAGE_SUFFIXES
 
     known = {entry["name"] for entry in run.entries} | {item["name"][: -len(".npz")] for item in run.skipped}
     report_dir, run_dir = report_dir.resolve(), run_dir.resolve()

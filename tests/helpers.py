@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 import torch
@@ -57,6 +58,13 @@ def build(name):
             if "lambda1" in module_name:
                 parameter.copy_(0.5 + torch.rand_like(parameter))
     return model, specials
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the system picks it: bind to port 0), for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def chrome_driver(window: str = "1400,2200"):

@@ -4,7 +4,6 @@ and the page in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 from pathlib import Path
 
@@ -12,13 +11,23 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded, tiny_config
-from helpers import chrome_driver
+from helpers import chrome_driver, free_port
 from PIL import Image
 from test_cli import save_checkpoint
 from transformers import ViTModel
 
 from captum_tokenlrp import TokenRelevanceLRP, app
-from captum_tokenlrp.app import AppInputError, Explorer, UnreadableUpload, ViewSettings, bundled_samples, render
+from captum_tokenlrp.app import (
+    AppInputError,
+    Explorer,
+    UnreadableUpload,
+    ViewSettings,
+    _figure,
+    _inputs,
+    _page,
+    bundled_samples,
+    render,
+)
 from captum_tokenlrp.baselines import GenericAttentionExplainability
 from captum_tokenlrp.cli import main
 from captum_tokenlrp.data.shapes import generate_shapes
@@ -118,10 +127,11 @@ def test_negative_start_tokens_count_from_the_end_and_the_page_names_the_token(b
     # -1 and N - 1 are one figure (one cache entry), drawn from the same start.
     assert render(backbone, capture, ViewSettings(start_token=count - 1)).figure is views.figure
     # The box's text: empty starts where the output is read, integers (also "-1", " 3 ") are tokens, else refused.
-    assert [app._start_token_from_box(text) for text in ("", "  ", None, "-1", " 3 ", "7.0")] == [None] * 3 + [-1, 3, 7]
+    boxes = ("", "  ", None, "-1", " 3 ", "7.0")
+    assert [_page._start_token_from_box(text) for text in boxes] == [None] * 3 + [-1, 3, 7]
     for text in ("abc", "1.5", "-"):
         with pytest.raises(AppInputError, match=rf"Start token '{text}' is not a token index"):
-            app._start_token_from_box(text)
+            _page._start_token_from_box(text)
     for outside in (count, -count - 1):
         with pytest.raises(AppInputError, match=rf"Start token {outside} is out of range.*\[-{count}, {count}\)"):
             render(backbone, capture, ViewSettings(start_token=outside))
@@ -220,7 +230,7 @@ def test_bad_uploads_get_a_clear_message(bundled, tmp_path, monkeypatch):
         bundled.capture(Image.new("RGB", (8, 8)), "stretched")
     with pytest.raises(AppInputError, match="Head 9 does not exist"):
         render(bundled, bundled.capture(Image.new("RGB", (64, 64))), ViewSettings(head="head 9"))
-    monkeypatch.setattr(app, "MAX_PIXELS", 100)
+    monkeypatch.setattr(_inputs, "MAX_PIXELS", 100)
     with pytest.raises(AppInputError, match=r"11 x 10 pixels, more than the app takes \(100\)"):
         bundled.capture(Image.new("RGB", (11, 10)))
     Image.new("RGB", (12, 10)).save(tmp_path / "big.png")
@@ -290,12 +300,6 @@ def test_the_cli_says_how_to_install_gradio_when_it_is_missing(monkeypatch, caps
 
 
 # ------------------------------------------------------------------------------------- the browser
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def image_source(driver, element_id: str) -> str | None:
     """The ``src`` of the image shown in the component ``element_id`` (None while it shows none)."""
     from selenium.webdriver.common.by import By
@@ -457,7 +461,7 @@ def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, 
         written.append(str(path))
         return real_savez(path, *args, **kwargs)
 
-    monkeypatch.setattr(app.np, "savez", recording)
+    monkeypatch.setattr(_page.np, "savez", recording)
     loads: list[str] = []
 
     class CountingExplorer(Explorer):
@@ -467,7 +471,7 @@ def test_a_model_loaded_in_one_session_leaves_the_other_sessions_model(samples, 
 
     driver = chrome_driver()
     server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
-    monkeypatch.setattr(app, "Explorer", CountingExplorer)  # the models loaded from the page from here on
+    monkeypatch.setattr(_page, "Explorer", CountingExplorer)  # the models loaded from the page from here on
     picture = sorted(samples[0].glob("*.png"))[0]
     bundled_header = "ViTForImageClassification (classifier), 6 layers x 6 heads"
     backbone_header = "ViTModel (backbone), 3 layers x 4 heads"
@@ -548,7 +552,7 @@ def test_typing_a_start_token_runs_once_and_user_errors_log_one_line(samples, tm
         starts.append(settings.start_token)
         return real_render(explorer, capture, settings, **options)
 
-    monkeypatch.setattr(app, "render", recording)
+    monkeypatch.setattr(_page, "render", recording)
     driver = chrome_driver()
     server, url = app.launch(Explorer("bundled"), port=free_port(), block=False)
     try:
@@ -648,11 +652,11 @@ def test_an_attention_sink_is_named_marked_and_sets_no_colour_scale(tmp_path, sa
         for head in range(4):  # a ring exactly on the cells where the head is a sink in some layer
             x, y = app.figure_panel_origin(row, 2 + head)
             for cell in np.ndindex(4, 4):
-                x0, y0, x1, y1 = app._inset(app.figure_cell_box(x, y, 96, (4, 4), cell), 0.2)
+                x0, y0, x1, y1 = _figure._inset(app.figure_cell_box(x, y, 96, (4, 4), cell), 0.2)
                 ring = figure[(y0 + y1) // 2 - 1 : (y0 + y1) // 2 + 2, x0 : x0 + 2]
                 assert (ring == app.MARKER_RGB).all(axis=-1).any() == (cell in found.sink_cells(head)), (head, cell)
         x, y = app.figure_panel_origin(row, 0)
-        x0, y0, x1, y1 = app._inset(app.figure_cell_box(x, y, 96, (4, 4), (1, 1)), 0.2)
+        x0, y0, x1, y1 = _figure._inset(app.figure_cell_box(x, y, 96, (4, 4), (1, 1)), 0.2)
         assert tuple(figure[y0 + 1, x0 + 1]) == app.MARKER_RGB  # the cross's stroke from the top left
     assert not (figure[: app.FIGURE_TOP] == app.CLIPPED_RGB).all(axis=-1).any()
 

@@ -26,6 +26,9 @@ from transformers import BertModel, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
 
 import captum_tokenlrp
 import captum_tokenlrp.cli as cli
+from captum_tokenlrp.cli import _explain as explain_module
+from captum_tokenlrp.cli import _explain_dir as explain_dir_module
+from captum_tokenlrp.cli import _text as text_module
 from captum_tokenlrp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +190,7 @@ def test_explain_dir_into_its_input_folder_and_a_report_inside_it(tmp_path, chec
 # ------------------------------------------------------------------ item 5 (CLI side): nothing partial
 def test_a_failure_on_any_image_leaves_no_output(tmp_path, checkpoint, monkeypatch, capsys):
     images = write_images(tmp_path / "in", 2, size=32)
-    drawn = cli.plot_rule_grid
+    drawn = explain_module.plot_rule_grid
     calls = []
 
     def second_fails(*args, **kwargs):
@@ -196,7 +199,7 @@ def test_a_failure_on_any_image_leaves_no_output(tmp_path, checkpoint, monkeypat
             raise ValueError("cannot draw this one")
         return drawn(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "plot_rule_grid", second_fails)
+    monkeypatch.setattr(explain_module, "plot_rule_grid", second_fails)
     out = tmp_path / "out"
     assert main(["explain", *map(str, images), "--model", str(checkpoint), "--out", str(out)]) == 2
     assert "cannot draw this one" in capsys.readouterr().err
@@ -208,7 +211,7 @@ def test_a_prompt_that_fails_leaves_no_figure_without_its_npz(tmp_path, checkpoi
         def token_relevance(self, *args, **kwargs):
             raise RuntimeError("Sequence length must be less than max_position_embeddings")
 
-    monkeypatch.setattr(cli, "prompt_explainer", lambda loaded, prompts: Failing() if prompts else None)
+    monkeypatch.setattr(explain_module, "prompt_explainer", lambda loaded, prompts: Failing() if prompts else None)
     image = write_images(tmp_path / "in", 1, size=32)[0]
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="max_position_embeddings"):
@@ -319,8 +322,8 @@ def test_each_kind_of_checkpoint_points_to_its_command(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ item 13: Ctrl-C
-def _interrupt_on_call(monkeypatch, name: str, call: int) -> None:
-    real, calls = getattr(cli, name), []
+def _interrupt_on_call(monkeypatch, module, name: str, call: int) -> None:
+    real, calls = getattr(module, name), []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -328,7 +331,7 @@ def _interrupt_on_call(monkeypatch, name: str, call: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, name, interrupted)
+    monkeypatch.setattr(module, name, interrupted)
 
 
 def test_ctrl_c_in_explain_dir_says_how_far_it_got_and_a_rerun_resumes(tmp_path, checkpoint, monkeypatch, capsys):
@@ -336,7 +339,7 @@ def test_ctrl_c_in_explain_dir_says_how_far_it_got_and_a_rerun_resumes(tmp_path,
     run = ["explain-dir", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(tmp_path / "out"),
            "--quiet", "--batch-size", "1"]
     with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, "relevance_by_rule", 2)
+        _interrupt_on_call(patch, explain_dir_module, "relevance_by_rule", 2)
         assert main(run) == 130
     err = capsys.readouterr().err
     assert "tokenlrp explain-dir: interrupted, 1 done in this run (1 of 3 images in all); rerun the same command " \
@@ -352,7 +355,7 @@ def test_ctrl_c_in_explain_text_dir(tmp_path, gpt2, monkeypatch, capsys):
     run = ["explain-text-dir", str(source), "--model", str(gpt2), "--out", str(tmp_path / "out"), "--quiet",
            "--batch-size", "1"]
     with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, "_explain_text_batch", 3)
+        _interrupt_on_call(patch, text_module, "_explain_text_batch", 3)
         assert main(run) == 130
     err = capsys.readouterr().err
     assert "interrupted, 2 done in this run (2 of 3 lines in all); rerun the same command to resume." in err
@@ -364,14 +367,15 @@ def test_ctrl_c_in_explain_text_dir(tmp_path, gpt2, monkeypatch, capsys):
 _BLOCK_ON_SECOND_BATCH = """
 import sys, pathlib
 import captum_tokenlrp.cli as cli
-ready, real, calls = pathlib.Path(sys.argv[1]), cli.relevance_by_rule, []
+from captum_tokenlrp.cli import _explain_dir
+ready, real, calls = pathlib.Path(sys.argv[1]), _explain_dir.relevance_by_rule, []
 def blocking(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
         ready.write_text("waiting")
         sys.stdin.read()  # blocks until the parent's SIGINT
     return real(*args, **kwargs)
-cli.relevance_by_rule = blocking
+_explain_dir.relevance_by_rule = blocking
 sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -538,7 +542,7 @@ def test_json_files_end_with_a_newline(tmp_path, checkpoint, gpt2):
 def test_ctrl_c_in_explain_leaves_no_output_and_exits_130(tmp_path, checkpoint, monkeypatch, capsys):
     images = [picture(tmp_path / "in" / f"{index}.png", seed=index) for index in range(2)]
     out = tmp_path / "out"
-    _interrupt_on_call(monkeypatch, "relevance_by_rule", 2)
+    _interrupt_on_call(monkeypatch, explain_module, "relevance_by_rule", 2)
     assert main(["explain", *map(str, images), "--model", str(checkpoint), "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert err == "tokenlrp explain: interrupted.\n"

@@ -19,10 +19,9 @@ from transformers import (
     ViTConfig,
 )
 
-import captum_tokenlrp.cli as cli
 from captum_tokenlrp import TextTokenRelevanceLRP
-from captum_tokenlrp._utils.loaded import load_text_model
-from captum_tokenlrp.cli import main
+from captum_tokenlrp._loading import load_text_model
+from captum_tokenlrp.cli import _text, main
 
 LINES = [
     "the cat sat on the mat",
@@ -78,7 +77,7 @@ def test_explain_text_writes_the_heat_strip_and_every_rule_from_one_forward(tmp_
     loaded = load_text_model(str(gpt2_checkpoint))
     calls = []
     loaded.model.register_forward_hook(lambda *_: calls.append(1))
-    monkeypatch.setattr(cli, "load_text_model", lambda *args: loaded)
+    monkeypatch.setattr(_text, "load_text_model", lambda *args: loaded)
     out = tmp_path / "out"
     assert main(["explain-text", "the cat sat on the mat", "--model", "x", "--out", str(out)]) == 0
     assert len(calls) == 1
