@@ -124,14 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("directory", help="folder of images, searched recursively")
     _common(many)
     many.set_defaults(rules=["iv"])
-    many.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    _batch_options(many, "image")
     many.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default: 0)")
-    many.add_argument("--quiet", action="store_true", help="no progress bar")
-    many.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redo every image, replacing the outputs (and manifest) of an earlier run with other settings",
-    )
     shapes = commands.add_parser("shapes", help="write images of the synthetic shapes data, masks and labels")
     shapes.add_argument("out", help="folder; images go to OUT/images, masks to OUT/masks")
     shapes.add_argument("--count", type=int, default=100, help="number of images (default: %(default)s)")
@@ -163,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     text_many.add_argument("file", metavar="FILE", help="UTF-8 text file, one input per line (blank lines skipped)")
     _text_common(text_many)
     text_many.set_defaults(rules=["iv"])
-    text_many.add_argument("--batch-size", type=int, default=32, help="lines per forward pass (default: %(default)s)")
-    text_many.add_argument("--quiet", action="store_true", help="no progress bar")
-    text_many.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redo every line, replacing the outputs (and manifest) of an earlier run with other settings",
-    )
+    _batch_options(text_many, "line")
     explorer = commands.add_parser(
         "app", help="a local web app to explore token relevance by looking (needs the [app] extra: Gradio)"
     )
@@ -190,3 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verbose(explorer)
     return parser
+
+
+def _batch_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """The options of a resumable batch command over ``unit``s (images, lines): batch size, quiet, overwrite."""
+    parser.add_argument("--batch-size", type=int, default=32, help=f"{unit}s per forward pass (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"redo every {unit}, replacing the outputs (and manifest) of an earlier run with other settings",
+    )

@@ -147,16 +147,9 @@ def plot_method_comparison(
         Above the figure.
     panel_size : float
         Panel height in inches; each colour bar adds 0.6 inch to the width.
-    mean, std, processor : optional
-        The image's normalisation, undone for display; see :func:`image_for_display`.
-    clip : float or None, default 99
-        Robust colour scales: each scale's top is at most 2 x this percentile of its maps (see
-        :func:`colour_scale`), so one outlying token cannot leave the rest dark; clipped patch cells are
-        outlined and the colour bar gets an arrow. ``None``: minimum to maximum.
-    geometry : ImageGeometry, optional
-        ``captum_tokenlrp.images.processor_geometry(processor, photo)``: the panels are drawn at the photo's
-        proportions (a processor that warps a 640 x 480 photo to 224 x 224 is undone for display) and the
-        note says which part of the photo the model saw. Without it the input is drawn as the model sees it.
+    mean, std, processor, clip, geometry : optional
+        As in :func:`plot_overlay`: the normalisation undone for display, the robust colour scales, the
+        photo's own proportions.
 
     Returns
     -------
