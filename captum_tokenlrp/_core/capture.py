@@ -1,32 +1,47 @@
-"""Record every layer's redistribution matrix during one forward pass.
+"""Record every layer's redistribution matrix during one forward pass, for image and text models.
 
-Every path gives the caller the float32 attention probabilities of each recorded layer; they
-differ in how the model's own attention runs (``record_layers(..., capture=...)``):
+One recorder, :func:`record_layers`. Every path gives the caller the float32 attention
+probabilities of each recorded layer; they differ in how the model's own attention runs
+(``capture=...``):
 
 - ``"exact"`` (the default): the model's computation is untouched, its outputs are bitwise its
   own. A layer whose attention runs eagerly in float32 hands over the probabilities it computed
-  (captured: the attention function the model calls through transformers'
-  ``ALL_ATTENTION_FUNCTIONS`` is wrapped for the call); any other layer (sdpa, flash, half
-  precision) is recomputed, see below.
+  (the attention function the model calls through transformers' attention interface is served
+  here for the call, :mod:`.attention_interface`); any other layer (sdpa, flash, half precision)
+  is recomputed: image layers from the hooked projections, see below; text layers with their
+  modeling file's eager attention function on the same query, key and mask in float32 (what
+  ``attn_implementation="eager"`` would have computed).
 - ``"fast"``: each recorded layer's attention runs once, here: its probabilities are computed in
-  float32 from the hooked query and key, handed to the caller's computation, and the layer's
-  output is formed from the same probabilities (``probs.to(dtype) @ v``, as the models' eager
-  attention does), a group of heads at a time. The model's own kernel (e.g. sdpa) does not run for
-  that layer, so nothing is computed twice; the outputs equal the model's own within float32
-  rounding (its kernel's, e.g. sdpa's blocked softmax, and ours differ in summation order).
-- ``"recompute"``: the model runs its own attention; a hook on the module that owns the
-  projections recomputes the probabilities in float32 from ``q`` and ``k`` with the module's own
-  scaling once the layer is done (needed where gradients must flow through the model's kernel).
+  float32 from the query and key, handed to the caller's computation, and the layer's output is
+  formed from the same probabilities (``probs.to(dtype) @ v``, as the models' eager attention
+  does), a group of heads at a time. The model's own kernel (e.g. sdpa) does not run for that
+  layer, so nothing is computed twice; the outputs equal the model's own within float32 rounding
+  (its kernel's, e.g. sdpa's blocked softmax, and ours differ in summation order).
+- ``"recompute"``: the model runs its own attention; the probabilities are recomputed in float32
+  from ``q`` and ``k`` with the module's own scaling (needed where gradients must flow through the
+  model's kernel): image layers by a hook once the layer is done, text layers at the attention call.
 
-Capture works where the attention module calls the registry with ``(module, query, key, value,
-attention_mask, scaling=..., dropout=...)``: ViT, DeiT, DINOv2 (with registers), ViT-MAE, CLIP and
-SigLIP vision towers on transformers 4.57 and 5.x, and BEiT on 5.x (its relative position bias
-arrives as the additive ``attention_mask``; the hooked bias is used, as in the recomputation).
-BEiT on transformers 4.x picks its attention class at construction and never calls the registry:
-its layers are recomputed, automatically (a layer the attention function did not serve falls back
-to the recomputation, as does one called with a mask, dropout or another scaling). For the call,
-the attention modules' configs point ``_attn_implementation`` at a function registered under a
-unique name; configs, registry and every hook are restored on exit, also on error.
+Image models: capture works where the attention module calls the interface with ``(module,
+query, key, value, attention_mask, scaling=..., dropout=...)``: ViT, DeiT, DINOv2 (with
+registers), ViT-MAE, CLIP and SigLIP vision towers on transformers 4.57 and 5.x, and BEiT on 5.x
+(its relative position bias arrives as the additive ``attention_mask``; the hooked bias is used,
+as in the recomputation). BEiT on transformers 4.x picks its attention class at construction and
+never calls the interface: its layers are recomputed, automatically (a layer the attention
+function did not serve falls back to the recomputation, as does one called with a mask, dropout
+or another scaling).
+
+Text models (``token_mask=`` given) are read at the attention call in every mode: there the
+query and key arrive after the rotary position embedding (Llama, Qwen2, Gemma, Mistral), split per
+head out of a fused projection (GPT-2), the key and value with their own heads (grouped-query
+attention: head ``h`` reads key and value head ``h // (num_heads / num_key_value_heads)``, as the
+models' eager attention repeats them), and the mask the model built (causal, padding, sliding
+window), which ``"fast"`` and ``"recompute"`` add to the scores. Encoders whose modeling code does
+not call the interface (BERT, RoBERTa, DistilBERT on transformers 4.x) are recomputed from the
+hooked query, key and value projections with the padding mask of the call, in every mode.
+
+The model's configs keep their attention implementation (transformers 4.x with eager attention
+aside, see :mod:`.attention_interface`); the interface entry and every hook are restored on exit,
+also on error.
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from torch import Tensor, nn
 
 from .._adapters import AttentionSite
 from ..rules import AttentionState
+from .attention_interface import serve_attention
 from .workspace import Workspace, softmax_into
 
 
@@ -266,120 +282,79 @@ class _CapturedLayer(LayerProjections):
 #: Largest `(batch, heads, N, N)` group of heads the capture computes at once for heads the
 #: caller's computation did not ask for (e.g. layers of the raw-attention baseline left unread).
 _COMPLETION_ELEMENTS = 2**25
-_call_ids = itertools.count()
 #: Values of ``record_layers(capture=...)``, the default first.
 CAPTURE_MODES = ("exact", "fast", "recompute")
 
 
-def _registry():
-    """transformers' attention-function registry, or None where this release has none."""
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    except ImportError:  # pragma: no cover - transformers without the registry (< 4.48)
-        return None
-    return ALL_ATTENTION_FUNCTIONS
+#: Attention-function keyword arguments that change the probabilities in a way the recorder does
+#: not reproduce (attention sinks): such a call is refused rather than explained wrongly.
+_UNSUPPORTED_ARGUMENTS = ("s_aux", "sinks")
 
 
-def _mask_registry():
-    """transformers' attention-mask registry (``masking_utils``), or None where this release has none."""
-    try:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    except ImportError:  # pragma: no cover - transformers without masking_utils (< 4.53)
-        return None
-    return ALL_MASK_ATTENTION_FUNCTIONS
+def merge_heads(per_head: Tensor) -> Tensor:
+    """`(batch, heads, N, head_dim)` -> `(batch, N, heads * head_dim)`."""
+    batch, heads, tokens, head_dim = per_head.shape
+    return per_head.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
-def _calls_registry(module: nn.Module) -> bool:
-    """Whether ``module``'s modeling code looks its attention function up in transformers' registry."""
-    return "ALL_ATTENTION_FUNCTIONS" in vars(sys.modules.get(type(module).__module__, sys))
+def repeat_key_value_heads(states: Tensor, num_heads: int) -> Tensor:
+    """`(batch, kv_heads, N, d)` -> `(batch, num_heads, N, d)`: query head ``h`` gets kv head ``h // groups``."""
+    kv_heads = states.shape[1]
+    if kv_heads == num_heads:
+        return states
+    if num_heads % kv_heads:
+        raise RuntimeError(f"{num_heads} query heads cannot share {kv_heads} key/value heads evenly.")
+    return states.repeat_interleave(num_heads // kv_heads, dim=1)
 
 
-def _own_attention(module: nn.Module, implementation: str | None, registry) -> Callable | None:
-    """The attention function ``module`` would call itself under ``implementation``, or None if unknown."""
-    if implementation not in (None, "eager") and implementation in registry:
-        return registry[implementation]
-    # "eager" is each modeling file's own function, not a registry entry.
-    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+def additive_mask(
+    attention_mask: Tensor | None, module: nn.Module, query: Tensor, key: Tensor, kwargs: dict
+) -> Tensor | None:
+    """The mask the layer applied, as a float32 additive mask broadcastable to `(batch, heads, Nq, Nk)`.
 
-
-@contextmanager
-def _attention_function(sites: Sequence[AttentionSite], capture: Callable) -> Iterator[bool]:
-    """Point the sites' attention configs at ``capture`` for the duration; yields whether it did.
-
-    ``capture(module, query, key, value, attention_mask, own, **kwargs)`` serves every attention
-    module that reads one of these configs; ``own`` is the function the module would have called.
-    Nothing changes (yields False) where the registry is missing or a module's config or own
-    attention cannot be found; the configs' ``_attn_implementation`` and the registry are restored
-    on exit, also on error.
+    Boolean masks (True = attend) become 0 / float32 minimum; float masks are taken as they are; no
+    mask on a causal layer (sdpa's ``is_causal`` path) becomes the causal mask.
     """
-    registry = _registry()
-    configs = {id(site.module): getattr(site.module, "config", None) for site in sites}
-    usable = registry is not None and all(
-        config is not None and "_attn_implementation_internal" in vars(config) for config in configs.values()
-    )
-    # Only modules whose modeling code calls the registry: elsewhere (BERT on transformers 4.x) the
-    # implementation name also selects mask formats, which another name would silently change.
-    usable = usable and all(_calls_registry(site.module) for site in sites)
-    own: dict[int, Callable] = {}
-    if usable:
-        for site in sites:
-            function = _own_attention(site.module, configs[id(site.module)]._attn_implementation, registry)
-            if function is None:
-                usable = False
-                break
-            own[id(site.module)] = function
-    if not usable:
-        yield False
-        return
-    name = f"captum_tokenlrp_capture_{next(_call_ids)}"  # unique: calls may nest or run side by side
-    distinct = {id(config): config for config in configs.values()}
-    saved = {key: vars(config)["_attn_implementation_internal"] for key, config in distinct.items()}
+    lowest = torch.finfo(torch.float32).min
+    if attention_mask is not None:
+        mask = attention_mask[..., : key.shape[-2]]
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, lowest)
+        return mask.float()
+    causal = kwargs.get("is_causal")
+    if causal is None:
+        causal = getattr(module, "is_causal", False)
+    queries, keys = query.shape[-2], key.shape[-2]
+    if not causal or queries == 1:
+        return None
+    above = torch.ones(queries, keys, dtype=torch.bool, device=query.device).triu(keys - queries + 1)
+    return torch.zeros(queries, keys, device=query.device).masked_fill_(above, lowest)[None, None]
 
-    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
-        function = own.get(id(module))
-        if function is None:  # another module reading the same config: its own implementation
-            config_key = id(getattr(module, "config", None))
-            function = _own_attention(module, saved.get(config_key), registry)
-            if function is None:
-                raise RuntimeError(
-                    f"{type(module).__name__} called the attention registry during an explanation, but its own "
-                    "attention function could not be found; pass a model whose attention modules read "
-                    "config._attn_implementation."
-                )
-            return function(module, query, key, value, attention_mask, **kwargs)
-        return capture(module, query, key, value, attention_mask, function, **kwargs)
 
-    masks = _mask_registry()
-    try:
-        # The instance's own mapping, not transformers' global one: removed below, visible to every model.
-        registry[name] = attention
-        if masks is not None:
-            # Mask creation skips implementations it does not know (no mask at all: no causal or padding
-            # mask for text models), so the name builds the masks the model's own implementation builds.
-            implementations = {saved_name or "eager" for saved_name in saved.values()}
-            own_masks = {masks._global_mapping.get(implementation) for implementation in implementations}
-            if len(own_masks) != 1:
-                raise ValueError(
-                    f"The attention layers use implementations {sorted(implementations)} whose attention masks "
-                    "differ; load the model with one attn_implementation (e.g. 'eager' or 'sdpa')."
-                )
-            own_mask = own_masks.pop()
-            if own_mask is not None:  # an implementation without a mask function gets none from the model either
-                masks._global_mapping[name] = own_mask
-        for config in distinct.values():
-            config._attn_implementation_internal = name
-        yield True
-    finally:
-        for key, config in distinct.items():
-            config._attn_implementation_internal = saved[key]
-        for mapping in (registry, None if masks is None else masks._global_mapping):
-            if mapping is not None and name in mapping:
-                del mapping[name]
+def eager_probabilities(
+    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, kwargs: dict
+) -> Tensor:
+    """float32 probabilities `(batch, heads, Nq, Nk)` from the module's own eager attention function."""
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        raise RuntimeError(
+            f"{type(module).__module__} has no eager_attention_forward to compute {type(module).__name__}'s "
+            "attention probabilities with; load the model with attn_implementation='eager'."
+        )
+    options = {name: value for name, value in kwargs.items() if name not in ("is_causal", "dropout")}
+    mask = additive_mask(attention_mask, module, query, key, kwargs)
+    _, weights = eager(module, query.float(), key.float(), value.float(), mask, dropout=0.0, **options)
+    return weights.float()
 
 
 @contextmanager
 def record_layers(
-    sites: Sequence[AttentionSite], compute: Callable[[LayerProjections], object], *, capture: str = "exact"
+    sites: Sequence[AttentionSite],
+    compute: Callable[[LayerProjections], object],
+    *,
+    capture: str = "exact",
+    token_mask: Tensor | None = None,
+    needs_registry: bool = False,
 ) -> Iterator[list]:
     """Hook the model so that one forward fills a list with ``compute(projections)`` for each layer.
 
@@ -398,15 +373,31 @@ def record_layers(
         others are recomputed); ``"fast"`` computes each layer's attention once, here (outputs
         within float32 rounding of the model's own kernel); ``"recompute"`` always recomputes
         (gradients flow through the model's own kernel).
+    token_mask : Tensor, optional
+        A text batch: `(batch, N)` bool, True for real tokens. Its layers are read where the model
+        calls its attention function (after rotary embeddings, per head, key and value heads
+        repeated to the query heads) with the mask the model built (causal, padding, sliding
+        window), and each state carries ``token_mask``. None (the default): an image model.
+    needs_registry : bool, default False
+        Text models: refuse (RuntimeError) a layer that ran without calling the attention
+        interface, where its projections alone cannot give the attention (rotary embeddings, fused
+        projections).
 
     Yields
     ------
     list
         One entry per site, filled during the forward pass.
     """
-    kept: list[Tensor | None] = [None] * len(sites)
+    if capture not in CAPTURE_MODES:
+        raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {capture!r}.")
+    kept: list[object] = [None] * len(sites)
     handles: list[torch.utils.hooks.RemovableHandle] = []
     slots: dict[int, tuple[int, AttentionSite, dict]] = {}
+    text = token_mask is not None
+    if text:
+        lowest = torch.finfo(torch.float32).min
+        padding_bias = torch.zeros(token_mask.shape, device=token_mask.device).masked_fill_(~token_mask, lowest)
+        padding_bias = padding_bias[:, None, None, :]
 
     def store(slot: dict[str, Tensor], name: str, copy: bool = False) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
@@ -437,11 +428,22 @@ def record_layers(
         def hook(_module: nn.Module, _inputs: tuple, _output: object) -> None:
             if slot.pop("captured", False):
                 return
-            kept[position] = compute(LayerProjections(site, *projections(site, slot)))
+            if not text:
+                kept[position] = compute(LayerProjections(site, *projections(site, slot)))
+                return
+            if needs_registry or not {"query", "key", "value"} <= slot.keys():
+                raise RuntimeError(
+                    f"Layer {site.layer_index} ({type(site.module).__name__}) ran without calling transformers' "
+                    "attention registry, so its attention (rotary embeddings, fused projections) cannot be read; "
+                    "this transformers release or attn_implementation is not supported for this model."
+                )
+            query, key, value = slot.pop("query"), slot.pop("key"), slot.pop("value")
+            kept[position] = compute(LayerProjections(site, query, key, value, padding_bias, token_mask))
 
         return hook
 
     def captured(module, query, key, value, attention_mask, own, *, scaling=None, dropout=0.0, **kwargs):
+        """An image layer's attention call."""
         position, site, slot = slots[id(module)]
         unusual = [
             what
@@ -479,23 +481,99 @@ def record_layers(
         kept[position] = compute(layer)
         return layer.complete(_COMPLETION_ELEMENTS), None
 
+    def captured_text(module, query, key, value, attention_mask, own, **kwargs):
+        """A text layer's attention call: query and key as the model scores them, its own mask."""
+        position, site, slot = slots[id(module)]
+        unsupported = sorted(name for name in _UNSUPPORTED_ARGUMENTS if kwargs.get(name) is not None)
+        if unsupported:
+            raise ValueError(
+                f"Layer {site.layer_index}: the attention was called with {unsupported} (attention sinks), which "
+                "the explanation does not reproduce."
+            )
+        batch, heads, tokens, head_dim = query.shape
+        scaling = kwargs.get("scaling")
+        # Where the recorder cannot reproduce the call (dropout in training, another scaling, a cache of
+        # earlier keys, another head layout), the model's own attention runs and its probabilities are read.
+        usual = (
+            not kwargs.get("dropout")
+            and (scaling is None or abs(float(scaling) - site.scaling) <= 1e-6 * site.scaling)
+            and tuple(key.shape[-2:]) == (tokens, head_dim)
+            and (heads, head_dim) == (site.num_heads, site.head_dim)
+        )
+        detached = query.detach(), repeat_key_value_heads(key.detach(), heads)
+        if capture == "fast" and usual:
+            values = repeat_key_value_heads(value, heads)
+            layer = _CapturedLayer(
+                site,
+                merge_heads(detached[0]),
+                merge_heads(detached[1]),
+                merge_heads(values.detach()),
+                additive_mask(attention_mask, module, query, key, kwargs),
+                token_mask,
+                model_values=values,
+                output=torch.empty(batch, heads, tokens, head_dim, dtype=value.dtype, device=value.device),
+            )
+            slot["captured"] = True
+            kept[position] = compute(layer)
+            return layer.complete(_COMPLETION_ELEMENTS), None
+        output, weights = own(module, query, key, value, attention_mask, **kwargs)
+        values = merge_heads(repeat_key_value_heads(value.detach(), heads))
+        if capture == "recompute" and usual:  # from q and k with the module's scaling and the model's mask
+            bias = additive_mask(attention_mask, module, query, key, kwargs)
+            layer = LayerProjections(site, merge_heads(detached[0]), merge_heads(detached[1]), values, bias, token_mask)
+        else:
+            if (
+                weights is None
+                or weights.dtype != torch.float32
+                or tuple(weights.shape) != (batch, heads, tokens, tokens)
+            ):
+                weights = eager_probabilities(module, detached[0], key.detach(), value.detach(), attention_mask, kwargs)
+            layer = _CapturedLayer(
+                site,
+                merge_heads(detached[0]),
+                merge_heads(detached[1]),
+                values,
+                token_mask=token_mask,
+                probabilities=weights.detach(),
+            )
+        slot["captured"] = True
+        kept[position] = compute(layer)
+        return output, weights
+
     try:
         with ExitStack() as stack:
             for position, site in enumerate(sites):
                 slot: dict[str, Tensor] = {}
                 slots[id(site.module)] = (position, site, slot)
-                for name in ("query", "key", "value"):
-                    handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
+                if not (text and needs_registry):  # fused or rotary projections are read at the call instead
+                    for name in ("query", "key", "value"):
+                        handles.append(getattr(site, name).register_forward_hook(store(slot, name)))
                 # A shared bias: each layer keeps its latest output. A copy, since a model may add into it in
                 # place (transformers 4.x BEiT adds the shared bias into the layer's own bias tensor).
                 for index, bias_module in enumerate(site.score_bias):
                     handles.append(bias_module.register_forward_hook(store(slot, f"score_bias_{index}", copy=True)))
                 handles.append(site.module.register_forward_hook(finish(position, site, slot)))
-            if capture not in CAPTURE_MODES:
-                raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {capture!r}.")
-            if capture != "recompute":
-                stack.enter_context(_attention_function(sites, captured))
+            # Images under "recompute" need no call served: every layer is recomputed from its projections.
+            if text or capture != "recompute":
+                stack.enter_context(serve_attention(sites, captured_text if text else captured))
             yield kept
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def record_text_layers(
+    sites: Sequence[AttentionSite],
+    compute: Callable[[LayerProjections], object],
+    token_mask: Tensor,
+    *,
+    needs_registry: bool,
+) -> Iterator[list]:
+    """``record_layers(sites, compute, capture="exact", token_mask=token_mask, needs_registry=...)``.
+
+    A thin wrapper kept for the callers written before :func:`record_layers` served text models
+    (the text template records with the model's own attention, ``"exact"``).
+    """
+    with record_layers(sites, compute, capture="exact", token_mask=token_mask, needs_registry=needs_registry) as kept:
+        yield kept

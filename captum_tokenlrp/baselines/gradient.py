@@ -221,10 +221,10 @@ class GenericAttentionExplainability(_GradientAttribution):
 
     ``grad_A`` is obtained without switching the model's attention implementation:
     since the attention output is ``sum_j A_ij v_j`` (per head), ``dS/dA_ij = <dS/dctx_i, v_j>``,
-    with ``dS/dctx`` the gradient at the output projection's input. ``A`` is the model's float32
-    attention as the recorder reads it for every method of the package (recomputed from the
-    query and key projections while the model's own kernel runs, so that the gradient flows
-    through it). No parameter's ``.grad`` is touched.
+    with ``dS/dctx`` the gradient at the output projection's input. ``A`` is recomputed in
+    float32 from the hooked query and key projections while the model's own attention kernel
+    runs and carries the gradient (the recorder's ``"recompute"`` mode, see
+    :mod:`captum_tokenlrp._core.attention_gradients`). No parameter's ``.grad`` is touched.
 
     ``token_relevance`` gives `(batch_size, num_tokens)`; ``target`` is the class for a
     classifier (default: the predicted one) and must be None for a model without labels (its CLS
