@@ -223,3 +223,93 @@ def test_one_registry_with_the_modality_as_a_property():
         register_adapter(NoLayout)
     with pytest.raises(TypeError, match="without an implementation of token_layout"):
         NoLayout(torch.nn.Linear(1, 1))
+
+
+# --------------------------------------------------------------------------- class-sensitive text
+def float64_text_gradients(model, ids, mask, classes):
+    """Per layer `(A, v, dS/dA)` in float64 from an eager copy, `S` the logits of ``classes``."""
+    from text_models import _value_module, eager_copy
+
+    eager = eager_copy(model)
+    heads = eager.config.num_attention_heads
+    values, hooks = [], []
+    for index in range(eager.config.num_hidden_layers):
+        module, _ = _value_module(eager, index)
+        hooks.append(module.register_forward_hook(lambda _m, _i, out: values.append(out)))
+    try:
+        outputs = eager(ids, attention_mask=mask, output_attentions=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scalar = outputs.logits.gather(1, classes[:, None]).sum()
+    gradients = torch.autograd.grad(scalar, outputs.attentions)
+    layers = []
+    for attention, value, gradient in zip(outputs.attentions, values, gradients, strict=True):
+        batch, tokens, width = value.shape
+        layers.append(
+            (attention.detach(), value.reshape(batch, tokens, heads, width // heads).transpose(1, 2).detach(), gradient)
+        )
+    return layers
+
+
+def reference_text_class_sensitive(layers, mask, rule, mode):
+    """The class-sensitive rules straight from their formulas, per sentence on its real tokens."""
+    from reference import reference_redistribution_from_probs
+
+    batch, heads = layers[0][0].shape[:2]
+    out = torch.zeros(mask.shape, dtype=DOUBLE)
+    for b in range(batch):
+        real = mask[b].bool().nonzero().flatten()
+        positive = [(g[b] * a[b]).clamp(min=0)[:, real][:, :, real] for a, _, g in layers]
+        scale = max(float(p.sum(dim=-1).max()) for p in positive) or 1.0
+        relevance = torch.zeros(len(real), dtype=DOUBLE)
+        relevance[0] = 1.0  # the classifier reads [CLS]
+        for (attention, values, _), contribution in reversed(list(zip(layers, positive, strict=True))):
+            matrices = []
+            for h in range(heads):
+                w = contribution[h] / scale if mode.startswith("attention") else attention[b, h][real][:, real]
+                matrices.append(reference_redistribution_from_probs(w, values[b, h][real], rule))
+            if mode.endswith("heads"):
+                shares = contribution.sum(dim=(1, 2))
+                alphas = shares / shares.sum() if float(shares.sum()) > 0 else torch.full((heads,), 1 / heads)
+                fused = sum(alpha * matrix for alpha, matrix in zip(alphas, matrices, strict=True))
+            else:
+                fused = torch.stack(matrices).mean(dim=0)
+            relevance = relevance @ fused
+        out[b, real] = relevance
+    return out
+
+
+@pytest.mark.parametrize("mode", ["attention", "heads", "attention+heads"])
+@pytest.mark.parametrize("rule", ["ii", "iv"])
+def test_text_classifiers_get_the_class_sensitive_rules(rule, mode):
+    model, ids, mask = padded_batch("bert_classifier")
+    classes = torch.tensor([2, 0, 1])
+    expected = reference_text_class_sensitive(float64_text_gradients(model, ids, mask, classes), mask, rule, mode)
+    lrp = TokenRelevanceLRP(model, rule=rule, class_sensitive=mode)
+    ours = lrp.token_relevance(ids, classes, {"attention_mask": mask})
+    torch.testing.assert_close(ours.double(), expected, atol=2e-6, rtol=1e-4)
+    assert float(ours[mask == 0].abs().max()) == 0.0 and float(ours.min()) >= 0
+    torch.testing.assert_close(ours.sum(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    other = lrp.token_relevance(ids, (classes + 1) % 3, {"attention_mask": mask})
+    assert float((other - ours).abs().max()) > 1e-4  # the class steers the map
+    named = lrp.token_relevance(ids, [model.config.id2label[int(c)] for c in classes], {"attention_mask": mask})
+    torch.testing.assert_close(named, ours)
+
+
+def test_class_sensitive_text_needs_a_classifier():
+    with pytest.raises(ValueError, match="no classification head"):
+        TokenRelevanceLRP(build_text_model("bert"), class_sensitive="attention")
+
+
+@pytest.mark.parametrize("capture", ["exact", "fast", "recompute"])
+def test_text_attention_capture_modes_agree_with_the_reference(capture):
+    model, ids, mask = padded_batch("llama")
+    from text_models import reference_text_relevance as reference
+
+    layers = eager_attention_and_values(model, ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+    start = torch.zeros(mask.shape, dtype=DOUBLE)
+    start[torch.arange(3), mask.sum(dim=1) - 1] = 1.0  # a decoder starts at its last real token
+    lrp = TokenRelevanceLRP(model, rule="iv", attention_capture=capture)
+    ours = lrp.token_relevance(ids, additional_forward_args={"attention_mask": mask})
+    torch.testing.assert_close(ours.double(), reference(layers, mask.bool(), start, "iv"), atol=2e-6, rtol=1e-4)

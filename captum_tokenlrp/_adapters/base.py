@@ -139,6 +139,10 @@ class ModelAdapter(ABC):
     #: ``config.model_type`` values of the checkpoints this adapter explains (for loading by config).
     model_types: ClassVar[tuple[str, ...]] = ()
 
+    #: Whether the attention can only be observed through transformers' attention interface (rotary
+    #: embeddings applied inside the module, a fused projection): without it the call is refused.
+    needs_registry: ClassVar[bool] = False
+
     def __init__(self, model: nn.Module) -> None:
         missing = missing_image_methods(type(self))
         if missing:

@@ -41,9 +41,6 @@ class TextModelAdapter(ModelAdapter):
     modality: ClassVar[str] = "text"
     #: Causal (decoder) attention: the prediction at a position reads that token and the ones before it.
     is_decoder: ClassVar[bool] = False
-    #: Whether the attention can only be observed through transformers' attention registry (rotary
-    #: embeddings applied inside the module, a fused projection): without it the call is refused.
-    needs_registry: ClassVar[bool] = False
     #: Forward keyword arguments the explanation refuses: they change the attention or reuse a cache.
     refused_arguments: ClassVar[tuple[str, ...]] = (
         "head_mask",

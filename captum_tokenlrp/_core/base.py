@@ -34,7 +34,6 @@ from .inputs import (
     PreparedText,
     input_kind,
 )
-from .text_capture import record_text_layers
 
 __all__ = [
     "CLASS_SPECIFIC_METHODS",
@@ -339,10 +338,13 @@ class TokenAttribution(MethodOptions, Attribution):
 
         adapter = self._adapter
         kwargs = {**adapter.forward_kwargs(prepared.inputs), **prepared.kwargs}
-        if prepared.token_mask is None:
-            recording = record_layers(sites, counted, capture=self.attention_capture)
-        else:
-            recording = record_text_layers(sites, counted, prepared.token_mask, needs_registry=adapter.needs_registry)
+        recording = record_layers(
+            sites,
+            counted,
+            capture=self.attention_capture,
+            token_mask=prepared.token_mask,
+            needs_registry=adapter.needs_registry,
+        )
         with evaluation_mode(self.model), torch.no_grad(), adapter.explaining():
             with recording as kept:
                 adapter.forward_module(prepared.inputs, *prepared.args, **kwargs)

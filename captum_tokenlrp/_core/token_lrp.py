@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._adapters import AttentionSite
 from .._utils.validation import TargetType, format_pixel_inputs, parse_targets
 from ..rules import TokenRule, get_rule
-from .attention_gradients import AttentionGradient, attention_gradients
+from .attention_gradients import AttentionGradient, attention_gradient_pass
 from .base import TokenAttribution, evaluation_mode
 from .capture import CAPTURE_MODES, LayerProjections
 from .class_weighting import check_class_sensitive, class_state, contribution_scale, head_weights, weights_heads
@@ -464,21 +464,32 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
                     f'head_fusion must be "mean", got {other[0]!r}; class_sensitive="attention" keeps every head mode.'
                 )
 
-    def _attention_gradients(self, prepared: PreparedInputs, target: TargetType) -> list[AttentionGradient]:
+    def _attention_gradients(self, prepared: Prepared, target: TargetType) -> list[AttentionGradient]:
         """One forward and one backward pass: every layer's attention, values and ``dS/dA`` for the class logit
         ``S`` of ``target`` (default: the predicted class, read from the same forward pass)."""
-        pixel_values = prepared.pixel_values.detach().clone().requires_grad_(True)
-        targets = parse_targets(target, self._adapter, prepared.layout, len(pixel_values))
-        kwargs = {**self._adapter.forward_kwargs(pixel_values), **prepared.kwargs}
+        adapter = self._adapter
+        if isinstance(prepared, PreparedInputs):
+            # Inputs that require grad: the graph exists even when every parameter is frozen.
+            inputs = prepared.pixel_values.detach().clone().requires_grad_(True)
+            targets = parse_targets(target, adapter, prepared.layout, len(inputs))
+        else:  # token ids: the pass makes the first layer's attention output the graph's leaf
+            inputs = prepared.input_ids
+            targets = None if target is None else self._inputs.class_targets(self, prepared, target)
+        kwargs = {**adapter.forward_kwargs(inputs), **prepared.kwargs}
 
         def class_logit() -> Tensor:
-            with self._adapter.explaining():
-                logits = self._adapter.forward_module(pixel_values, *prepared.args, **kwargs).logits
+            with adapter.explaining():
+                logits = adapter.forward_module(inputs, *prepared.args, **kwargs).logits
             chosen = logits.detach().argmax(dim=-1) if targets is None else targets.to(logits.device)
             return logits.gather(1, chosen[:, None])[:, 0]
 
         with evaluation_mode(self.model):
-            return attention_gradients(self.attention_sites, class_logit)
+            return attention_gradient_pass(
+                self.attention_sites,
+                class_logit,
+                token_mask=prepared.token_mask,
+                needs_registry=adapter.needs_registry,
+            )[1]
 
     def _class_matrices(
         self,
