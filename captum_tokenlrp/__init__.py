@@ -1,16 +1,18 @@
 """captum-tokenlrp: token relevance redistribution for Transformers, as a Captum attribution.
 
 Implements Sawaki & Murata, "Redistribution of inter-token relevance in
-Transformer models" (JSAI 2025) over HuggingFace ``transformers`` vision Transformers
-(:class:`TokenRelevanceLRP`) and text Transformers (:class:`TextTokenRelevanceLRP`: BERT-style
-encoders, GPT-2 and Llama-style decoders; text adapters are :class:`TextModelAdapter` subclasses
-registered with :func:`register_text_adapter`).
+Transformer models" (JSAI 2025) over HuggingFace ``transformers`` vision Transformers and text
+Transformers (BERT-style encoders, GPT-2 and Llama-style decoders) with one class,
+:class:`TokenRelevanceLRP`: the model's adapter says its modality, which picks the inputs
+(``pixel_values`` or token ids). :class:`TextTokenRelevanceLRP` is the same class for text models only.
 
 The extension contract is public: :class:`ModelAdapter` (with :class:`AttentionSite` and
-:class:`TokenLayout`) describes an architecture, registered with :func:`register_adapter`;
-:class:`TokenAttribution` is the template every attribution follows (implement
-``_token_relevance(prepared, target, **options)``; :class:`PreparedInputs` is what it receives,
-:class:`LayerProjections` what :meth:`TokenAttribution._record` hands a per-layer computation).
+:class:`TokenLayout`; :class:`TextModelAdapter` for text models) describes an architecture,
+registered with :func:`register_adapter` in one registry; :class:`TokenAttribution` is the template
+every attribution follows (implement ``_token_relevance(prepared, target, **options)``;
+:class:`PreparedInputs` / :class:`PreparedText` is what it receives, :class:`LayerProjections` what
+:meth:`TokenAttribution._record` hands a per-layer computation), and ``attribution.engine`` runs its
+steps one by one for views that replay them.
 """
 
 from ._adapters import (
