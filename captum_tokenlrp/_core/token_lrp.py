@@ -235,9 +235,10 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
     The cost is one forward pass under ``torch.no_grad()``. With the default
     ``attention_capture="fast"`` each layer's attention probabilities are computed
     once, in float32, from the hooked query and key with the module's own scaling,
-    and the layer's output is formed from them: for the call, the attention
-    modules' configs point ``_attn_implementation`` at a function registered under
-    a unique name. Configs, registry and every hook are restored on exit (also on
+    and the layer's output is formed from them: for the call, the model's entry in
+    transformers' attention interface (``ALL_ATTENTION_FUNCTIONS``, e.g. ``"sdpa"``)
+    sends the recorded layers' calls to the recorder (every other call goes where it
+    went before). The interface and every hook are restored on exit (also on
     an error), so the model is unchanged after the call; the result is the same
     whatever ``attn_implementation`` the model uses (see ``attention_capture`` and
     :mod:`captum_tokenlrp._core.capture` for the other two modes).
