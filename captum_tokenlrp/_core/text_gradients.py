@@ -28,24 +28,6 @@ def attention_gradients(
     """``attention_gradient_pass(sites, run, token_mask=..., needs_registry=..., capture="exact")``.
 
     The probabilities are those :class:`~captum_tokenlrp.TextTokenRelevanceLRP` reads (``"exact"``),
-    so every text method is compared on the same attention.
-
-    Parameters
-    ----------
-    sites : sequence of AttentionSite
-        The attention layers, input side first.
-    run : callable
-        Runs the model's forward and returns the explained scalar per sample, `(batch,)`.
-    token_mask : Tensor
-        `(batch, N)` bool, True for real tokens.
-    needs_registry : bool
-        As in :func:`.capture.record_layers`.
-
-    Returns
-    -------
-    scalars : Tensor
-        The explained scalars `(batch,)`, detached.
-    layers : list of AttentionGradient
-        One per site, input side first.
+    so every text method is compared on the same attention; parameters and result as there.
     """
     return attention_gradient_pass(sites, run, token_mask=token_mask, needs_registry=needs_registry, capture="exact")

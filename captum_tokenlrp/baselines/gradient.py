@@ -153,6 +153,20 @@ class ExplainedForward:
         return (embedding * direction).sum(dim=-1) / direction.norm(dim=-1).clamp_min(1e-12)
 
 
+def warn_if_vanishing(method: object, values: Tensor, what: str, why: str) -> None:
+    """Warn when some sample's ``values`` `(batch, ...)` are numerically zero: every entry below
+    :data:`VANISHING` in absolute value (a vanishing gradient; ``why`` says what likely causes it)."""
+    largest = values.detach().abs().flatten(1).amax(dim=1)
+    zero = (largest < VANISHING).nonzero().flatten().tolist()
+    if zero:
+        warnings.warn(
+            f"{type(method).__name__}: the {what} of sample(s) {zero} is numerically zero (largest |value| "
+            f"{float(largest.min()):.3g} < {VANISHING:g}): the explained output's gradient vanishes, {why}",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 class _GradientAttribution(TokenAttribution):
     """Shared target handling: class for a classifier (default predicted), none for label-free models."""
 
@@ -193,16 +207,12 @@ class _GradientAttribution(TokenAttribution):
         :data:`VANISHING` in absolute value, which a per-panel colour scale would still draw as a map.
         """
         values = maps.detach()[..., patch_slice] if patch_slice is not None else maps.detach()
-        largest = values.abs().flatten(1).amax(dim=1)
-        zero = (largest < VANISHING).nonzero().flatten().tolist()
-        if zero:
-            warnings.warn(
-                f"{type(self).__name__}: the map of sample(s) {zero} is numerically zero (largest |value| "
-                f"{float(largest.min()):.3g} < {VANISHING:g}): the explained output's gradient vanishes, as in a "
-                "random-init model. Its colours would show float32 rounding noise, not relevance.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+        warn_if_vanishing(
+            self,
+            values,
+            "map",
+            "as in a random-init model. Its colours would show float32 rounding noise, not relevance.",
+        )
         return maps
 
     @staticmethod

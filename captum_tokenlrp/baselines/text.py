@@ -25,7 +25,6 @@ The two gradient methods explain one scalar per input (:attr:`target_sensitive`)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -39,10 +38,9 @@ from .._adapters.text import last_real_token
 from .._core.base import evaluation_mode
 from .._core.text_base import PreparedText, TextTokenAttribution
 from .._core.text_gradients import attention_gradients
-from .._utils.stack import user_stacklevel
 from .._utils.validation import TargetType, _per_sample_targets, class_indices
 from .attention import AttentionRollout, RawAttention
-from .gradient import GenericAttentionExplainability, TokenIntegratedGradients
+from .gradient import GenericAttentionExplainability, TokenIntegratedGradients, warn_if_vanishing
 
 __all__ = [
     "TextAttentionRollout",
@@ -51,8 +49,6 @@ __all__ = [
     "TextRawAttention",
 ]
 
-#: Below this, in absolute value everywhere, a gradient map is reported as numerically zero.
-VANISHING = 1e-7
 #: Read-outs of the embedding score of a model without a head (option ``pooling``).
 POOLINGS = ("first", "mean", "last")
 #: Named baseline tokens of :class:`TextLayerIntegratedGradients` (``baseline=``).
@@ -248,16 +244,13 @@ class _TextGradientAttribution(TextTokenAttribution):
 
     def _warn_if_vanishing(self, values: Tensor, what: str) -> None:
         """Warn when some sample's ``values`` `(batch, ...)` are numerically zero (a vanishing gradient)."""
-        largest = values.detach().abs().flatten(1).amax(dim=1)
-        zero = (largest < VANISHING).nonzero().flatten().tolist()
-        if zero:
-            warnings.warn(
-                f"{type(self).__name__}: the {what} of sample(s) {zero} is numerically zero (largest |value| "
-                f"{float(largest.min()):.3g} < {VANISHING:g}): the explained output's gradient vanishes (e.g. the "
-                "embedding score of a random-init model with unit LayerNorms: try pooling='mean' or a trained model).",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+        warn_if_vanishing(
+            self,
+            values,
+            what,
+            "e.g. the embedding score of a random-init model with unit "
+            "LayerNorms: try pooling='mean' or a trained model.",
+        )
 
 
 # =========================================================================== GAE
