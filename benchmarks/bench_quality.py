@@ -116,7 +116,7 @@ def methods(ig_steps: int) -> list[Method]:
             {"head_fusion": how},
             by_rule=(rule, how),
         )
-        for rule in RULES
+        for rule in ALL_RULES
         for how, label in (("mean", "fused"), ("per_head_mean", "per-head mean"))
     ]
     return [*rules, *class_methods(), *baselines(ig_steps)]
@@ -138,6 +138,9 @@ def baselines(ig_steps: int) -> list[Method]:
 
 
 RULES = ("i", "ii", "iii", "iv")
+#: The package's own rules (docs/method.md), scored beside the paper's.
+OWN_RULES = ("ii-r4", "ii2-r4")
+ALL_RULES = RULES + OWN_RULES
 HEAD_MODES = ("mean", "per_head_mean")
 #: The class-sensitive variants of token relevance the benchmarks score: (rule, class_sensitive).
 CLASS_VARIANTS = (
@@ -147,6 +150,8 @@ CLASS_VARIANTS = (
     ("i", "attention+heads"),
     ("ii", "attention+heads"),
     ("ii", "heads"),
+    ("ii-r4", "attention"),
+    ("ii-r4", "attention+heads"),
 )
 #: Peers of the class-sensitive variants, for the goals table.
 PEERS = ("GAE (Chefer 2021)", "AttnLRP (Achtibat 2024)", "TokenTM (Wu 2024)", "TE (Chefer 2021, CVPR)")
@@ -169,8 +174,8 @@ def rule_maps(model: nn.Module, images: Tensor, batch_size: int) -> tuple[dict[t
 
     Returns ``({(rule, head mode): (count, tokens)}, seconds)``.
     """
-    by_rule = partial(TokenRelevanceLRP(model).token_relevance_by_rule, rules=RULES, head_fusions=HEAD_MODES)
-    parts: dict[tuple[str, str], list[Tensor]] = {(rule, mode): [] for rule in RULES for mode in HEAD_MODES}
+    by_rule = partial(TokenRelevanceLRP(model).token_relevance_by_rule, rules=ALL_RULES, head_fusions=HEAD_MODES)
+    parts: dict[tuple[str, str], list[Tensor]] = {(rule, mode): [] for rule in ALL_RULES for mode in HEAD_MODES}
     seconds = 0.0
     for start, size in _batches(images.shape[0], batch_size):
         maps, elapsed = _timed(by_rule, images[start : start + size])
@@ -381,7 +386,9 @@ def plot_gallery(evaluation: dict, path: Path, count: int = 4) -> None:
 # ----------------------------------------------------------------------------- multi-object scenes
 def scene_methods(ig_steps: int) -> list[Method]:
     """Every method, one map per (scene, present class): the rules fused (per-head means add nothing here)."""
-    rules = [Method(f"rule ({rule}) fused", "token relevance", partial(TokenRelevanceLRP, rule=rule)) for rule in RULES]
+    rules = [
+        Method(f"rule ({rule}) fused", "token relevance", partial(TokenRelevanceLRP, rule=rule)) for rule in ALL_RULES
+    ]
     return [*rules, *class_methods(), *baselines(ig_steps)]
 
 

@@ -24,6 +24,16 @@ rule    activation ``a_j``      weight ``W_ij``
 (iv)    ``||v_j - v_mean||``    ``||v_j - v_i|| w_ij + delta_ij``
 ======  ======================  ====================================
 
+Rules of the package's own, beyond the paper (measured on real weights: ``benchmarks/REAL.md``,
+``benchmarks/TEXT.md``):
+
+===========  ==========================  ====================================
+rule         activation ``a_j``          weight ``W_ij``
+===========  ==========================  ====================================
+``"ii-r4"``  ``||v_j - v_mean||``        ``w_ij + 4 delta_ij``
+``"ii2-r4"`` ``||v_j - v_mean||^2``      ``w_ij + 4 delta_ij``
+===========  ==========================  ====================================
+
 Write a new rule by composing any activation with any weight; both are plain
 callables of an :class:`AttentionState`, so a user-defined one needs no
 subclassing (see :class:`TokenActivation` and :class:`TokenWeight`).
@@ -45,10 +55,15 @@ from ._core.distances import normalize_rows_, pairwise_distances
 __all__ = [
     "RULE_I",
     "RULE_II",
+    "RULE_II2_R4",
     "RULE_III",
+    "RULE_II_R4",
     "RULE_IV",
     "AttentionState",
     "AttentionWeight",
+    "LayerGatedWeight",
+    "ResidualWeight",
+    "SquaredValueDeviationActivation",
     "TokenActivation",
     "TokenRule",
     "TokenWeight",
@@ -182,6 +197,20 @@ class ValueDeviationActivation:
         return "ValueDeviationActivation()"
 
 
+class SquaredValueDeviationActivation:
+    """``a_j = ||v_j - v_mean||_2^2`` (rule ``"ii2-r4"``).
+
+    Rule (ii)'s activation squared: the contrast between tokens with specific features (far from
+    the mean) and generic ones is sharpened. ``v_mean`` as in :class:`ValueDeviationActivation`.
+    """
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        return state.centered_norms.square()
+
+    def __repr__(self) -> str:
+        return "SquaredValueDeviationActivation()"
+
+
 class AttentionWeight:
     """``W_ij = w_ij + delta_ij`` (rules (i) and (ii))."""
 
@@ -206,6 +235,69 @@ class ValueDistanceWeight:
 
     def __repr__(self) -> str:
         return "ValueDistanceWeight()"
+
+
+class ResidualWeight:
+    """``W_ij = w_ij + alpha * delta_ij``: the residual connection weighted ``alpha`` times all of attention.
+
+    With ``alpha = 1`` this is :class:`AttentionWeight`. A larger ``alpha`` keeps more of each
+    token's relevance on itself in every layer, so relevance that reaches the patch (or word) tokens
+    is moved by the attention of few layers, not blurred through every layer's token mixing: on the
+    real DINOv2-S and all-MiniLM-L6-v2 rule (ii)'s faithfulness rises with ``alpha`` up to about 4
+    (``benchmarks/REAL.md``, ``benchmarks/TEXT.md``). As ``alpha`` grows without bound the matrices
+    tend to the identity and the map to the start.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the residual, finite and positive.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not (0 < alpha < float("inf")):
+            raise ValueError(f"ResidualWeight alpha must be a finite positive number, got {alpha!r}.")
+        self.alpha = float(alpha)
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        weight = state.attention.clone()
+        weight.diagonal(dim1=-2, dim2=-1).add_(self.alpha)
+        return weight
+
+    def __repr__(self) -> str:
+        return f"ResidualWeight(alpha={self.alpha:g})"
+
+
+class LayerGatedWeight:
+    """``W_ij = delta_ij`` in the layers below ``first_layer``, ``weight(state)`` from it on.
+
+    Layers below ``first_layer`` then move no relevance between tokens (their matrix is the
+    identity): the map is what the upper layers' attention redistributes. Which layers to keep is
+    the model's: it depends on its depth (12 layers for ViT-S, 6 for MiniLM), so no rule with a gate
+    is registered by name.
+
+    Parameters
+    ----------
+    weight : TokenWeight
+        The weight of the layers kept.
+    first_layer : int
+        Index of the first layer kept, 0 for the one nearest to the input (0: no layer gated).
+    """
+
+    def __init__(self, weight: TokenWeight, first_layer: int) -> None:
+        if not callable(weight):
+            raise TypeError(f"LayerGatedWeight weight must be callable as weight(state) -> Tensor, got {weight!r}.")
+        if isinstance(first_layer, bool) or not isinstance(first_layer, int) or first_layer < 0:
+            raise ValueError(f"LayerGatedWeight first_layer must be a non-negative int, got {first_layer!r}.")
+        self.weight = weight
+        self.first_layer = first_layer
+
+    def __call__(self, state: AttentionState) -> Tensor:
+        if state.layer_index >= self.first_layer:
+            return self.weight(state)
+        return torch.diag_embed(state.attention.new_ones(state.attention.shape[:-1]))
+
+    def __repr__(self) -> str:
+        return f"LayerGatedWeight({self.weight!r}, first_layer={self.first_layer})"
 
 
 @dataclass(frozen=True)
@@ -303,7 +395,20 @@ RULE_III = TokenRule(UnitActivation(), ValueDistanceWeight(), name="iii")
 RULE_IV = TokenRule(ValueDeviationActivation(), ValueDistanceWeight(), name="iv")
 """Rule (iv): ``a_j = ||v_j - v_mean||``, ``W_ij = ||v_j - v_i|| w_ij + delta_ij``."""
 
-_REGISTRY: dict[str, TokenRule] = {"i": RULE_I, "ii": RULE_II, "iii": RULE_III, "iv": RULE_IV}
+RULE_II_R4 = TokenRule(ValueDeviationActivation(), ResidualWeight(4.0), name="ii-r4")
+"""Rule ``"ii-r4"``: ``a_j = ||v_j - v_mean||``, ``W_ij = w_ij + 4 delta_ij`` (rule (ii), residual weighted 4)."""
+
+RULE_II2_R4 = TokenRule(SquaredValueDeviationActivation(), ResidualWeight(4.0), name="ii2-r4")
+"""Rule ``"ii2-r4"``: ``a_j = ||v_j - v_mean||^2``, ``W_ij = w_ij + 4 delta_ij``."""
+
+_REGISTRY: dict[str, TokenRule] = {
+    "i": RULE_I,
+    "ii": RULE_II,
+    "iii": RULE_III,
+    "iv": RULE_IV,
+    "ii-r4": RULE_II_R4,
+    "ii2-r4": RULE_II2_R4,
+}
 
 
 def register_rule(name: str, rule: TokenRule, *, overwrite: bool = False) -> None:
@@ -334,7 +439,8 @@ def available_rules() -> tuple[str, ...]:
 
 
 def get_rule(rule: str | TokenRule) -> TokenRule:
-    """Resolve a rule name (``"i"``, ``"ii"``, ``"iii"``, ``"iv"`` or a registered one) or pass a rule through.
+    """Resolve a rule name (``"i"``, ``"ii"``, ``"iii"``, ``"iv"``, ``"ii-r4"``, ``"ii2-r4"`` or a registered one)
+    or pass a rule through.
 
     Raises
     ------
