@@ -90,13 +90,19 @@ def extension():
                 from torch.utils.cpp_extension import load_inline
 
                 flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+                link = []
                 if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
                     flags.append("-march=native")
+                if torch.backends.openmp.is_available() and platform.system() == "Linux":
+                    # at::parallel_for is OpenMP in these builds; the process already holds torch's libgomp.
+                    flags.append("-fopenmp")
+                    link.append("-fopenmp")
                 module = load_inline(
                     name=_module_name(),
                     cpp_sources=[SOURCE],
                     functions=["fused_rule_layer"],
                     extra_cflags=flags,
+                    extra_ldflags=link,
                     verbose=False,
                 )
             except Exception as error:  # a broken toolchain must not break an explanation

@@ -30,7 +30,8 @@ inline float exp_float(float x) {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f;      // ln 2 split so that n * ln2_hi is exact
     const float ln2_lo = -2.12194440e-4f;
-    float clamped = std::min(std::max(x, -87.3f), 88.7f);
+    const float low = x > -87.3f ? x : -87.3f;
+    const float clamped = low < 88.7f ? low : 88.7f;
     float n = std::floor(clamped * log2e + 0.5f);
     float r = clamped - n * ln2_hi - n * ln2_lo;
     float p = 1.0f / 720.0f;
@@ -44,6 +45,62 @@ inline float exp_float(float x) {
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
     return x < -87.3f ? 0.0f : p * scale;
+}
+
+
+// The same exp on W lanes at once, with GCC/Clang vector types: the compiler's auto-vectoriser does
+// not reliably vectorise a reduction loop around it (one of its copies of the loop stays scalar).
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+typedef float floats __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t ints __attribute__((vector_size(W * sizeof(float))));
+
+inline floats splat(float x) {
+    floats v;
+    for (int l = 0; l < W; ++l) v[l] = x;
+    return v;
+}
+
+inline floats load(const float* p) {
+    floats v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+inline void store(float* p, floats v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline float lanes_sum(floats v) {
+    float total = 0.0f;
+    for (int l = 0; l < W; ++l) total += v[l];
+    return total;
+}
+
+inline floats exp_floats(floats x) {
+    const floats low = splat(-87.3f), high = splat(88.7f);
+    floats clamped = x > low ? x : low;
+    clamped = clamped < high ? clamped : high;
+    // Round x log2(e) to the nearest integer n with the 1.5 * 2^23 trick: n sits in the low mantissa bits.
+    const floats magic = splat(12582912.0f);
+    const floats shifted = clamped * splat(1.44269504088896341f) + magic;
+    const floats n = shifted - magic;
+    const floats r = clamped - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+    floats p = splat(1.0f / 720.0f);
+    p = p * r + splat(1.0f / 120.0f);
+    p = p * r + splat(1.0f / 24.0f);
+    p = p * r + splat(1.0f / 6.0f);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    ints magic_bits, shifted_bits;
+    std::memcpy(&magic_bits, &magic, sizeof(magic));
+    std::memcpy(&shifted_bits, &shifted, sizeof(shifted));
+    const ints exponent = ((shifted_bits - magic_bits) + 127) << 23;
+    floats scale;
+    std::memcpy(&scale, &exponent, sizeof(scale));
+    return x < low ? splat(0.0f) : p * scale;
 }
 
 }  // namespace
@@ -95,64 +152,124 @@ std::vector<at::Tensor> fused_rule_layer(at::Tensor q, at::Tensor k, at::Tensor 
                 }
                 for (int64_t r = 0; r < rows; ++r) {
                     const int64_t i = first + r;
-                    float* p = probabilities.data() + r * N;
-                    float* c = contributions.data() + r * N;
+                    float* __restrict p = probabilities.data() + r * N;
+                    float* __restrict c = contributions.data() + r * N;
+                    // 1. bias and row maximum
+                    float top = -std::numeric_limits<float>::infinity();
                     if (has_bias) {
                         const float* bias_row = bias_data + b * bs0 + h * bs1 + i * bs2;
-                        for (int64_t j = 0; j < N; ++j) p[j] += bias_row[j * bs3];
+                        if (bs3 == 1) {
+#pragma omp simd reduction(max : top)
+                            for (int64_t j = 0; j < N; ++j) {
+                                const float x = p[j] + bias_row[j];
+                                p[j] = x;
+                                top = x > top ? x : top;
+                            }
+                        } else {
+                            for (int64_t j = 0; j < N; ++j) {
+                                p[j] += bias_row[j * bs3];
+                                top = p[j] > top ? p[j] : top;
+                            }
+                        }
+                    } else {
+#pragma omp simd reduction(max : top)
+                        for (int64_t j = 0; j < N; ++j) top = p[j] > top ? p[j] : top;
                     }
-                    float top = -std::numeric_limits<float>::infinity();
-                    for (int64_t j = 0; j < N; ++j) top = std::max(top, p[j]);
                     if (top == -std::numeric_limits<float>::infinity()) top = 0.0f;
-                    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-                    for (int64_t j = 0; j < N; ++j) {
+                    // 2. unnormalised probabilities and their sum
+                    floats lanes = splat(0.0f);
+                    const floats shift = splat(top);
+                    int64_t j = 0;
+                    for (; j + W <= N; j += W) {
+                        const floats e = exp_floats(load(p + j) - shift);
+                        store(p + j, e);
+                        lanes += e;
+                    }
+                    float total = lanes_sum(lanes);
+                    for (; j < N; ++j) {
                         p[j] = exp_float(p[j] - top);
                         total += p[j];
                     }
                     const float inverse = 1.0f / total;
-#pragma omp simd
-                    for (int64_t j = 0; j < N; ++j) p[j] *= inverse;
+                    // 3. squared value distances (Gram identity), and the pairs it cannot resolve
                     if (by_distance) {
                         const float own = squared_norms[i];
                         const float cutoff = static_cast<float>(near_share) * (own + max_squared);
-#pragma omp simd
-                        for (int64_t j = 0; j < N; ++j) c[j] = own + squared_norms[j] - 2.0f * c[j];
-                        // Pairs the Gram identity cannot resolve (rare), from the differences themselves.
+                        const float* __restrict n2 = squared_norms.data();
+                        float nearest = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : nearest)
                         for (int64_t j = 0; j < N; ++j) {
-                            if (c[j] < cutoff && j != i) {
-                                float exact = 0.0f;
-                                for (int64_t d = 0; d < D; ++d) {
-                                    const float difference = vc[i * D + d] - vc[j * D + d];
-                                    exact += difference * difference;
+                            const float x = own + n2[j] - 2.0f * c[j];
+                            c[j] = x;
+                            const float off = j == i ? std::numeric_limits<float>::infinity() : x;
+                            nearest = off < nearest ? off : nearest;
+                        }
+                        if (nearest < cutoff) {  // rare: recompute those pairs from the differences
+                            for (int64_t j = 0; j < N; ++j) {
+                                if (c[j] < cutoff && j != i) {
+                                    float exact = 0.0f;
+                                    for (int64_t d = 0; d < D; ++d) {
+                                        const float difference = vc[i * D + d] - vc[j * D + d];
+                                        exact += difference * difference;
+                                    }
+                                    c[j] = exact;
                                 }
-                                c[j] = exact;
                             }
                         }
-#pragma omp simd
-                        for (int64_t j = 0; j < N; ++j) c[j] = std::sqrt(std::max(c[j], 0.0f)) * p[j];
-                        c[i] = 0.0f;  // ||v_i - v_i|| = 0
-                    } else {
-                        std::memcpy(c, p, N * sizeof(float));
                     }
-                    c[i] += 1.0f;  // the residual's delta_ij
+                    // 4. w_ij (kept for the output GEMM), z_ij = a_j x_ij w_ij and their sum
                     float z = 0.0f;
-                    if (by_deviation) {
+                    if (by_distance && by_deviation) {
 #pragma omp simd reduction(+ : z)
                         for (int64_t j = 0; j < N; ++j) {
-                            c[j] *= a[j];
-                            z += c[j];
+                            const float w = p[j] * inverse;
+                            p[j] = w;
+                            const float squared = c[j] > 0.0f ? c[j] : 0.0f;
+                            const float x = std::sqrt(squared) * w * a[j];
+                            c[j] = x;
+                            z += x;
+                        }
+                    } else if (by_distance) {
+#pragma omp simd reduction(+ : z)
+                        for (int64_t j = 0; j < N; ++j) {
+                            const float w = p[j] * inverse;
+                            p[j] = w;
+                            const float squared = c[j] > 0.0f ? c[j] : 0.0f;
+                            const float x = std::sqrt(squared) * w;
+                            c[j] = x;
+                            z += x;
+                        }
+                    } else if (by_deviation) {
+#pragma omp simd reduction(+ : z)
+                        for (int64_t j = 0; j < N; ++j) {
+                            const float w = p[j] * inverse;
+                            p[j] = w;
+                            const float x = w * a[j];
+                            c[j] = x;
+                            z += x;
                         }
                     } else {
 #pragma omp simd reduction(+ : z)
-                        for (int64_t j = 0; j < N; ++j) z += c[j];
+                        for (int64_t j = 0; j < N; ++j) {
+                            const float w = p[j] * inverse;
+                            p[j] = w;
+                            c[j] = w;
+                            z += w;
+                        }
                     }
+                    // The diagonal: x_ii w_ii + delta_ii, times a_i (x_ii = ||v_i - v_i|| = 0 by distance).
+                    const float own_activation = by_deviation ? a[i] : 1.0f;
+                    const float diagonal = ((by_distance ? 0.0f : p[i]) + 1.0f) * own_activation;
+                    z += diagonal - c[i];
+                    c[i] = diagonal;
                     if (z == 0.0f) {  // a_i = 0 and nothing else: the identity row
                         c[i] = 1.0f;
                         z = 1.0f;
                     }
+                    // 5. the row of M, into the kept matrix
                     const float share = mode == 0 ? 1.0f / (z * H) : 1.0f / z;
-                    float* target = mode == 3 ? matrix_data + ((b * H + h) * N + i) * N : matrix_data + (b * N + i) * N;
+                    float* __restrict target =
+                        mode == 3 ? matrix_data + ((b * H + h) * N + i) * N : matrix_data + (b * N + i) * N;
                     if (mode == 3 || h == 0) {
 #pragma omp simd
                         for (int64_t j = 0; j < N; ++j) target[j] = c[j] * share;
@@ -161,10 +278,16 @@ std::vector<at::Tensor> fused_rule_layer(at::Tensor q, at::Tensor k, at::Tensor 
                         for (int64_t j = 0; j < N; ++j) target[j] += c[j] * share;
                     } else if (mode == 1) {
 #pragma omp simd
-                        for (int64_t j = 0; j < N; ++j) target[j] = std::max(target[j], c[j] * share);
+                        for (int64_t j = 0; j < N; ++j) {
+                            const float x = c[j] * share;
+                            target[j] = x > target[j] ? x : target[j];
+                        }
                     } else {
 #pragma omp simd
-                        for (int64_t j = 0; j < N; ++j) target[j] = std::min(target[j], c[j] * share);
+                        for (int64_t j = 0; j < N; ++j) {
+                            const float x = c[j] * share;
+                            target[j] = x < target[j] ? x : target[j];
+                        }
                     }
                 }
                 at::Tensor out = output[b][h].narrow(0, first, rows);
