@@ -84,17 +84,39 @@ def _distances(
 
 
 @triton.jit
-def _scores(Q, K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok, sk, sb, scale, HAS_BIAS: tl.constexpr):
+def _scores(
+    K,
+    BIAS,
+    q,
+    b,
+    h,
+    rows,
+    row_ok,
+    cols,
+    col_ok,
+    dims,
+    dim_ok,
+    sk0,
+    sk1,
+    sk2,
+    sk3,
+    sb0,
+    sb1,
+    sb2,
+    sb3,
+    scale,
+    HAS_BIAS: tl.constexpr,
+):
     """Scaled scores (plus the bias) of a `(BM, BN)` tile; -inf outside the keys."""
     k = tl.load(
-        K + b * sk[0] + h * sk[1] + cols[:, None] * sk[2] + dims[None, :] * sk[3],
+        K + b * sk0 + h * sk1 + cols[:, None] * sk2 + dims[None, :] * sk3,
         mask=col_ok[:, None] & dim_ok[None, :],
         other=0.0,
     ).to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
     if HAS_BIAS:
         bias = tl.load(
-            BIAS + b * sb[0] + h * sb[1] + rows[:, None] * sb[2] + cols[None, :] * sb[3],
+            BIAS + b * sb0 + h * sb1 + rows[:, None] * sb2 + cols[None, :] * sb3,
             mask=row_ok[:, None] & col_ok[None, :],
             other=0.0,
         )
@@ -103,9 +125,9 @@ def _scores(Q, K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok, sk, s
 
 
 @triton.jit
-def _query(Q, b, h, rows, row_ok, dims, dim_ok, sq):
+def _query(Q, b, h, rows, row_ok, dims, dim_ok, sq0, sq1, sq2, sq3):
     return tl.load(
-        Q + b * sq[0] + h * sq[1] + rows[:, None] * sq[2] + dims[None, :] * sq[3],
+        Q + b * sq0 + h * sq1 + rows[:, None] * sq2 + dims[None, :] * sq3,
         mask=row_ok[:, None] & dim_ok[None, :],
         other=0.0,
     ).to(tl.float32)
@@ -159,13 +181,13 @@ def _stats_kernel(
 ):
     """Pass 1, one program per (query tile, input x head): output rows and row statistics."""
     tile, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    # 64-bit offsets: a per-head matrix of a large batch has more than 2^31 elements.
+    b, h = (bh // H).to(tl.int64), bh % H
     rows = tile * BM + tl.arange(0, BM)
     row_ok = rows < N
     dims = tl.arange(0, DP)
     dim_ok = dims < D
-    sq, sk, sb = (sq0, sq1, sq2, sq3), (sk0, sk1, sk2, sk3), (sb0, sb1, sb2, sb3)
-    q = _query(Q, b, h, rows, row_ok, dims, dim_ok, sq)
+    q = _query(Q, b, h, rows, row_ok, dims, dim_ok, sq0, sq1, sq2, sq3)
     v_base = b * sv0 + h * sv1
     bar = bh * D
     if BY_DISTANCE:
@@ -179,7 +201,29 @@ def _stats_kernel(
     for start in range(0, N, BN):
         cols = start + tl.arange(0, BN)
         col_ok = cols < N
-        s = _scores(Q, K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok, sk, sb, scale, HAS_BIAS)
+        s = _scores(
+            K,
+            BIAS,
+            q,
+            b,
+            h,
+            rows,
+            row_ok,
+            cols,
+            col_ok,
+            dims,
+            dim_ok,
+            sk0,
+            sk1,
+            sk2,
+            sk3,
+            sb0,
+            sb1,
+            sb2,
+            sb3,
+            scale,
+            HAS_BIAS,
+        )
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet: nothing to rescale
         alpha = tl.exp(row_max - safe_max)
@@ -270,7 +314,8 @@ def _matrix_kernel(
     DC: tl.constexpr,
 ):
     """Pass 2, one program per (key tile, query tile, input): every head's ``M`` tile, reduced over heads."""
-    key_tile, tile, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    key_tile, tile = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # 64-bit offsets, as in pass 1
     rows = tile * BM + tl.arange(0, BM)
     row_ok = rows < N
     cols = key_tile * BN + tl.arange(0, BN)
@@ -278,7 +323,6 @@ def _matrix_kernel(
     dims = tl.arange(0, DP)
     dim_ok = dims < D
     diagonal = rows[:, None] == cols[None, :]
-    sq, sk, sb = (sq0, sq1, sq2, sq3), (sk0, sk1, sk2, sk3), (sb0, sb1, sb2, sb3)
     if MODE == 1:
         acc = tl.full((BM, BN), float("-inf"), tl.float32)
     elif MODE == 2:
@@ -287,8 +331,30 @@ def _matrix_kernel(
         acc = tl.zeros((BM, BN), tl.float32)
     for h in range(H):
         bh = b * H + h
-        q = _query(Q, b, h, rows, row_ok, dims, dim_ok, sq)
-        s = _scores(Q, K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok, sk, sb, scale, HAS_BIAS)
+        q = _query(Q, b, h, rows, row_ok, dims, dim_ok, sq0, sq1, sq2, sq3)
+        s = _scores(
+            K,
+            BIAS,
+            q,
+            b,
+            h,
+            rows,
+            row_ok,
+            cols,
+            col_ok,
+            dims,
+            dim_ok,
+            sk0,
+            sk1,
+            sk2,
+            sk3,
+            sb0,
+            sb1,
+            sb2,
+            sb3,
+            scale,
+            HAS_BIAS,
+        )
         row_max = tl.load(ROW_MAX + bh * N + rows, mask=row_ok, other=0.0)
         safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
         row_sum = tl.load(ROW_SUM + bh * N + rows, mask=row_ok, other=1.0)
