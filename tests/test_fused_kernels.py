@@ -241,7 +241,7 @@ def test_only_builtin_rules_take_the_fused_path():
     assert fused.rule_flags(custom) is None and fused.rule_flags(subclassed) is None
     q, k, v = _inputs(batch=1, heads=2, tokens=5, dim=16)
     for rule in (custom, subclassed):
-        result = kernels.fused_redistribution(rule, q, k, v, scale=0.25, head_fusion="mean", is_last_layer=False)
+        result = kernels.fused_redistribution(rule, q, k, v, scale=0.25, head_mode="mean")
         assert result is None
         with pytest.raises(ValueError, match="built-in rules"):
             fused.fused_layer(q, k, v, scale=0.25, rule=rule, head_mode="mean", kernel="cpu")
@@ -264,7 +264,7 @@ def test_dispatch_on_the_cpu_uses_the_kernel():
     """Where the kernel builds, the CPU's backend is it and ``fused_redistribution`` returns its result."""
     assert fused.backend("cpu") == "cpu"
     q, k, v = _inputs(batch=2, heads=3, tokens=9, dim=16, seed=8)
-    output, matrix = kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_fusion=None, is_last_layer=True)
+    output, matrix = kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_mode=None)
     expected_output, expected = _reference(q, k, v, 0.25, "iv", None)
     torch.testing.assert_close(matrix.double(), expected, rtol=1e-5, atol=2e-7)
     torch.testing.assert_close(output.double(), expected_output, rtol=1e-5, atol=1e-6)
@@ -295,9 +295,7 @@ def test_fallback_without_the_cpu_kernel_says_so_once(fresh_cpu_state, caplog, w
     q, k, v = _inputs(batch=1, heads=2, tokens=5, dim=16)
     with caplog.at_level(logging.WARNING, logger="captum_tokenlrp"):
         assert fused.backend("cpu") is None
-        assert (
-            kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_fusion="mean", is_last_layer=False) is None
-        )
+        assert kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_mode="mean") is None
         assert fused.backend("cpu") is None
     lines = [record.getMessage() for record in caplog.records if record.name == "captum_tokenlrp"]
     assert len(lines) == 1 and "the unfused path runs" in lines[0] and "\n" not in lines[0]

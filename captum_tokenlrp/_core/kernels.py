@@ -97,8 +97,7 @@ def fused_redistribution(
     value: Tensor,
     *,
     scale: float,
-    head_fusion: str | None,
-    is_last_layer: bool,
+    head_mode: str | None,
     score_bias: Tensor | None = None,
     token_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor] | None:
@@ -116,10 +115,9 @@ def fused_redistribution(
         `(batch, heads, N, head_dim)`, any strides and float dtype: what the model's attention function gets.
     scale : float
         The module's scaling of the scores.
-    head_fusion : str or None
-        The call's head mode (see :data:`~captum_tokenlrp._core.propagation.HEAD_MODES`).
-    is_last_layer : bool
-        Whether this is the layer nearest to the output (``"last_layer_per_head"`` keeps its heads).
+    head_mode : {"mean", "max", "min", None}
+        How this layer's heads are reduced, None to keep every head: what
+        ``propagation._layer_mode(head_fusion, is_last_layer)`` gives for the call's head mode.
     score_bias, token_mask
         As in :class:`~captum_tokenlrp._core.capture.LayerProjections`.
 
@@ -130,8 +128,7 @@ def fused_redistribution(
         ``matrix`` float32, what :func:`~captum_tokenlrp._core.propagation.reduce_layer` would keep:
         `(batch, N, N)` for a fused layer, `(batch, heads, N, N)` for a per-head one.
     """
-    from . import fused
-    from .propagation import _layer_mode
+    from . import fused  # on first use: the CPU kernel is built then (propagation imports this module)
 
     if fused.rule_flags(rule) is None or (torch.is_grad_enabled() and query.requires_grad):
         return None
@@ -143,7 +140,7 @@ def fused_redistribution(
         value,
         scale=scale,
         rule=rule,
-        head_mode=_layer_mode(head_fusion, is_last_layer),
+        head_mode=head_mode,
         score_bias=score_bias,
         token_mask=token_mask,
     )
