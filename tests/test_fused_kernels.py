@@ -303,3 +303,33 @@ def test_fallback_without_the_cpu_kernel_says_so_once(fresh_cpu_state, caplog, w
     assert expected in lines[0]
     with pytest.raises(RuntimeError, match="not available"):
         cpu.launch(q, k, v, None, None, None, by_distance=False, by_deviation=False, mode=0)
+
+
+def test_triton_failure_turns_the_kernels_off_once(monkeypatch, caplog):
+    """A GPU or Triton release the kernels cannot compile for: one line, then the unfused path for that device."""
+    monkeypatch.setattr(fused, "_failed_devices", set())
+
+    class Broken:
+        @staticmethod
+        def launch(*_args, **_kwargs):
+            raise RuntimeError("PTX assembly failed\ndetails")
+
+    tensor = torch.zeros(1)
+    with caplog.at_level(logging.WARNING, logger="captum_tokenlrp"):
+        with pytest.raises(fused.TritonFailed):
+            fused._launch_triton(Broken, tensor, forced=False)
+    lines = [record.getMessage() for record in caplog.records if record.name == "captum_tokenlrp"]
+    assert len(lines) == 1 and "PTX assembly failed" in lines[0] and "unfused path runs" in lines[0]
+    assert fused._failed_devices == {"cpu"}
+    # Forced (as the tests force it), the error itself comes through.
+    with pytest.raises(RuntimeError, match="PTX assembly failed"):
+        fused._launch_triton(Broken, tensor, forced=True)
+    # The engine's hookup takes the unfused path instead of raising.
+    monkeypatch.setattr(fused, "backend", lambda device: "triton")
+
+    def failing(*_args, **_kwargs):
+        raise fused.TritonFailed("PTX assembly failed")
+
+    monkeypatch.setattr(fused, "fused_layer", failing)
+    q, k, v = _inputs(batch=1, heads=2, tokens=5, dim=16)
+    assert kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_mode="mean") is None

@@ -16,6 +16,7 @@ rules (i)-(iv) built from the exact built-in component classes take this path
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 
 import torch
@@ -29,6 +30,9 @@ __all__ = ["backend", "fused_layer", "rule_flags"]
 #: Head modes of one layer, as :func:`~captum_tokenlrp._core.propagation._layer_mode` gives them.
 LAYER_MODES = ("mean", "max", "min", None)
 _NAMES = {"i": (False, False), "ii": (False, True), "iii": (True, False), "iv": (True, True)}
+logger = logging.getLogger("captum_tokenlrp")
+#: Devices whose Triton kernels failed to compile or run in this process: the unfused path serves them.
+_failed_devices: set[str] = set()
 
 
 def rule_flags(rule: TokenRule | str) -> tuple[bool, bool] | None:
@@ -64,7 +68,7 @@ def backend(device: torch.device | str) -> str | None:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return "triton" if triton_available() else None
+        return "triton" if triton_available() and device.type not in _failed_devices else None
     if device.type == "cpu":
         from . import cpu
 
@@ -183,7 +187,8 @@ def fused_layer(
         output = torch.empty(value.shape, dtype=value.dtype, device=value.device)
         shape = (batch, tokens, tokens) if fused else (batch, heads, tokens, tokens)
         matrix = torch.empty(shape, dtype=torch.float32, device=query.device)
-        triton_kernels.launch(
+        _launch_triton(
+            triton_kernels,
             query,
             key,
             value,
@@ -197,6 +202,7 @@ def fused_layer(
             by_distance=by_distance,
             by_deviation=by_deviation,
             mode=head_mode,
+            forced=kernel is not None,
         )
         if head_mode in ("max", "min"):
             normalize_rows_(matrix)
@@ -218,3 +224,26 @@ def fused_layer(
         mode={"mean": 0, "max": 1, "min": 2, None: 3}[head_mode],
     )
     return output.to(value.dtype), matrix
+
+
+class TritonFailed(RuntimeError):
+    """The Triton kernels could not compile or run on this device; the unfused path serves it from now on."""
+
+
+def _launch_triton(module, *args, forced: bool, **kwargs) -> None:
+    """``module.launch``; a failure (a GPU or Triton release the kernels do not support) turns them off for the
+    device, with one log line, and raises :class:`TritonFailed` for the caller to take the unfused path."""
+    try:
+        module.launch(*args, **kwargs)
+    except Exception as error:
+        if forced:
+            raise
+        device = args[0].device.type
+        _failed_devices.add(device)
+        logger.warning(
+            "captum_tokenlrp: fused Triton kernels off for %s (%s: %s); the unfused path runs.",
+            device,
+            type(error).__name__,
+            str(error).splitlines()[0][:200] if str(error) else "",
+        )
+        raise TritonFailed(str(error)) from error
