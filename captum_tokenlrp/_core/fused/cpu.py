@@ -9,9 +9,9 @@ Why C++ and not one of the others:
 - A pure-torch blocked formulation is what the current path already is (blocks of inputs and heads
   that fit in cache, see ``CACHE_BLOCK_ELEMENTS``): every operation is still a separate pass over
   the block, about ten of them, so that is the cost left to remove.
-- This kernel (``cpu_kernel.py``, 200 lines of C++) takes a tile of query rows of one input, computes
+- This kernel (``cpu_kernel.py``, about 300 lines of C++) takes a tile of query rows of one input, computes
   each head's scores and value Gram matrix with the library's own GEMM into buffers that stay in
-  the core's cache, and makes one loop over each row for everything else (softmax, distances,
+  cache (:data:`TILE_FLOATS`), and makes one loop over each row for everything else (softmax, distances,
   rule, row sum, division, head mean); the fused matrix is written once. It is built once per
   torch version, Python version and CPU (its vector width), by torch's own extension tools, into
   torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
