@@ -427,18 +427,54 @@ def format_targets(configs: dict[str, list[Result]], long_rows: list[tuple], rat
 
 
 # ------------------------------------------------------------------ report
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+#: Vector extensions worth recording: they set how fast the matrix products and the fused kernel's loops run.
+VECTOR_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+    "sve2",
+)
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and its vector extensions, from /proc/cpuinfo (x86 "flags", Arm "Features")."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
+    return model or platform.processor() or "unknown CPU", [flag for flag in VECTOR_FLAGS if flag in flags]
+
+
+def fused_cpu_kernel() -> str:
+    """Whether the built-in rules run the fused CPU kernel here (building it on first use)."""
+    from captum_tokenlrp._core import fused
+
+    return "on" if fused.backend("cpu") == "cpu" else "off (see the log line above)"
+
+
+def machine() -> str:
+    cpu, flags = cpu_model_and_flags()
     return (
-        f"{cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
+        f"{cpu} (vector extensions: {', '.join(flags) or 'none found'}); {os.cpu_count()} logical CPUs, "
+        f"torch threads {torch.get_num_threads()}; fused CPU kernel {fused_cpu_kernel()}; "
         f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
     )
 

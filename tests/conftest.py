@@ -6,8 +6,16 @@ and the rules give clearly different maps (default-init attention is nearly unif
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when it is imported, and transformers' model modules import it: without a
+# GPU, the fused-kernel tests (test_fused_kernels.py) run Triton's kernels on CPU tensors in its interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from captum_tokenlrp.models import random_dino_model

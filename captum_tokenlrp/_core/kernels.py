@@ -5,6 +5,10 @@ see a work buffer. When a layer's rule is composed of exactly the built-in compo
 (not subclasses: a subclass may change ``__call__``, so it is a user component), the engine
 computes ``M = normalise_rows(a_j * W_ij)`` here instead, overwriting the attention buffer it
 owns and writing value distances into a reused buffer (see :mod:`.workspace`).
+
+Where a fused kernel serves the device (:mod:`.fused`: Triton on CUDA, a C++ kernel built on first
+use on the CPU), :func:`fused_redistribution` computes a layer's attention output and its kept
+matrix in one pass from the query, key and value, never materialising per-head probabilities.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..rules import (
@@ -83,3 +88,62 @@ def redistribution(rule: TokenRule, state: AttentionState, workspace: Workspace 
     """``M`` of ``rule`` for ``state``: the built-in kernel where there is one, else the rule's own."""
     kernel = builtin_kernel(rule)
     return rule.redistribution(state) if kernel is None else kernel(state, workspace)
+
+
+def fused_redistribution(
+    rule: TokenRule,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    scale: float,
+    head_mode: str | None,
+    score_bias: Tensor | None = None,
+    token_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor] | None:
+    """``(output, matrix)`` of one layer from a fused kernel, or None: then the unfused path must run.
+
+    None for a rule not made of the built-in components (user code keeps its own path, as in
+    :func:`builtin_kernel`), for a device without a fused kernel (said once, on the ``captum_tokenlrp``
+    logger, where the CPU has no compiler), and where gradients are wanted (the kernels have none).
+
+    Parameters
+    ----------
+    rule : TokenRule
+        The layer's rule.
+    query, key, value : Tensor
+        `(batch, heads, N, head_dim)`, any strides and float dtype: what the model's attention function gets.
+    scale : float
+        The module's scaling of the scores.
+    head_mode : {"mean", "max", "min", None}
+        How this layer's heads are reduced, None to keep every head: what
+        ``propagation._layer_mode(head_fusion, is_last_layer)`` gives for the call's head mode.
+    score_bias, token_mask
+        As in :class:`~captum_tokenlrp._core.capture.LayerProjections`.
+
+    Returns
+    -------
+    tuple of Tensor or None
+        ``output`` `(batch, heads, N, head_dim)` in ``value``'s dtype, ``softmax(q k^T scale + bias) @ v``;
+        ``matrix`` float32, what :func:`~captum_tokenlrp._core.propagation.reduce_layer` would keep:
+        `(batch, N, N)` for a fused layer, `(batch, heads, N, N)` for a per-head one.
+    """
+    from . import fused  # on first use: the CPU kernel is built then (propagation imports this module)
+
+    if fused.rule_flags(rule) is None or (torch.is_grad_enabled() and query.requires_grad):
+        return None
+    if fused.backend(query.device) is None:
+        return None
+    try:
+        return fused.fused_layer(
+            query,
+            key,
+            value,
+            scale=scale,
+            rule=rule,
+            head_mode=head_mode,
+            score_bias=score_bias,
+            token_mask=token_mask,
+        )
+    except fused.TritonFailed:  # said once; this device takes the unfused path from now on
+        return None
