@@ -21,7 +21,7 @@ from reference import reference_redistribution_from_probs
 from captum_tokenlrp import RULE_I, RULE_II, RULE_III, RULE_IV, TokenRule
 from captum_tokenlrp._core import fused, kernels
 from captum_tokenlrp._core.fused import cpu
-from captum_tokenlrp._core.propagation import _layer_mode, reduce_layer
+from captum_tokenlrp._core.propagation import layer_mode, reduce_layer
 from captum_tokenlrp.rules import AttentionState, AttentionWeight, UnitActivation
 
 DOUBLE = torch.float64
@@ -220,7 +220,7 @@ def test_equals_the_unfused_path(kernel, head_fusion):
             unfused = reduce_layer([kernels.redistribution(rule, state)], head_fusion, is_last, num_heads=3)
             qq, kk, vv = _on(kernel, q, k, v)
             _, matrix = fused.fused_layer(
-                qq, kk, vv, scale=scale, rule=rule, head_mode=_layer_mode(head_fusion, is_last), kernel=kernel
+                qq, kk, vv, scale=scale, rule=rule, head_mode=layer_mode(head_fusion, is_last), kernel=kernel
             )
             torch.testing.assert_close(matrix.cpu(), unfused, rtol=1e-5, atol=1e-6)
 
@@ -333,3 +333,47 @@ def test_triton_failure_turns_the_kernels_off_once(monkeypatch, caplog):
     monkeypatch.setattr(fused, "fused_layer", failing)
     q, k, v = _inputs(batch=1, heads=2, tokens=5, dim=16)
     assert kernels.fused_redistribution(RULE_IV, q, k, v, scale=0.25, head_mode="mean") is None
+
+
+# ------------------------------------------------------------------ the attribution takes the fused kernels
+@needs_cpu_kernel
+@pytest.mark.parametrize("capture", ["fast", "exact"])
+@pytest.mark.parametrize("head_fusion", ["mean", None, "last_layer_per_head"])
+def test_token_relevance_takes_the_fused_kernel_and_agrees_with_the_unfused_path(capture, head_fusion, monkeypatch):
+    """End to end on a DINO-shaped ViT: every layer's matrix comes from the fused kernel (counted), the
+    relevance equals the unfused path's within float32 rounding, and under the fast capture the model's
+    outputs during the call are its own within float32 rounding (the kernel's P @ V is what it gets)."""
+    from transformers import ViTConfig, ViTModel
+
+    from captum_tokenlrp import TokenRelevanceLRP
+    from captum_tokenlrp._core import token_lrp
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+    )
+    model = ViTModel(config, add_pooling_layer=False).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    calls, outputs = [], []
+    original = token_lrp.fused_redistribution
+
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+
+    handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out.last_hidden_state.detach()))
+    monkeypatch.setattr(token_lrp, "fused_redistribution", counted)
+    fused_maps = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(
+        pixels, head_fusion=head_fusion
+    )
+    assert calls == [True] * 3
+    monkeypatch.setenv(cpu.SWITCH, "0")
+    monkeypatch.setattr(cpu, "_state", {})
+    plain = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(pixels, head_fusion=head_fusion)
+    assert calls[3:] == [False] * 3  # the switch sends every layer down the unfused path
+    handle.remove()
+    torch.testing.assert_close(fused_maps, plain, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        own = model(pixels).last_hidden_state
+    torch.testing.assert_close(outputs[0], own, rtol=1e-4, atol=1e-5)

@@ -117,7 +117,7 @@ def fused_redistribution(
         The module's scaling of the scores.
     head_mode : {"mean", "max", "min", None}
         How this layer's heads are reduced, None to keep every head: what
-        ``propagation._layer_mode(head_fusion, is_last_layer)`` gives for the call's head mode.
+        ``propagation.layer_mode(head_fusion, is_last_layer)`` gives for the call's head mode.
     score_bias, token_mask
         As in :class:`~captum_tokenlrp._core.capture.LayerProjections`.
 

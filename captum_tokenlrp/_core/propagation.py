@@ -36,10 +36,10 @@ def check_head_fusion(head_fusion: object) -> str | None:
 
 def fuses_heads(head_fusion: str | None, is_last_layer: bool) -> bool:
     """Whether this layer's heads are fused into one new matrix (rather than kept per head)."""
-    return _layer_mode(head_fusion, is_last_layer) is not None
+    return layer_mode(head_fusion, is_last_layer) is not None
 
 
-def _layer_mode(head_fusion: str | None, is_last_layer: bool) -> str | None:
+def layer_mode(head_fusion: str | None, is_last_layer: bool) -> str | None:
     """How one layer's heads are reduced: "mean", "max", "min", or None (kept per head)."""
     if head_fusion in ("mean", "max", "min"):
         return head_fusion
@@ -99,7 +99,7 @@ def reduce_blocks(
     Tensor
         `(batch_size, N, N)` for a fused layer, `(batch_size, num_heads, N, N)` for a per-head one.
     """
-    how = _layer_mode(head_fusion, is_last_layer)
+    how = layer_mode(head_fusion, is_last_layer)
     if how is None:
         chunks = []
         for inputs, chunk in blocks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -16,15 +17,16 @@ from .._utils.validation import TargetType, format_pixel_inputs, parse_targets
 from ..rules import TokenRule, get_rule
 from .attention_gradients import AttentionGradient, attention_gradient_pass
 from .base import TokenAttribution, evaluation_mode
-from .capture import CAPTURE_MODES, LayerProjections
+from .capture import CAPTURE_MODES, LayerProjections, _CapturedLayer
 from .class_weighting import check_class_sensitive, class_state, contribution_scale, head_weights, weights_heads
 from .engine import RelevanceEngine
 from .inputs import Prepared, PreparedInputs
-from .kernels import builtin_kernel, redistribution
+from .kernels import builtin_kernel, fused_redistribution, redistribution
 from .propagation import (
     FUSED_HEAD_MODES,
     check_head_fusion,
     fuses_heads,
+    layer_mode,
     propagate,
     propagate_by_layer,
     propagate_chains,
@@ -191,6 +193,9 @@ class RedistributionRules:
         def layer_matrix(layer: LayerProjections) -> Tensor:
             rule = rules[layer.layer_index]
             is_last = layer.layer_index == last_layer
+            fused = _fused_layer_matrix(layer, rule, layer_mode(head_fusion, is_last))
+            if fused is not None:
+                return fused
             kernel = builtin_kernel(rule)
             # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
             # own) and the rule is built in (user code never sees buffers that change under it).
@@ -212,6 +217,45 @@ class RedistributionRules:
             return reduce_layer(chunks, head_fusion, is_last, layer.site.num_heads)
 
         return layer_matrix
+
+
+def _per_head(projection: Tensor, site: AttentionSite) -> Tensor:
+    """`(batch, N, heads * head_dim)` -> `(batch, heads, N, head_dim)` (a view)."""
+    batch, tokens, _ = projection.shape
+    return projection.view(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2)
+
+
+def _fused_layer_matrix(layer: LayerProjections, rule: TokenRule, head_mode: str | None) -> Tensor | None:
+    """The layer's kept matrix from one fused kernel (:func:`.kernels.fused_redistribution`), or None.
+
+    The kernel computes the scores, the softmax, ``P @ V`` and the rule's matrix in row tiles without
+    writing each head's probabilities; for a layer of the fast capture its ``P @ V`` is the output the
+    model gets, so nothing is computed twice. None (the unfused path runs) for a custom rule, a device
+    without a fused kernel, and a text layer (padding, grouped key/value heads: not in the kernels).
+    """
+    if layer.token_mask is not None or layer.key.shape != layer.query.shape:
+        return None
+    site = layer.site
+    captured = isinstance(layer, _CapturedLayer) and layer.probabilities is None and layer.model_values is not None
+    if captured and layer.done:  # part of the output formed already: keep one path for the whole layer
+        return None
+    value = layer.model_values if captured else _per_head(layer.value, site)
+    result = fused_redistribution(
+        rule,
+        _per_head(layer.query, site),
+        _per_head(layer.key, site),
+        value,
+        scale=site.scaling,
+        head_mode=head_mode,
+        score_bias=layer._bias(slice(None)) if layer.score_bias is not None else None,
+    )
+    if result is None:
+        return None
+    output, matrix = result
+    if captured:  # the model gets this output; complete() then has nothing left to compute
+        layer.output.copy_(output)
+        layer.done.update(itertools.product(range(site.num_heads), range(layer.batch_size)))
+    return matrix
 
 
 class TokenRelevanceLRP(RedistributionRules, TokenAttribution):

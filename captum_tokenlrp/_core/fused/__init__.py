@@ -27,7 +27,7 @@ from ..distances import normalize_rows_
 
 __all__ = ["backend", "fused_layer", "rule_flags"]
 
-#: Head modes of one layer, as :func:`~captum_tokenlrp._core.propagation._layer_mode` gives them.
+#: Head modes of one layer, as :func:`~captum_tokenlrp._core.propagation.layer_mode` gives them.
 LAYER_MODES = ("mean", "max", "min", None)
 _NAMES = {"i": (False, False), "ii": (False, True), "iii": (True, False), "iv": (True, True)}
 logger = logging.getLogger("captum_tokenlrp")
