@@ -106,6 +106,7 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_speed.py --quick > /dev/null
+	$(BIN)/python benchmarks/bench_fused.py --quick > /dev/null
 	$(BIN)/python benchmarks/profile_speed.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_families.py --quick > /dev/null
 	$(BIN)/python benchmarks/bench_app.py --quick > /dev/null

@@ -99,6 +99,7 @@ def extension():
                     # at::parallel_for is OpenMP in these builds; the process already holds torch's libgomp.
                     flags.append("-fopenmp")
                     link.append("-fopenmp")
+                logger.info("captum_tokenlrp: building the fused CPU kernel (once per torch version, ~1 min).")
                 module = load_inline(
                     name=_module_name(),
                     cpp_sources=[SOURCE],
