@@ -442,6 +442,14 @@ def record_layers(
 
         return hook
 
+    def served_fast(position: int, site: AttentionSite, slot: dict, fields: tuple, values: Tensor):
+        """``"fast"``: the layer's attention runs here, once; the caller's computation sees the layer, the
+        model gets its output `(batch, N, heads, head_dim)` (and no probabilities)."""
+        layer = _CapturedLayer(site, *fields, model_values=values, output=values.new_empty(values.shape))
+        slot["captured"] = True
+        kept[position] = compute(layer)
+        return layer.complete(_COMPLETION_ELEMENTS), None
+
     def captured(module, query, key, value, attention_mask, own, *, scaling=None, dropout=0.0, **kwargs):
         """An image layer's attention call."""
         position, site, slot = slots[id(module)]
@@ -470,16 +478,7 @@ def record_layers(
             slot["captured"] = True
             kept[position] = compute(layer)
             return output, weights
-        batch, heads, tokens, head_dim = value.shape
-        layer = _CapturedLayer(
-            site,
-            *projections(site, slot),
-            model_values=value,
-            output=torch.empty(batch, heads, tokens, head_dim, dtype=value.dtype, device=value.device),
-        )
-        slot["captured"] = True
-        kept[position] = compute(layer)
-        return layer.complete(_COMPLETION_ELEMENTS), None
+        return served_fast(position, site, slot, projections(site, slot), value)
 
     def captured_text(module, query, key, value, attention_mask, own, **kwargs):
         """A text layer's attention call: query and key as the model scores them, its own mask."""
@@ -503,19 +502,14 @@ def record_layers(
         detached = query.detach(), repeat_key_value_heads(key.detach(), heads)
         if capture == "fast" and usual:
             values = repeat_key_value_heads(value, heads)
-            layer = _CapturedLayer(
-                site,
+            fields = (
                 merge_heads(detached[0]),
                 merge_heads(detached[1]),
                 merge_heads(values.detach()),
                 additive_mask(attention_mask, module, query, key, kwargs),
                 token_mask,
-                model_values=values,
-                output=torch.empty(batch, heads, tokens, head_dim, dtype=value.dtype, device=value.device),
             )
-            slot["captured"] = True
-            kept[position] = compute(layer)
-            return layer.complete(_COMPLETION_ELEMENTS), None
+            return served_fast(position, site, slot, fields, values)
         output, weights = own(module, query, key, value, attention_mask, **kwargs)
         values = merge_heads(repeat_key_value_heads(value.detach(), heads))
         if capture == "recompute" and usual:  # from q and k with the module's scaling and the model's mask

@@ -376,8 +376,7 @@ class TextLayerIntegratedGradients(_TextGradientAttribution, TokenIntegratedGrad
     baselines : Tensor, optional
         Explicit baseline token ids, `(num_tokens,)` or `(batch_size, num_tokens)`, instead of ``baseline``.
 
-    ``target``: the class of a classifier, the token id of a language model (default, per sample:
-    the prediction); None for other models.
+    ``target`` as in :class:`TextGenericAttentionExplainability`.
     """
 
     relevance_options: ClassVar[Mapping[str, Any]] = MappingProxyType(

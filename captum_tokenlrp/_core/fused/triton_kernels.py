@@ -201,29 +201,12 @@ def _stats_kernel(
     for start in range(0, N, BN):
         cols = start + tl.arange(0, BN)
         col_ok = cols < N
+        # fmt: off
         s = _scores(
-            K,
-            BIAS,
-            q,
-            b,
-            h,
-            rows,
-            row_ok,
-            cols,
-            col_ok,
-            dims,
-            dim_ok,
-            sk0,
-            sk1,
-            sk2,
-            sk3,
-            sb0,
-            sb1,
-            sb2,
-            sb3,
-            scale,
-            HAS_BIAS,
+            K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok,
+            sk0, sk1, sk2, sk3, sb0, sb1, sb2, sb3, scale, HAS_BIAS,
         )
+        # fmt: on
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet: nothing to rescale
         alpha = tl.exp(row_max - safe_max)
@@ -332,29 +315,12 @@ def _matrix_kernel(
     for h in range(H):
         bh = b * H + h
         q = _query(Q, b, h, rows, row_ok, dims, dim_ok, sq0, sq1, sq2, sq3)
+        # fmt: off
         s = _scores(
-            K,
-            BIAS,
-            q,
-            b,
-            h,
-            rows,
-            row_ok,
-            cols,
-            col_ok,
-            dims,
-            dim_ok,
-            sk0,
-            sk1,
-            sk2,
-            sk3,
-            sb0,
-            sb1,
-            sb2,
-            sb3,
-            scale,
-            HAS_BIAS,
+            K, BIAS, q, b, h, rows, row_ok, cols, col_ok, dims, dim_ok,
+            sk0, sk1, sk2, sk3, sb0, sb1, sb2, sb3, scale, HAS_BIAS,
         )
+        # fmt: on
         row_max = tl.load(ROW_MAX + bh * N + rows, mask=row_ok, other=0.0)
         safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
         row_sum = tl.load(ROW_SUM + bh * N + rows, mask=row_ok, other=1.0)
