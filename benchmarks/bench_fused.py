@@ -2,7 +2,7 @@
 
 For each case (DINO ViT architecture, batch, rule, head mode; ``attention_capture="fast"``) the
 forward pass, the unfused path (every built-in kernel pass separately over `(batch, heads, N, N)`)
-and the fused kernel (``captum_tokenlrp._core.fused``: scores, softmax, ``P @ V`` and the rule's
+and the fused kernel (``TokenRelevanceLRP(..., fused_kernels=True)``, ``captum_tokenlrp._core.fused``: scores, softmax, ``P @ V`` and the rule's
 matrix in row tiles) are timed in interleaved rounds; the report gives the medians as ratios to the
 forward of the same rounds, the largest difference of the two paths' maps, and the machine (CPU model
 and vector extensions: the ratios depend on them). Process CPU time is the primary clock (it does not
@@ -32,25 +32,17 @@ from captum_tokenlrp.models import random_dino_model
 CASES = (("i", "mean"), ("iv", "mean"), ("iv", None))
 
 
-def _unfused(*_args, **_kwargs):
-    return None  # fused_redistribution's "no fused kernel here": the unfused path runs
-
-
 def run(name: str, batch: int, rounds: int, layers: int | None) -> list[dict]:
     model = random_dino_model(name, seed=0, **({} if layers is None else {"num_hidden_layers": layers}))
     pixels = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    fused_kernel = token_lrp.fused_redistribution
 
     def forward():
         with torch.no_grad():
             model(pixels)
 
     def method(rule: str, mode: str | None, fused: bool):
-        token_lrp.fused_redistribution = fused_kernel if fused else _unfused
-        try:
-            return TokenRelevanceLRP(model, rule, attention_capture="fast").token_relevance(pixels, head_fusion=mode)
-        finally:
-            token_lrp.fused_redistribution = fused_kernel
+        lrp = TokenRelevanceLRP(model, rule, attention_capture="fast", fused_kernels=fused)
+        return lrp.token_relevance(pixels, head_fusion=mode)
 
     difference = {case: float((method(*case, True) - method(*case, False)).abs().max()) for case in CASES}
     cpu: dict[tuple, list[float]] = {}

@@ -364,14 +364,18 @@ def test_token_relevance_takes_the_fused_kernel_and_agrees_with_the_unfused_path
 
     handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out.last_hidden_state.detach()))
     monkeypatch.setattr(token_lrp, "fused_redistribution", counted)
-    fused_maps = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(
+    fused_maps = TokenRelevanceLRP(model, "iv", attention_capture=capture, fused_kernels=True).token_relevance(
         pixels, head_fusion=head_fusion
     )
     assert calls == [True] * 3
     monkeypatch.setenv(cpu.SWITCH, "0")
     monkeypatch.setattr(cpu, "_state", {})
-    plain = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(pixels, head_fusion=head_fusion)
+    switched_off = TokenRelevanceLRP(model, "iv", attention_capture=capture, fused_kernels=True)
+    plain = switched_off.token_relevance(pixels, head_fusion=head_fusion)
     assert calls[3:] == [False] * 3  # the switch sends every layer down the unfused path
+    default = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(pixels, head_fusion=head_fusion)
+    assert len(calls) == 6  # off by default: the kernel is not asked
+    torch.testing.assert_close(default, plain, rtol=0, atol=0)
     handle.remove()
     torch.testing.assert_close(fused_maps, plain, rtol=1e-5, atol=1e-7)
     with torch.no_grad():

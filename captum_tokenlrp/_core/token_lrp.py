@@ -193,9 +193,10 @@ class RedistributionRules:
         def layer_matrix(layer: LayerProjections) -> Tensor:
             rule = rules[layer.layer_index]
             is_last = layer.layer_index == last_layer
-            fused = _fused_layer_matrix(layer, rule, layer_mode(head_fusion, is_last))
-            if fused is not None:
-                return fused
+            if getattr(self, "fused_kernels", False):  # the text views' hosts have no such option
+                fused = _fused_layer_matrix(layer, rule, layer_mode(head_fusion, is_last))
+                if fused is not None:
+                    return fused
             kernel = builtin_kernel(rule)
             # Buffers can be reused only when the layer keeps a new, fused matrix (not the heads'
             # own) and the rule is built in (user code never sees buffers that change under it).
@@ -327,6 +328,14 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         (per image), ``"attention+heads"`` does both (see
         :mod:`captum_tokenlrp._core.class_weighting`). Every layer's matrix stays row-stochastic, so
         relevance stays non-negative and conserved. Costs one forward and one backward pass.
+    fused_kernels : bool, default False
+        Experimental: built-in rules (i)-(iv) on vision models take the fused kernels (Triton on
+        CUDA, a C++ kernel built on first use on the CPU: scores, softmax, ``P @ V`` and the rule's
+        matrix in row tiles, no per-head probabilities written; under the fast capture the kernel's
+        ``P @ V`` is the layer's output). Maps equal the unfused path's within float32 rounding
+        (not bitwise, so :meth:`token_relevance_by_rule`, which shares one unfused pass between
+        rules, differs from them by ~1e-7), and a layer whose scores overflow is not yet reported
+        as non-finite: hence off by default. Without a kernel for the device, the unfused path runs.
 
     Notes
     -----
@@ -380,8 +389,13 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         tokenizer: Any = None,
         attention_capture: str = "fast",
         class_sensitive: str | None = None,
+        fused_kernels: bool = False,
     ) -> None:
         super().__init__(model, tokenizer=tokenizer)
+        if not isinstance(fused_kernels, bool):
+            raise TypeError(f"fused_kernels must be True or False, got {type(fused_kernels).__name__}.")
+        #: Whether built-in rules take the fused kernels (see the class's parameters).
+        self.fused_kernels = fused_kernels
         self.class_sensitive = check_class_sensitive(class_sensitive)
         if self.class_sensitive is not None and not self._adapter.is_classifier:
             raise ValueError(
