@@ -2,11 +2,11 @@
 
 For each case (DINO ViT architecture, batch, rule, head mode; ``attention_capture="fast"``) the
 forward pass, the unfused path (every built-in kernel pass separately over `(batch, heads, N, N)`)
-and the fused kernel (``TokenRelevanceLRP(..., fused_kernels=True)``, ``captum_tokenlrp._core.fused``: scores, softmax, ``P @ V`` and the rule's
-matrix in row tiles) are timed in interleaved rounds; the report gives the medians as ratios to the
-forward of the same rounds, the largest difference of the two paths' maps, and the machine (CPU model
-and vector extensions: the ratios depend on them). Process CPU time is the primary clock (it does not
-count time another job took from this process); wall time is given beside it.
+and the fused kernel (``TokenRelevanceLRP(..., fused_kernels=True)``: scores, softmax, ``P @ V``
+and the rule's matrix in row tiles) are timed in interleaved rounds. The report gives the medians
+as ratios to the forward of the same rounds, the largest difference of the two paths' maps, and
+the machine (CPU model and vector extensions: the ratios depend on them). Process CPU time is the
+primary clock (it does not count time another job took from this process); wall time is beside it.
 
 Run: ``python benchmarks/bench_fused.py`` (writes ``benchmarks/SPEED-fused.md``); ``--quick`` for a smoke
 run on a 2-layer model. Timings are never asserted anywhere.
@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import machine
 
 from captum_tokenlrp import TokenRelevanceLRP
-from captum_tokenlrp._core import token_lrp
 from captum_tokenlrp.models import random_dino_model
 
 CASES = (("i", "mean"), ("iv", "mean"), ("iv", None))
