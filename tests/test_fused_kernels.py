@@ -381,3 +381,15 @@ def test_token_relevance_takes_the_fused_kernel_and_agrees_with_the_unfused_path
     with torch.no_grad():
         own = model(pixels).last_hidden_state
     torch.testing.assert_close(outputs[0], own, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu_kernel
+def test_an_overflowing_layer_is_still_named_with_the_fused_kernels(tiny_model, tiny_images):
+    """Scores beyond float32 take the unfused path, whose non-finite matrix the error names (no silent map)."""
+    from captum_tokenlrp import TokenRelevanceLRP
+
+    lrp = TokenRelevanceLRP(tiny_model, fused_kernels=True)
+    with torch.no_grad():  # layer 2's scores overflow: q . k = inf, softmax NaN
+        lrp.attention_sites[2].query.weight.mul_(1e38)
+    with pytest.raises(ValueError, match=r"non-finite in layer 2 \(0 = nearest the input\) of 3"):
+        lrp.token_relevance(tiny_images)

@@ -226,6 +226,15 @@ def _per_head(projection: Tensor, site: AttentionSite) -> Tensor:
     return projection.view(batch, tokens, site.num_heads, site.head_dim).transpose(1, 2)
 
 
+def _scores_stay_finite(query: Tensor, key: Tensor, value: Tensor, scale: float) -> bool:
+    """Whether every score ``scale * <q_i, k_j>`` is bounded by float32's range (Cauchy-Schwarz on the largest
+    norms) and the inputs are finite: two reductions, so that a fused kernel never hides an overflow."""
+    if not all(bool(torch.isfinite(tensor.sum())) for tensor in (query, key, value)):
+        return False
+    bound = abs(scale) * float(query.float().norm(dim=-1).amax()) * float(key.float().norm(dim=-1).amax())
+    return bound < torch.finfo(torch.float32).max / 4
+
+
 def _fused_layer_matrix(layer: LayerProjections, rule: TokenRule, head_mode: str | None) -> Tensor | None:
     """The layer's kept matrix from one fused kernel (:func:`.kernels.fused_redistribution`), or None.
 
@@ -241,10 +250,13 @@ def _fused_layer_matrix(layer: LayerProjections, rule: TokenRule, head_mode: str
     if captured and layer.done:  # part of the output formed already: keep one path for the whole layer
         return None
     value = layer.model_values if captured else _per_head(layer.value, site)
+    query, key = _per_head(layer.query, site), _per_head(layer.key, site)
+    if not _scores_stay_finite(query, key, value, site.scaling):
+        return None  # the unfused path forms the non-finite matrix, and the error names this layer
     result = fused_redistribution(
         rule,
-        _per_head(layer.query, site),
-        _per_head(layer.key, site),
+        query,
+        key,
         value,
         scale=site.scaling,
         head_mode=head_mode,
@@ -333,9 +345,10 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         CUDA, a C++ kernel built on first use on the CPU: scores, softmax, ``P @ V`` and the rule's
         matrix in row tiles, no per-head probabilities written; under the fast capture the kernel's
         ``P @ V`` is the layer's output). Maps equal the unfused path's within float32 rounding
-        (not bitwise, so :meth:`token_relevance_by_rule`, which shares one unfused pass between
-        rules, differs from them by ~1e-7), and a layer whose scores overflow is not yet reported
-        as non-finite: hence off by default. Without a kernel for the device, the unfused path runs.
+        (not bitwise: :meth:`token_relevance_by_rule`, which shares one unfused pass between rules,
+        differs from them by ~1e-7), hence off by default. A layer whose scores could overflow
+        float32, or whose inputs are not finite, and a device without a kernel, take the unfused path
+        (so a non-finite layer is still named in the error).
 
     Notes
     -----
