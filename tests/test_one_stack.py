@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 from text_models import build_text_model, eager_attention_and_values, reference_text_relevance, token_ids
-from transformers import ViTConfig, ViTModel
 
 import captum_tokenlrp
 from captum_tokenlrp import (
@@ -178,19 +177,10 @@ def test_one_class_per_method_for_both_modalities():
     )
 
 
-def test_image_only_methods_and_text_names_say_which_class_explains_the_other_modality():
+def test_image_only_methods_and_text_names_say_which_class_explains_the_other_modality(tiny_model):
     with pytest.raises(TypeError, match=r"BertModel is a text Transformer.*vision Transformers only"):
         AttnLRP(build_text_model("bert"))
-    vit = ViTModel(
-        ViTConfig(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            image_size=32,
-            patch_size=16,
-        )
-    )
+    vit = tiny_model  # a ViTModel
     for text_only in (TextRawAttention, TextAttentionRollout, TextGenericAttentionExplainability):
         with pytest.raises(TypeError, match=r"ViTModel is a vision Transformer.*TokenRelevanceLRP"):
             text_only(vit)

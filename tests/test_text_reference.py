@@ -309,11 +309,9 @@ def test_padding_as_target_is_refused_and_unsupported_models_are_named():
         TextTokenRelevanceLRP(torch.nn.Linear(2, 2))
 
 
-def test_the_one_class_explains_text_models_and_the_text_name_refuses_images():
+def test_the_one_class_explains_text_models_and_the_text_name_refuses_images(tiny_model):
     """One stack: TokenRelevanceLRP(text model) is the text LRP (the modality picks the inputs);
     TextTokenRelevanceLRP stays as a name and points a vision model to the one class."""
-    from transformers import ViTConfig, ViTModel
-
     from captum_tokenlrp import TokenRelevanceLRP
 
     model = build_text_model("distilbert")
@@ -327,16 +325,7 @@ def test_the_one_class_explains_text_models_and_the_text_name_refuses_images():
         TextTokenRelevanceLRP(model).token_relevance(ids, additional_forward_args={"attention_mask": mask}), ours
     )
     assert TokenRelevanceLRP(model).modality == "text"
-    vit = ViTModel(
-        ViTConfig(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            image_size=32,
-            patch_size=16,
-        )
-    )
+    vit = tiny_model  # a ViTModel
     with pytest.raises(TypeError, match=r"ViTModel is a vision Transformer.*TokenRelevanceLRP"):
         TextTokenRelevanceLRP(vit)
 
