@@ -365,13 +365,17 @@ def test_ctrl_c_in_explain_text_dir(tmp_path, gpt2, monkeypatch, capsys):
 
 
 _BLOCK_ON_SECOND_BATCH = """
-import sys, pathlib
+import signal, sys, pathlib
+# SIGINT reaches the main thread only: threads started later (torch's intra-op pool) inherit the mask, so the
+# signal cannot land in one of them, where CPython notes it but the main thread, blocked in read(), never wakes.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 import captum_tokenlrp.cli as cli
 from captum_tokenlrp.cli import _explain_dir
 ready, real, calls = pathlib.Path(sys.argv[1]), _explain_dir.relevance_by_rule, []
 def blocking(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # this thread only
         ready.write_text("waiting")
         sys.stdin.read()  # blocks until the parent's SIGINT
     return real(*args, **kwargs)
