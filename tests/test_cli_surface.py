@@ -369,6 +369,9 @@ import signal, sys, pathlib
 # SIGINT reaches the main thread only: threads started later (torch's intra-op pool) inherit the mask, so the
 # signal cannot land in one of them, where CPython notes it but the main thread, blocked in read(), never wakes.
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+# Python's own Ctrl-C handler, whatever the parent left: a child inherits an ignored SIGINT (some library in the
+# test process sets SIG_IGN), and Python then installs no KeyboardInterrupt handler at start-up.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import captum_tokenlrp.cli as cli
 from captum_tokenlrp.cli import _explain_dir
 ready, real, calls = pathlib.Path(sys.argv[1]), _explain_dir.relevance_by_rule, []
