@@ -373,9 +373,14 @@ def test_token_relevance_takes_the_fused_kernel_and_agrees_with_the_unfused_path
     switched_off = TokenRelevanceLRP(model, "iv", attention_capture=capture, fused_kernels=True)
     plain = switched_off.token_relevance(pixels, head_fusion=head_fusion)
     assert calls[3:] == [False] * 3  # the switch sends every layer down the unfused path
+    monkeypatch.setattr(cpu, "_state", {})
+    monkeypatch.delenv(cpu.SWITCH)
+    turned_off = TokenRelevanceLRP(model, "iv", attention_capture=capture, fused_kernels=False)
+    torch.testing.assert_close(turned_off.token_relevance(pixels, head_fusion=head_fusion), plain, rtol=0, atol=0)
+    assert len(calls) == 6  # fused_kernels=False: the kernel is not asked
     default = TokenRelevanceLRP(model, "iv", attention_capture=capture).token_relevance(pixels, head_fusion=head_fusion)
-    assert len(calls) == 6  # off by default: the kernel is not asked
-    torch.testing.assert_close(default, plain, rtol=0, atol=0)
+    assert calls[6:] == [True] * 3  # on by default
+    torch.testing.assert_close(default, fused_maps, rtol=0, atol=0)
     handle.remove()
     torch.testing.assert_close(fused_maps, plain, rtol=1e-5, atol=1e-7)
     with torch.no_grad():
@@ -393,3 +398,22 @@ def test_an_overflowing_layer_is_still_named_with_the_fused_kernels(tiny_model, 
         lrp.attention_sites[2].query.weight.mul_(1e38)
     with pytest.raises(ValueError, match=r"non-finite in layer 2 \(0 = nearest the input\) of 3"):
         lrp.token_relevance(tiny_images)
+
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("rule", ["i", "iv"])
+@pytest.mark.parametrize("head_mode", ["mean", None])
+def test_an_input_gets_the_same_bits_alone_and_in_a_batch(rule, head_mode):
+    """The CPU kernel's row tiles do not depend on the batch size, so neither does its GEMMs' rounding:
+    an input's output and matrix are the same bits alone and in a batch of three."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 197, 64) for _ in range(3))  # ViT-B/16's tokens and head size
+    output, matrix = fused.fused_layer(q, k, v, scale=0.125, rule=rule, head_mode=head_mode, kernel="cpu")
+    for index in range(3):
+        alone = slice(index, index + 1)
+        one_output, one_matrix = fused.fused_layer(
+            q[alone], k[alone], v[alone], scale=0.125, rule=rule, head_mode=head_mode, kernel="cpu"
+        )
+        torch.testing.assert_close(one_matrix[0], matrix[index], rtol=0, atol=0)
+        torch.testing.assert_close(one_output[0], output[index], rtol=0, atol=0)

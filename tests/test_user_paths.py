@@ -207,16 +207,19 @@ def test_integrated_gradients_returns_captum_convergence_delta(classifier, tiny_
     assert TokenIntegratedGradients(classifier).has_convergence_delta()
 
 
-def test_several_rules_from_one_forward(tiny_model, tiny_images):
+@pytest.mark.parametrize("fused_kernels", [True, False])
+def test_several_rules_from_one_forward(tiny_model, tiny_images, fused_kernels):
     calls = []
     tiny_model.register_forward_hook(lambda *_: calls.append(1))
-    lrp = TokenRelevanceLRP(tiny_model)
+    lrp = TokenRelevanceLRP(tiny_model, fused_kernels=fused_kernels)
     modes = ["mean", None, "max", "min", "per_head_mean", "last_layer_per_head"]
     result = lrp.token_relevance_by_rule(tiny_images, ["i", "ii", "iii", "iv"], head_fusions=modes)
     assert len(calls) == 1
     for rule, by_mode in result.items():
         for mode, relevance in by_mode.items():
-            single = TokenRelevanceLRP(tiny_model, rule=rule).token_relevance(tiny_images, head_fusion=mode)
+            single = TokenRelevanceLRP(tiny_model, rule=rule, fused_kernels=fused_kernels).token_relevance(
+                tiny_images, head_fusion=mode
+            )
             torch.testing.assert_close(relevance, single, rtol=0, atol=1e-7)
 
 

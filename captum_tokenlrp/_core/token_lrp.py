@@ -145,17 +145,31 @@ class RedistributionRules:
 
         def redistributions(layer: LayerProjections) -> dict[tuple[int, HeadFusion], Tensor]:
             rules_here = layer_rules[layer.layer_index]
-            distinct = list({id(rule): rule for rule in rules_here}.values())
-            chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
-            for state in layer.head_chunks(self.max_chunk_elements):
-                for rule in distinct:  # one state per chunk: rules share its cached norms and distances
-                    chunks[id(rule)].append(redistribution(rule, state))
             is_last = layer.layer_index == last_layer
-            return {
-                (position, mode): reduce_layer(chunks[id(rule)], mode, is_last, layer.site.num_heads)
-                for position, rule in enumerate(rules_here)
-                for mode in modes
-            }
+            kept: dict[tuple[int, HeadFusion], Tensor] = {}
+            if getattr(self, "fused_kernels", False):
+                # One kernel call per (rule, layer head mode), as the single-rule calls make them: the maps
+                # are those calls' maps exactly (the first call forms the layer's output, the others reuse it).
+                by_kernel: dict[tuple[int, str | None], Tensor | None] = {}
+                for position, rule in enumerate(rules_here):
+                    for mode in modes:
+                        key = (id(rule), layer_mode(mode, is_last))
+                        if key not in by_kernel:
+                            by_kernel[key] = _fused_layer_matrix(layer, rule, key[1])
+                        if by_kernel[key] is not None:
+                            kept[position, mode] = by_kernel[key]
+            unfused = [position for position in range(len(rules_here)) if (position, modes[0]) not in kept]
+            distinct = list({id(rules_here[position]): rules_here[position] for position in unfused}.values())
+            chunks: dict[int, list[Tensor]] = {id(rule): [] for rule in distinct}
+            if distinct:
+                for state in layer.head_chunks(self.max_chunk_elements):
+                    for rule in distinct:  # one state per chunk: rules share its cached norms and distances
+                        chunks[id(rule)].append(redistribution(rule, state))
+            for position in unfused:
+                for mode in modes:
+                    chunk_list = chunks[id(rules_here[position])]
+                    kept[position, mode] = reduce_layer(chunk_list, mode, is_last, layer.site.num_heads)
+            return kept
 
         return redistributions
 
@@ -247,9 +261,11 @@ def _fused_layer_matrix(layer: LayerProjections, rule: TokenRule, head_mode: str
         return None
     site = layer.site
     captured = isinstance(layer, _CapturedLayer) and layer.probabilities is None and layer.model_values is not None
-    if captured and layer.done:  # part of the output formed already: keep one path for the whole layer
+    complete = captured and len(layer.done) == site.num_heads * layer.batch_size
+    if captured and layer.done and not complete:  # part of the output formed already: one path per layer
         return None
-    value = layer.model_values if captured else _per_head(layer.value, site)
+    # The model's own values while its output is still to form; afterwards (a replay) the kept projection.
+    value = layer.model_values if captured and not complete else _per_head(layer.value, site)
     query, key = _per_head(layer.query, site), _per_head(layer.key, site)
     if not _scores_stay_finite(query, key, value, site.scaling):
         return None  # the unfused path forms the non-finite matrix, and the error names this layer
@@ -265,7 +281,7 @@ def _fused_layer_matrix(layer: LayerProjections, rule: TokenRule, head_mode: str
     if result is None:
         return None
     output, matrix = result
-    if captured:  # the model gets this output; complete() then has nothing left to compute
+    if captured and not complete:  # the model gets this output; complete() then has nothing left to compute
         layer.output.copy_(output)
         layer.done.update(itertools.product(range(site.num_heads), range(layer.batch_size)))
     return matrix
@@ -340,15 +356,16 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         (per image), ``"attention+heads"`` does both (see
         :mod:`captum_tokenlrp._core.class_weighting`). Every layer's matrix stays row-stochastic, so
         relevance stays non-negative and conserved. Costs one forward and one backward pass.
-    fused_kernels : bool, default False
-        Experimental: built-in rules (i)-(iv) on vision models take the fused kernels (Triton on
-        CUDA, a C++ kernel built on first use on the CPU: scores, softmax, ``P @ V`` and the rule's
-        matrix in row tiles, no per-head probabilities written; under the fast capture the kernel's
-        ``P @ V`` is the layer's output). Maps equal the unfused path's within float32 rounding
-        (not bitwise: :meth:`token_relevance_by_rule`, which shares one unfused pass between rules,
-        differs from them by ~1e-7), hence off by default. A layer whose scores could overflow
-        float32, or whose inputs are not finite, and a device without a kernel, take the unfused path
-        (so a non-finite layer is still named in the error).
+    fused_kernels : bool, default True
+        Built-in rules (i)-(iv) on vision models take the fused kernels (Triton on CUDA, a C++
+        kernel built on first use on the CPU and cached per torch version: scores, softmax,
+        ``P @ V`` and the rule's matrix in row tiles, no per-head probabilities written; under the
+        fast capture the kernel's ``P @ V`` is the layer's output). Maps equal the unfused path's
+        within float32 rounding; :meth:`token_relevance_by_rule` makes the same kernel calls, so its
+        maps are the single-rule calls' bit for bit. Custom rules, text layers (padding, grouped
+        key/value heads), a layer whose scores could overflow float32 or whose inputs are not finite
+        (so a non-finite layer is still named in the error), and a device without a kernel (no
+        compiler: one log line) take the unfused path. False: the unfused path everywhere.
 
     Notes
     -----
@@ -402,7 +419,7 @@ class TokenRelevanceLRP(RedistributionRules, TokenAttribution):
         tokenizer: Any = None,
         attention_capture: str = "fast",
         class_sensitive: str | None = None,
-        fused_kernels: bool = False,
+        fused_kernels: bool = True,
     ) -> None:
         super().__init__(model, tokenizer=tokenizer)
         if not isinstance(fused_kernels, bool):
