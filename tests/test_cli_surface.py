@@ -238,7 +238,11 @@ def test_explain_dir_redoes_an_image_replaced_under_the_same_name(tmp_path, chec
     assert str(after["input_sha256"]) == hashlib.sha256(images[1].read_bytes()).hexdigest()
     fresh = tmp_path / "fresh"
     assert main([*run[:-3], "--out", str(fresh), "--quiet"]) == 0
-    np.testing.assert_array_equal(after["relevance"], np.load(fresh / target.relative_to(out))["relevance"])
+    # Within float32 rounding, not bitwise: the redo explains this image alone, the fresh run in a batch of
+    # three, and the batch changes the rounding of the batched products (the fused kernel's row tiles too).
+    np.testing.assert_allclose(
+        after["relevance"], np.load(fresh / target.relative_to(out))["relevance"], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_explain_text_dir_says_how_many_lines_were_redone(tmp_path, gpt2, capsys):

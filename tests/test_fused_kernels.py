@@ -400,20 +400,3 @@ def test_an_overflowing_layer_is_still_named_with_the_fused_kernels(tiny_model, 
         lrp.token_relevance(tiny_images)
 
 
-
-@needs_cpu_kernel
-@pytest.mark.parametrize("rule", ["i", "iv"])
-@pytest.mark.parametrize("head_mode", ["mean", None])
-def test_an_input_gets_the_same_bits_alone_and_in_a_batch(rule, head_mode):
-    """The CPU kernel's row tiles do not depend on the batch size, so neither does its GEMMs' rounding:
-    an input's output and matrix are the same bits alone and in a batch of three."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 2, 197, 64) for _ in range(3))  # ViT-B/16's tokens and head size
-    output, matrix = fused.fused_layer(q, k, v, scale=0.125, rule=rule, head_mode=head_mode, kernel="cpu")
-    for index in range(3):
-        alone = slice(index, index + 1)
-        one_output, one_matrix = fused.fused_layer(
-            q[alone], k[alone], v[alone], scale=0.125, rule=rule, head_mode=head_mode, kernel="cpu"
-        )
-        torch.testing.assert_close(one_matrix[0], matrix[index], rtol=0, atol=0)
-        torch.testing.assert_close(one_output[0], output[index], rtol=0, atol=0)

@@ -116,12 +116,12 @@ def extension():
         return module
 
 
-def tile_rows(num_tokens: int) -> int:
+def tile_rows(num_tokens: int, batch: int = 1) -> int:
     """Query rows per task: the three `(rows, N)` buffers within :data:`TILE_FLOATS`, and enough tasks
-    (two per thread) that one input alone keeps every thread busy. Not a function of the batch size, so
-    an image's map is the same bits whatever batch it comes in (the GEMMs' rounding follows the tiles)."""
+    (two per thread) that a small batch still keeps every thread busy."""
     rows = max(1, min(num_tokens, TILE_FLOATS // (3 * num_tokens)))
-    return max(1, min(rows, -(-num_tokens // (2 * torch.get_num_threads()))))
+    tiles_wanted = -(-2 * torch.get_num_threads() // batch)
+    return max(1, min(rows, -(-num_tokens // tiles_wanted)))
 
 
 def launch(query, key, value, centred, norms, bias, *, by_distance: bool, by_deviation: bool, mode: int):
@@ -140,6 +140,6 @@ def launch(query, key, value, centred, norms, bias, *, by_distance: bool, by_dev
         by_distance,
         by_deviation,
         mode,
-        tile_rows(query.shape[2]),
+        tile_rows(query.shape[2], query.shape[0]),
         NEAR_PAIR_SHARE,
     )
